@@ -1,0 +1,188 @@
+#![doc = include_str!("../README.md")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Everything a Shomei process needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub db_pool_size: u32,
+    pub redis_url: String,
+    pub queue_namespace: String,
+    pub storage_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub max_upload_bytes: u64,
+    pub hsm: HsmConfig,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct HsmConfig {
+    pub module_path: PathBuf,
+    pub token_label: String,
+    pub user_pin: SecretString,
+    pub key_label: String,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub max_attempts: i32,
+    pub reconcile_every: Duration,
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set")]
+    Missing { name: &'static str },
+    #[error("{name} has an invalid value {value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("could not read {name} from {path}: {source}")]
+    File {
+        name: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Reads the process environment. Call once, at start-up.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(&lookup);
+        Ok(Self {
+            database_url: vars.string(
+                "SHOMEI_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/shomei",
+            ),
+            db_pool_size: vars.parsed("SHOMEI_DB_POOL_SIZE", 16)?,
+            redis_url: vars.string("SHOMEI_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            queue_namespace: vars.string("SHOMEI_QUEUE_NAMESPACE", "shomei"),
+            storage_dir: vars.string("SHOMEI_STORAGE_DIR", "var/storage").into(),
+            api_addr: vars.parsed("SHOMEI_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            max_upload_bytes: vars.parsed("SHOMEI_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)?,
+            hsm: HsmConfig {
+                module_path: vars
+                    .string("SHOMEI_HSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+                    .into(),
+                token_label: vars.string("SHOMEI_HSM_TOKEN_LABEL", "shomei-dev"),
+                user_pin: vars.secret("SHOMEI_HSM_PIN", "SHOMEI_HSM_PIN_FILE")?,
+                key_label: vars.string("SHOMEI_HSM_KEY_LABEL", "shomei-dev-rsa"),
+                pool_size: vars.parsed("SHOMEI_HSM_POOL_SIZE", 4)?,
+            },
+            worker: WorkerConfig {
+                concurrency: vars.parsed("SHOMEI_WORKER_CONCURRENCY", 8)?,
+                max_attempts: vars.parsed("SHOMEI_JOB_MAX_ATTEMPTS", 8)?,
+                reconcile_every: Duration::from_secs(vars.parsed("SHOMEI_RECONCILE_SECS", 10)?),
+                heartbeat: Duration::from_secs(vars.parsed("SHOMEI_HEARTBEAT_SECS", 3)?),
+            },
+        })
+    }
+}
+
+struct Vars<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parsed<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                reason: e.to_string(),
+                value,
+            }),
+        }
+    }
+
+    /// A secret given inline or, preferably, as a file whose trimmed content is the secret.
+    fn secret(&self, name: &'static str, file_name: &'static str) -> Result<SecretString, ConfigError> {
+        if let Some(value) = self.get(name) {
+            return Ok(SecretString::from(value));
+        }
+        let path = self.get(file_name).ok_or(ConfigError::Missing { name })?;
+        let content = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+            name: file_name,
+            path: path.clone(),
+            source,
+        })?;
+        Ok(SecretString::from(content.trim().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_pin_is_given() {
+        let c = config(&[("SHOMEI_HSM_PIN", "1234")]).unwrap();
+        assert_eq!(c.api_addr.port(), 8080);
+        assert_eq!(c.worker.concurrency, 8);
+        assert_eq!(c.hsm.key_label, "shomei-dev-rsa");
+    }
+
+    #[test]
+    fn the_pin_never_shows_in_debug_output() {
+        let c = config(&[("SHOMEI_HSM_PIN", "s3cr3t-pin-4711")]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t-pin-4711"));
+    }
+
+    #[test]
+    fn a_missing_pin_is_reported_by_name() {
+        let err = config(&[]).unwrap_err();
+        assert!(err.to_string().contains("SHOMEI_HSM_PIN"), "{err}");
+    }
+
+    #[test]
+    fn an_unparsable_number_names_the_variable_and_value() {
+        let err = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_WORKER_CONCURRENCY", "lots")])
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("SHOMEI_WORKER_CONCURRENCY") && msg.contains("lots"), "{msg}");
+    }
+
+    #[test]
+    fn the_pin_can_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("shomei-pin-{}", std::process::id()));
+        std::fs::write(&path, "9876\n").unwrap();
+        let c = config(&[("SHOMEI_HSM_PIN_FILE", path.to_str().unwrap())]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(c.hsm.user_pin.expose_secret(), "9876");
+    }
+}
