@@ -1,0 +1,69 @@
+#![doc = include_str!("../README.md")]
+
+pub mod models;
+pub mod schema;
+
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+pub use models::{ApiKey, Document, Job, JobKind, JobStatus, NewJob, Revision, Tenant};
+
+pub type DbPool = Pool<ConnectionManager<PgConnection>>;
+pub type DbConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[from] diesel::r2d2::PoolError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// Whether the same call may succeed later (connection trouble) rather than being wrong.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Query(Error::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection
+                    | DatabaseErrorKind::SerializationFailure
+                    | DatabaseErrorKind::UniqueViolation
+            ),
+            DbError::Query(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Opens a pool without waiting for a first connection, so a process can start (and report
+/// itself not ready) while PostgreSQL is still down.
+pub fn connect(database_url: &str, size: u32) -> DbPool {
+    Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .test_on_check_out(true)
+        .build_unchecked(ConnectionManager::new(database_url))
+}
+
+pub fn run_migrations(pool: &DbPool) -> Result<(), DbError> {
+    let mut conn = pool.get()?;
+    conn.run_pending_migrations(MIGRATIONS)
+        .map(|_| ())
+        .map_err(|e| DbError::Migration(e.to_string()))
+}
+
+/// `SELECT 1`, for readiness probes.
+pub fn ping(pool: &DbPool) -> Result<(), DbError> {
+    use diesel::RunQueryDsl;
+    let mut conn = pool.get()?;
+    diesel::sql_query("SELECT 1").execute(&mut conn)?;
+    Ok(())
+}

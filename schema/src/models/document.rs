@@ -1,0 +1,94 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::{document_revisions, documents};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = documents)]
+pub struct Document {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub title: Option<String>,
+    pub pages: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = documents)]
+pub struct NewDocument<'a> {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub title: Option<&'a str>,
+    pub pages: i32,
+}
+
+/// One stored version of a document's bytes; revision 0 is the upload.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = document_revisions)]
+pub struct Revision {
+    pub document_id: Uuid,
+    pub revision: i32,
+    pub sha256: Vec<u8>,
+    pub size_bytes: i64,
+    pub storage_key: String,
+    pub job_id: Option<Uuid>,
+    #[diesel(skip_insertion)]
+    pub created_at: DateTime<Utc>,
+}
+
+impl Document {
+    /// Records an uploaded document and its first revision in one transaction.
+    pub fn create(
+        conn: &mut PgConnection,
+        document: &NewDocument<'_>,
+        first: &Revision,
+    ) -> QueryResult<Document> {
+        conn.transaction(|conn| {
+            let doc = diesel::insert_into(documents::table)
+                .values(document)
+                .returning(Document::as_returning())
+                .get_result(conn)?;
+            diesel::insert_into(document_revisions::table)
+                .values(first)
+                .execute(conn)?;
+            Ok(doc)
+        })
+    }
+
+    /// The document if it belongs to `tenant_id`; another tenant's document is simply absent.
+    pub fn find(conn: &mut PgConnection, tenant_id: Uuid, id: Uuid) -> QueryResult<Option<Document>> {
+        documents::table
+            .filter(documents::id.eq(id))
+            .filter(documents::tenant_id.eq(tenant_id))
+            .select(Document::as_select())
+            .first(conn)
+            .optional()
+    }
+}
+
+impl Revision {
+    pub fn latest(conn: &mut PgConnection, document_id: Uuid) -> QueryResult<Revision> {
+        document_revisions::table
+            .filter(document_revisions::document_id.eq(document_id))
+            .order(document_revisions::revision.desc())
+            .select(Revision::as_select())
+            .first(conn)
+    }
+
+    /// The revision a job produced, if it got that far (used to make re-delivered jobs no-ops).
+    pub fn made_by_job(conn: &mut PgConnection, job_id: Uuid) -> QueryResult<Option<Revision>> {
+        document_revisions::table
+            .filter(document_revisions::job_id.eq(job_id))
+            .select(Revision::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {
+        diesel::insert_into(document_revisions::table)
+            .values(self)
+            .execute(conn)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,198 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::schema::jobs;
+
+/// The kinds of work the pipeline does. The string is stored in `jobs.kind` and names the
+/// queue, so it must stay stable and unique.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Sign,
+}
+
+impl JobKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Sign => "sign",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub kind: String,
+    pub document_id: Option<Uuid>,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    pub request_sha256: Option<Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+    pub enqueued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = jobs)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub kind: &'static str,
+    pub document_id: Option<Uuid>,
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub request_sha256: Option<Vec<u8>>,
+}
+
+const UNFINISHED: [&str; 2] = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
+
+impl Job {
+    pub fn status(&self) -> JobStatus {
+        match self.status.as_str() {
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            _ => JobStatus::Queued,
+        }
+    }
+
+    /// Inserts the job, or, when the tenant already used this idempotency key, returns the job
+    /// made then (`false`: nothing new was created). The caller compares request hashes.
+    pub fn insert_or_existing(conn: &mut PgConnection, new: &NewJob) -> QueryResult<(Job, bool)> {
+        conn.transaction(|conn| {
+            let inserted = diesel::insert_into(jobs::table)
+                .values(new)
+                .on_conflict((jobs::tenant_id, jobs::idempotency_key))
+                .do_nothing()
+                .returning(Job::as_returning())
+                .get_result(conn)
+                .optional()?;
+            match inserted {
+                Some(job) => Ok((job, true)),
+                None => jobs::table
+                    .filter(jobs::tenant_id.eq(new.tenant_id))
+                    .filter(jobs::idempotency_key.eq(&new.idempotency_key))
+                    .select(Job::as_select())
+                    .first(conn)
+                    .map(|job| (job, false)),
+            }
+        })
+    }
+
+    /// The job if it belongs to `tenant_id`.
+    pub fn find(conn: &mut PgConnection, tenant_id: Uuid, id: Uuid) -> QueryResult<Option<Job>> {
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::tenant_id.eq(tenant_id))
+            .select(Job::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
+        jobs::table.find(id).select(Job::as_select()).first(conn).optional()
+    }
+
+    /// Records that the job has (again) been handed to the queue.
+    pub fn mark_enqueued(conn: &mut PgConnection, id: Uuid) -> QueryResult<()> {
+        diesel::update(jobs::table.find(id))
+            .set(jobs::enqueued_at.eq(diesel::dsl::now))
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// Claims an unfinished job for a run and counts the attempt. `None` when the job is
+    /// already finished: a duplicate delivery, which the caller acknowledges without work.
+    pub fn start(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
+        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
+            .set((
+                jobs::status.eq(JobStatus::Running.as_str()),
+                jobs::attempts.eq(jobs::attempts + 1),
+                jobs::started_at.eq(diesel::dsl::now),
+            ))
+            .returning(Job::as_returning())
+            .get_result(conn)
+            .optional()
+    }
+
+    pub fn succeed(conn: &mut PgConnection, id: Uuid, result: &serde_json::Value) -> QueryResult<()> {
+        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
+            .set((
+                jobs::status.eq(JobStatus::Succeeded.as_str()),
+                jobs::result.eq(result),
+                jobs::error.eq(None::<String>),
+                jobs::finished_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    pub fn fail(conn: &mut PgConnection, id: Uuid, error: &str) -> QueryResult<()> {
+        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
+            .set((
+                jobs::status.eq(JobStatus::Failed.as_str()),
+                jobs::error.eq(error),
+                jobs::finished_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// A transient failure: the job goes back to `queued` (the queue retries it) and keeps the
+    /// last error for the status endpoint.
+    pub fn release_after_error(conn: &mut PgConnection, id: Uuid, error: &str) -> QueryResult<()> {
+        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
+            .set((jobs::status.eq(JobStatus::Queued.as_str()), jobs::error.eq(error)))
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// Unfinished jobs last handed to the queue before `cutoff` (or never), oldest first:
+    /// the reconciler's candidates for re-queueing.
+    pub fn unfinished_enqueued_before(
+        conn: &mut PgConnection,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> QueryResult<Vec<Job>> {
+        jobs::table
+            .filter(jobs::status.eq_any(UNFINISHED))
+            .filter(jobs::enqueued_at.lt(cutoff).or(jobs::enqueued_at.is_null()))
+            .order(jobs::enqueued_at.asc().nulls_first())
+            .limit(limit)
+            .select(Job::as_select())
+            .load(conn)
+    }
+}

@@ -1,0 +1,62 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::{api_keys, tenants};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = tenants)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Tenant {
+    pub fn create(conn: &mut PgConnection, name: &str) -> QueryResult<Tenant> {
+        diesel::insert_into(tenants::table)
+            .values((tenants::id.eq(Uuid::now_v7()), tenants::name.eq(name)))
+            .returning(Tenant::as_returning())
+            .get_result(conn)
+    }
+}
+
+/// Only the SHA-256 of a key is stored; the key itself is shown once, when it is made.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = api_keys)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    pub fn create(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        prefix: &str,
+        key_sha256: &[u8],
+    ) -> QueryResult<ApiKey> {
+        diesel::insert_into(api_keys::table)
+            .values((
+                api_keys::id.eq(Uuid::now_v7()),
+                api_keys::tenant_id.eq(tenant_id),
+                api_keys::prefix.eq(prefix),
+                api_keys::key_sha256.eq(key_sha256),
+            ))
+            .returning(ApiKey::as_returning())
+            .get_result(conn)
+    }
+
+    /// The live (not revoked) key with this hash.
+    pub fn find_by_hash(conn: &mut PgConnection, key_sha256: &[u8]) -> QueryResult<Option<ApiKey>> {
+        api_keys::table
+            .filter(api_keys::key_sha256.eq(key_sha256))
+            .filter(api_keys::revoked_at.is_null())
+            .select(ApiKey::as_select())
+            .first(conn)
+            .optional()
+    }
+}
