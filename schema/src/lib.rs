@@ -61,9 +61,26 @@ pub fn run_migrations(pool: &DbPool) -> Result<(), DbError> {
 }
 
 /// `SELECT 1`, for readiness probes.
-pub fn ping(pool: &DbPool) -> Result<(), DbError> {
+pub fn ping(conn: &mut PgConnection) -> Result<(), DbError> {
     use diesel::RunQueryDsl;
-    let mut conn = pool.get()?;
-    diesel::sql_query("SELECT 1").execute(&mut conn)?;
+    diesel::sql_query("SELECT 1").execute(conn)?;
     Ok(())
+}
+
+/// Runs blocking diesel work on tokio's blocking pool with a pooled connection, keeping the
+/// caller's tracing span. This is how async code (API handlers, jobs) reaches the database.
+pub async fn interact<T, F>(pool: &DbPool, f: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+{
+    let pool = pool.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut conn = pool.get()?;
+        f(&mut conn)
+    })
+    .await
+    .expect("database task panicked")
 }

@@ -47,7 +47,7 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         request_sha256 -> Nullable<Bytea>,
         created_at -> Timestamptz,
-        enqueued_at -> Nullable<Timestamptz>,
+        enqueued_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
     }

@@ -52,7 +52,8 @@ CREATE TABLE jobs (
     idempotency_key  text,
     request_sha256   bytea,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    enqueued_at      timestamptz,
+    -- Last time the job was pushed to Redis or seen there by the reconciler.
+    enqueued_at      timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,
     UNIQUE (tenant_id, idempotency_key)

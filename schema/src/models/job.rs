@@ -14,10 +14,16 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    pub const ALL: [JobKind; 1] = [JobKind::Sign];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Sign => "sign",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -60,7 +66,7 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     pub request_sha256: Option<Vec<u8>>,
     pub created_at: DateTime<Utc>,
-    pub enqueued_at: Option<DateTime<Utc>>,
+    pub enqueued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -80,6 +86,11 @@ pub struct NewJob {
 const UNFINISHED: [&str; 2] = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
 
 impl Job {
+    /// `None` only for a kind written by a newer release than this process knows.
+    pub fn kind(&self) -> Option<JobKind> {
+        JobKind::parse(&self.kind)
+    }
+
     pub fn status(&self) -> JobStatus {
         match self.status.as_str() {
             "running" => JobStatus::Running,
@@ -126,7 +137,7 @@ impl Job {
         jobs::table.find(id).select(Job::as_select()).first(conn).optional()
     }
 
-    /// Records that the job has (again) been handed to the queue.
+    /// Records that the job was pushed to the queue again, or seen there.
     pub fn mark_enqueued(conn: &mut PgConnection, id: Uuid) -> QueryResult<()> {
         diesel::update(jobs::table.find(id))
             .set(jobs::enqueued_at.eq(diesel::dsl::now))
@@ -180,7 +191,7 @@ impl Job {
             .map(|_| ())
     }
 
-    /// Unfinished jobs last handed to the queue before `cutoff` (or never), oldest first:
+    /// Unfinished jobs last pushed to (or seen in) the queue before `cutoff`, oldest first:
     /// the reconciler's candidates for re-queueing.
     pub fn unfinished_enqueued_before(
         conn: &mut PgConnection,
@@ -189,8 +200,8 @@ impl Job {
     ) -> QueryResult<Vec<Job>> {
         jobs::table
             .filter(jobs::status.eq_any(UNFINISHED))
-            .filter(jobs::enqueued_at.lt(cutoff).or(jobs::enqueued_at.is_null()))
-            .order(jobs::enqueued_at.asc().nulls_first())
+            .filter(jobs::enqueued_at.lt(cutoff))
+            .order(jobs::enqueued_at.asc())
             .limit(limit)
             .select(Job::as_select())
             .load(conn)

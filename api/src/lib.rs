@@ -1,0 +1,60 @@
+#![doc = include_str!("../README.md")]
+
+pub mod auth;
+pub mod problem;
+mod routes;
+pub mod tenants;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use shomei_config::Config;
+use shomei_jobs::Queue;
+use shomei_schema::DbPool;
+use shomei_signing::Hsm;
+use shomei_storage::Storage;
+
+/// What every request handler can reach. Built once at start-up.
+pub struct AppState {
+    pub db: DbPool,
+    pub storage: Storage,
+    pub queue: Queue,
+    /// Used only by `/readyz`: the API never signs.
+    pub hsm: Hsm,
+    pub max_upload_bytes: u64,
+}
+
+impl AppState {
+    pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
+        let storage = Storage::local(&config.storage_dir)?;
+        let queue = Queue::connect(config).await.context("connecting to Redis")?;
+        let hsm_settings = shomei_jobs::hsm_settings(&config.hsm, 1);
+        let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&hsm_settings))
+            .await?
+            .context("opening the HSM")?;
+        Ok(Self { db, storage, queue, hsm, max_upload_bytes: config.max_upload_bytes })
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let routes = routes::all(Arc::new(state));
+    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+}
+
+/// Binds the configured address; returns the listener and the address actually bound (port 0
+/// picks a free port, which the tests use).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

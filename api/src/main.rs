@@ -1,0 +1,61 @@
+//! `shomei-api`: the REST intake server, and the admin commands that go with it.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use shomei_config::Config;
+
+#[derive(Parser)]
+#[command(version, about = "Shomei intake API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API (runs database migrations first).
+    Serve,
+    /// Run database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print a fresh API key for it (shown only this once).
+    Create { name: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shomei_jobs::telemetry::init();
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    let db = shomei_schema::connect(&config.database_url, 2);
+    match cli.command {
+        Command::Migrate => shomei_schema::run_migrations(&db).context("migrating")?,
+        Command::Serve => {
+            shomei_schema::run_migrations(&db).context("migrating")?;
+            let state = shomei_api::AppState::new(&config).await?;
+            let (listener, addr) = shomei_api::bind(config.api_addr).await?;
+            tracing::info!(%addr, "API listening");
+            shomei_api::serve(state, listener, shomei_jobs::telemetry::shutdown_signal()).await;
+        }
+        Command::Tenant { command: TenantCommand::Create { name } } => {
+            shomei_schema::run_migrations(&db).context("migrating")?;
+            let created = shomei_api::tenants::create(&db, &name)?;
+            // The one place a key is printed: to the operator who asked for it.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("tenant_id={}", created.tenant.id);
+                println!("api_key={}", created.api_key);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The API's one error type and its one mapping to HTTP: RFC 9457 `application/problem+json`.
+//! 4xx problems describe what the caller got wrong; 5xx problems are logged here, once, with
+//! their cause chain, and the caller sees only a generic detail.
+
+use serde::Serialize;
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use shomei_schema::DbError;
+use shomei_signing::PdfError;
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
+    #[error("no {0} with this id")]
+    NotFound(&'static str),
+    #[error("the body is not a readable PDF: {0}")]
+    InvalidPdf(#[from] PdfError),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the request needs a Content-Length header")]
+    LengthRequired,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("{0} is unavailable; try again shortly")]
+    Unavailable(&'static str),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(_) => ApiError::Unavailable("the database"),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    fn status_and_slug(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            InvalidPdf(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-pdf", "Invalid PDF"),
+            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Body too large"),
+            LengthRequired => (StatusCode::LENGTH_REQUIRED, "length-required", "Length required"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+            ),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+
+    pub fn to_response(&self) -> Response {
+        let (status, slug, title) = self.status_and_slug();
+        let detail = match self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                "an internal error occurred; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        problem(status, slug, title, detail, self)
+    }
+}
+
+fn problem(status: StatusCode, slug: &str, title: &str, detail: String, error: &ApiError) -> Response {
+    let body = Problem {
+        kind: format!("https://shomei.dev/problems/{slug}"),
+        title,
+        status: status.as_u16(),
+        detail,
+    };
+    let mut response =
+        warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
+    match error {
+        ApiError::Unauthorized => {
+            headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        ApiError::Unavailable(_) => {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    response
+}
+
+/// Turns every rejection, ours and warp's own, into problem+json.
+pub async fn recover(rejection: Rejection) -> Result<Response, Rejection> {
+    use warp::reject::*;
+    if let Some(e) = rejection.find::<ApiError>() {
+        return Ok(e.to_response());
+    }
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound("resource")
+    } else if rejection.find::<LengthRequired>().is_some() {
+        ApiError::LengthRequired
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        ApiError::BadRequest(format!("invalid JSON body: {e}"))
+    } else if let Some(e) = rejection.find::<InvalidQuery>() {
+        ApiError::BadRequest(format!("invalid query string: {e}"))
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else if rejection.find::<UnsupportedMediaType>().is_some() {
+        ApiError::BadRequest("the body must be JSON (Content-Type: application/json)".into())
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        return Ok(problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this method is not allowed on this path".into(),
+            &ApiError::NotFound("method"),
+        ));
+    } else {
+        ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.to_response())
+}

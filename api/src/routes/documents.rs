@@ -1,0 +1,232 @@
+//! Documents: upload (`POST /v1/documents`), metadata, the latest PDF, and queueing a signature
+//! (`POST /v1/documents/{id}/sign`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use warp::http::{header, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use shomei_jobs::sign::SignRequest;
+use shomei_schema::models::NewDocument;
+use shomei_schema::{interact, Document, JobKind, NewJob, Revision};
+
+use super::{respond, with_state};
+use crate::auth::{caller, Caller};
+use crate::problem::ApiError;
+use crate::AppState;
+
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let auth = caller(state.db.clone());
+    let limit = state.max_upload_bytes;
+
+    let upload = warp::path!("v1" / "documents")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state(state.clone()))
+        .and(warp::query::<UploadQuery>())
+        .and(body_within(limit))
+        .then(upload)
+        .map(respond);
+    let show = warp::path!("v1" / "documents" / Uuid)
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state(state.clone()))
+        .then(show)
+        .map(respond);
+    let pdf = warp::path!("v1" / "documents" / Uuid / "pdf")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state(state.clone()))
+        .then(download)
+        .map(respond);
+    let sign = warp::path!("v1" / "documents" / Uuid / "sign")
+        .and(warp::post())
+        .and(auth)
+        .and(with_state(state))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::json())
+        .then(sign)
+        .map(respond);
+
+    upload.or(show).unify().or(pdf).unify().or(sign).unify()
+}
+
+/// The raw body, refused before it is read when its declared length exceeds `limit`.
+fn body_within(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |length: Option<u64>| async move {
+            match length {
+                None => Err(warp::reject::custom(ApiError::LengthRequired)),
+                Some(n) if n > limit => Err(warp::reject::custom(ApiError::TooLarge { limit })),
+                Some(_) => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::bytes())
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    title: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DocumentView {
+    id: Uuid,
+    title: Option<String>,
+    pages: i32,
+    sha256: String,
+    revision: i32,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl DocumentView {
+    fn new(doc: Document, latest: &Revision) -> Self {
+        Self {
+            id: doc.id,
+            title: doc.title,
+            pages: doc.pages,
+            sha256: hex::encode(&latest.sha256),
+            revision: latest.revision,
+            created_at: doc.created_at,
+        }
+    }
+}
+
+async fn upload(
+    caller: Caller,
+    state: Arc<AppState>,
+    query: UploadQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let title = query.title.filter(|t| !t.trim().is_empty());
+    if title.as_ref().is_some_and(|t| t.chars().count() > 500) {
+        return Err(ApiError::BadRequest("title is longer than 500 characters".into()));
+    }
+    let pdf = body.clone();
+    let info = tokio::task::spawn_blocking(move || shomei_signing::inspect_pdf(&pdf))
+        .await
+        .map_err(anyhow::Error::from)??;
+
+    let document_id = Uuid::now_v7();
+    let stored = state
+        .storage
+        .put_pdf(caller.tenant_id, document_id, body)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let first = Revision {
+        document_id,
+        revision: 0,
+        sha256: stored.sha256.to_vec(),
+        size_bytes: stored.size as i64,
+        storage_key: stored.key,
+        job_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    let pages = i32::try_from(info.pages).unwrap_or(i32::MAX);
+    let (doc, first) = interact(&state.db, move |conn| {
+        let new = NewDocument { id: document_id, tenant_id: caller.tenant_id, title: title.as_deref(), pages };
+        Ok((Document::create(conn, &new, &first)?, first))
+    })
+    .await?;
+    tracing::info!(doc.id = %doc.id, doc.pages = pages, "document uploaded");
+    let view = DocumentView::new(doc, &first);
+    Ok(created(&view, &format!("/v1/documents/{}", view.id), StatusCode::CREATED))
+}
+
+/// The document and its latest revision, if the caller's tenant owns it.
+async fn find_document(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<(Document, Revision), ApiError> {
+    interact(&state.db, move |conn| {
+        let Some(doc) = Document::find(conn, caller.tenant_id, id)? else {
+            return Ok(None);
+        };
+        let latest = Revision::latest(conn, doc.id)?;
+        Ok(Some((doc, latest)))
+    })
+    .await?
+    .ok_or(ApiError::NotFound("document"))
+}
+
+async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
+    let (doc, latest) = find_document(&state, caller, id).await?;
+    Ok(warp::reply::json(&DocumentView::new(doc, &latest)).into_response())
+}
+
+async fn download(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
+    let (doc, latest) = find_document(&state, caller, id).await?;
+    let bytes = state
+        .storage
+        .get_verified(&latest.storage_key, &latest.sha256)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut response = Response::new(bytes.into());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/pdf"));
+    let etag = format!("\"{}\"", hex::encode(&latest.sha256));
+    let disposition = format!("attachment; filename=\"{}-r{}.pdf\"", doc.id, latest.revision);
+    for (name, value) in [(header::ETAG, etag), (header::CONTENT_DISPOSITION, disposition)] {
+        headers.insert(name, value.parse().map_err(anyhow::Error::from)?);
+    }
+    Ok(response)
+}
+
+async fn sign(
+    id: Uuid,
+    caller: Caller,
+    state: Arc<AppState>,
+    idempotency_key: Option<String>,
+    request: SignRequest,
+) -> Result<Response, ApiError> {
+    request.validate().map_err(ApiError::BadRequest)?;
+    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 characters".into()));
+    }
+    let (doc, _) = find_document(&state, caller, id).await?;
+    let payload = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
+    // The fingerprint covers what the job will do, so the same key with another body (or on
+    // another document) is told apart from a retry of the same request.
+    let fingerprint: [u8; 32] = Sha256::new()
+        .chain_update(doc.id.as_bytes())
+        .chain_update(payload.to_string().as_bytes())
+        .finalize()
+        .into();
+    let new = NewJob {
+        id: Uuid::now_v7(),
+        tenant_id: caller.tenant_id,
+        kind: JobKind::Sign.as_str(),
+        document_id: Some(doc.id),
+        payload,
+        idempotency_key,
+        request_sha256: Some(fingerprint.to_vec()),
+    };
+    let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new)
+        .await
+        .map_err(|e| match e {
+            shomei_jobs::SubmitError::Db(db) => ApiError::from(db),
+        })?;
+    if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    Ok(created(&json!({"job_id": job.id}), &format!("/v1/jobs/{}", job.id), StatusCode::ACCEPTED))
+}
+
+fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Response {
+    warp::reply::with_header(
+        warp::reply::with_status(warp::reply::json(body), status),
+        header::LOCATION,
+        location,
+    )
+    .into_response()
+}
+

@@ -1,0 +1,37 @@
+//! The REST surface, one module per resource. Every route that touches tenant data takes a
+//! [`Caller`](crate::auth::Caller) and scopes its queries by the caller's tenant, so another
+//! tenant's ids answer 404 exactly like ids that do not exist.
+
+mod documents;
+mod health;
+mod jobs;
+
+use std::sync::Arc;
+
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::problem::{self, ApiError};
+use crate::AppState;
+
+pub fn all(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Rejection> + Clone {
+    health::routes(state.clone())
+        .or(documents::routes(state.clone()))
+        .unify()
+        .or(jobs::routes(state))
+        .unify()
+        .recover(problem::recover)
+        .unify()
+        .with(warp::trace::request())
+}
+
+/// Hands `state` to a filter chain.
+fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Handlers return `Result<Response, ApiError>`; errors become problem+json right here instead
+/// of travelling as rejections through the other routes.
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| e.to_response())
+}

@@ -1,0 +1,102 @@
+//! The transport: apalis over Redis. Redis carries only job ids; the job itself (payload,
+//! status, attempts) is a row in PostgreSQL written before the id is pushed here.
+//!
+//! Each job kind has its own apalis queue, `{namespace}_{kind}` (no `:` in it: apalis-redis
+//! splits channel names on `:`), so kinds can be scaled and watched separately. The apalis task
+//! id is our job id, which makes a second push of the same job a no-op (apalis-redis writes task
+//! data with HSETNX) and lets the reconciler ask Redis whether it still holds a job.
+
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
+use apalis_redis::{Client, Config as QueueConfig, ConnectionManager, RedisStorage};
+use redis::aio::ConnectionManagerConfig;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use shomei_config::Config;
+use shomei_schema::JobKind;
+
+/// What travels through Redis: a reference to the job row, nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job_id: Uuid,
+}
+
+pub type JobStorage = RedisStorage<JobMessage>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("pushing job {job_id} to the queue: {reason}")]
+    Push { job_id: Uuid, reason: String },
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    namespace: String,
+    concurrency: usize,
+    heartbeat: Duration,
+}
+
+impl Queue {
+    pub async fn connect(config: &Config) -> Result<Self, QueueError> {
+        let client = Client::open(config.redis_url.as_str())?;
+        // The default 500 ms response timeout fails heartbeats under load, and a failed
+        // heartbeat stops an apalis worker: give Redis room before calling it gone.
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let conn = client.get_connection_manager_with_config(settings).await?;
+        Ok(Self {
+            conn,
+            namespace: config.queue_namespace.clone(),
+            concurrency: config.worker.concurrency.max(1),
+            heartbeat: config.worker.heartbeat,
+        })
+    }
+
+    fn queue_name(&self, kind: JobKind) -> String {
+        format!("{}_{}", self.namespace, kind.as_str())
+    }
+
+    /// The apalis storage of one kind, configured for both producers and workers.
+    pub fn storage(&self, kind: JobKind) -> JobStorage {
+        let config = QueueConfig::default()
+            .queue(self.queue_name(kind))
+            // One fetch claims at most as many jobs as the worker can start at once; more would
+            // sit in this worker's in-flight set while other workers idle.
+            .batch_size(self.concurrency)
+            .heartbeat_interval(self.heartbeat)
+            // A worker silent for 3 beats is dead and its jobs go to the others (the apalis
+            // default waits 10 beats of 30 s: five minutes).
+            .missed_heartbeats(3);
+        RedisStorage::new(self.conn.clone()).with_config(config)
+    }
+
+    /// Pushes a job id. Pushing an id Redis already holds does nothing.
+    pub async fn push(&self, kind: JobKind, job_id: Uuid) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(JobMessage { job_id })
+            .task_id(TaskId::from_string(job_id.to_string()))
+            .build();
+        self.storage(kind)
+            .push_task(task)
+            .await
+            .map_err(|e| QueueError::Push { job_id, reason: e.to_string() })
+    }
+
+    /// Whether Redis still knows the job, in any state (queued, in flight, finished).
+    pub async fn contains(&self, kind: JobKind, job_id: Uuid) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:data", self.queue_name(kind));
+        Ok(redis::cmd("HEXISTS").arg(key).arg(job_id.to_string()).query_async(&mut conn).await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+}

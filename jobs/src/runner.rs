@@ -1,0 +1,79 @@
+//! The one apalis handler every queue runs: it claims the job row, dispatches to the kind's
+//! handler and records the outcome in PostgreSQL before apalis acknowledges the message.
+//!
+//! Delivery is at least once (apalis re-runs a dead worker's jobs), so a finished job arriving
+//! again is acknowledged without work. Attempts are counted in PostgreSQL when a run starts, so
+//! a job that kills its worker every time still reaches the cap. apalis-redis reschedules any
+//! failed task up to 25 times whatever its retry policy says, so giving up is done here, by
+//! answering with `AbortError`.
+
+use std::sync::Arc;
+
+use apalis::prelude::{AbortError, BoxDynError, Data};
+use futures::FutureExt;
+use tracing::Instrument;
+
+use shomei_schema::{interact, Job};
+
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::queue::JobMessage;
+use crate::registry::dispatch;
+
+pub async fn handle(message: JobMessage, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
+    let span = tracing::info_span!("job", job.id = %message.job_id, job.kind = tracing::field::Empty);
+    run(message, (*ctx).clone()).instrument(span).await
+}
+
+async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynError> {
+    let job_id = message.job_id;
+    let Some(job) = interact(&ctx.db, move |conn| Ok(Job::start(conn, job_id)?)).await? else {
+        tracing::info!("job already finished; duplicate delivery acknowledged");
+        return Ok(());
+    };
+    tracing::Span::current().record("job.kind", job.kind.as_str());
+    let Some(kind) = job.kind() else {
+        return finish_failed(&ctx, &job, format!("unknown job kind {:?}", job.kind)).await;
+    };
+    if job.attempts > ctx.max_attempts {
+        let reason = format!(
+            "gave up after {} attempts; last error: {}",
+            ctx.max_attempts,
+            job.error.as_deref().unwrap_or("the worker stopped while running it")
+        );
+        return finish_failed(&ctx, &job, reason).await;
+    }
+
+    // A panic in a handler is a bug for this input: fail the job with it, do not loop.
+    let outcome = std::panic::AssertUnwindSafe(dispatch(kind, &ctx, &job))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(JobError::permanent("the handler panicked")));
+
+    match outcome {
+        Ok(result) => {
+            interact(&ctx.db, move |conn| Ok(Job::succeed(conn, job_id, &result)?)).await?;
+            tracing::info!(job.attempts = job.attempts, "job succeeded");
+            Ok(())
+        }
+        Err(JobError::Permanent(reason)) => finish_failed(&ctx, &job, reason).await,
+        Err(JobError::Transient(reason)) if job.attempts >= ctx.max_attempts => {
+            finish_failed(&ctx, &job, format!("gave up after {} attempts: {reason}", job.attempts)).await
+        }
+        Err(JobError::Transient(reason)) => {
+            tracing::warn!(job.attempts = job.attempts, error = %reason, "job failed; will retry");
+            let recorded = reason.clone();
+            interact(&ctx.db, move |conn| Ok(Job::release_after_error(conn, job_id, &recorded)?)).await?;
+            Err(reason.into())
+        }
+    }
+}
+
+/// Marks the job failed for good and tells apalis not to retry it.
+async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<(), BoxDynError> {
+    tracing::error!(job.attempts = job.attempts, error = %reason, "job failed permanently");
+    let job_id = job.id;
+    let recorded = reason.clone();
+    interact(&ctx.db, move |conn| Ok(Job::fail(conn, job_id, &recorded)?)).await?;
+    Err(AbortError::new(JobError::Permanent(reason)).into())
+}

@@ -1,0 +1,29 @@
+//! Accepting a job: the row first, then the queue. Once the row is committed the job is
+//! accepted, whatever Redis does next; if the push fails, the reconciler pushes it later.
+
+use shomei_schema::{interact, DbError, Job, NewJob};
+
+use crate::queue::Queue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Records the job (or finds the one made earlier with the same idempotency key) and queues
+/// it. Returns the job and whether it was created by this call.
+pub async fn submit(
+    db: &shomei_schema::DbPool,
+    queue: &Queue,
+    new: NewJob,
+) -> Result<(Job, bool), SubmitError> {
+    let (job, created) = interact(db, move |conn| Ok(Job::insert_or_existing(conn, &new)?)).await?;
+    if let (true, Some(kind)) = (created, job.kind()) {
+        if let Err(e) = queue.push(kind, job.id).await {
+            // Accepted anyway: the row is the truth and the reconciler will push it.
+            tracing::warn!(job.id = %job.id, error = %e, "queue push failed; left to the reconciler");
+        }
+    }
+    Ok((job, created))
+}

@@ -1,0 +1,615 @@
+//! PKCS#11 access: module initialisation, a pool of logged-in sessions and
+//! cached signing identities (key handle + certificate + chain).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use der::{Decode, Encode};
+use secrecy::SecretString;
+use x509_cert::Certificate;
+
+use crate::error::HsmError;
+
+/// How long a caller waits for a free session before the job is retried later.
+const SESSION_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Guards against issuer loops among the token's certificates.
+const MAX_CHAIN_DEPTH: usize = 8;
+
+/// Connection parameters for [`Hsm::connect`].
+#[derive(Clone)]
+pub struct HsmSettings {
+    pub module_path: PathBuf,
+    pub token_label: String,
+    pub user_pin: SecretString,
+    pub pool_size: u32,
+}
+
+impl fmt::Debug for HsmSettings {
+    // Spelled out so that adding a field can never leak the PIN by accident.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HsmSettings")
+            .field("module_path", &self.module_path)
+            .field("token_label", &self.token_label)
+            .field("user_pin", &"[REDACTED]")
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Signature scheme of a key; both use SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// RSA with PKCS#1 v1.5 padding.
+    Rsa,
+    /// ECDSA on NIST P-256.
+    EcdsaP256,
+}
+
+/// A private key in the token together with its certificate and chain.
+pub struct SigningIdentity {
+    label: String,
+    key: ObjectHandle,
+    algorithm: KeyAlgorithm,
+    certificate: Certificate,
+    chain: Vec<Certificate>,
+}
+
+impl SigningIdentity {
+    pub fn certificate(&self) -> &x509_cert::Certificate {
+        &self.certificate
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// Issuer certificates found in the token, nearest issuer first.
+    pub fn chain(&self) -> &[Certificate] {
+        &self.chain
+    }
+}
+
+impl fmt::Debug for SigningIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningIdentity")
+            .field("label", &self.label)
+            .field("algorithm", &self.algorithm)
+            .field(
+                "subject",
+                &self.certificate.tbs_certificate().subject().to_string(),
+            )
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handle to the token: cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Hsm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: r2d2::Pool<SessionManager>,
+    token_label: String,
+    identities: Mutex<HashMap<String, Arc<SigningIdentity>>>,
+}
+
+impl fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hsm")
+            .field("token_label", &self.inner.token_label)
+            .field("pool", &self.inner.pool.state())
+            .finish()
+    }
+}
+
+impl Hsm {
+    /// Initialises the PKCS#11 module (once per process), checks the PIN and
+    /// builds the session pool.
+    pub fn connect(settings: &HsmSettings) -> Result<Hsm, HsmError> {
+        let pkcs11 = initialised_module(&settings.module_path)?;
+        let slot = find_token(&pkcs11, &settings.token_label)?;
+        let manager = SessionManager {
+            pkcs11,
+            slot,
+            pin: settings.user_pin.clone(),
+        };
+
+        // One explicit attempt before the pool exists: r2d2 keeps retrying
+        // failed connects in the background, and with a wrong PIN that would
+        // burn through the token's retry counter and lock it.
+        let probe = manager.open().map_err(|e| match e {
+            CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired,
+                _,
+            )
+            | CkError::Pkcs11(_, Function::Login) => HsmError::Login(e),
+            other => HsmError::Pkcs11 {
+                operation: "C_OpenSession",
+                source: other,
+            },
+        })?;
+
+        // Built while the probe is still open so the pool's first session
+        // inherits the login instead of sending the PIN again.
+        let pool = r2d2::Pool::builder()
+            .max_size(settings.pool_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(SESSION_CHECKOUT_TIMEOUT)
+            .test_on_check_out(true)
+            .build(manager)?;
+        drop(probe);
+
+        tracing::info!(
+            token = %settings.token_label,
+            pool_size = settings.pool_size,
+            "connected to HSM"
+        );
+        Ok(Hsm {
+            inner: Arc::new(Inner {
+                pool,
+                token_label: settings.token_label.clone(),
+                identities: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Readiness probe: proves a logged-in session can be obtained and the
+    /// token answers.
+    pub fn check(&self) -> Result<(), HsmError> {
+        self.with_session("C_GetSessionInfo", |session| {
+            let state = session.get_session_info()?.session_state();
+            if is_logged_in(state) {
+                Ok(())
+            } else {
+                Err(not_logged_in())
+            }
+        })
+    }
+
+    /// Looks up (once, then cached) the private key labelled `key_label`, its
+    /// certificate and the issuing certificates stored in the token.
+    pub fn identity(&self, key_label: &str) -> Result<Arc<SigningIdentity>, HsmError> {
+        if let Some(identity) = self.cached_identity(key_label) {
+            return Ok(identity);
+        }
+        let identity = Arc::new(self.load_identity(key_label)?);
+        // Two threads may both miss and load; either result is equally valid.
+        self.inner
+            .identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key_label.to_owned(), Arc::clone(&identity));
+        Ok(identity)
+    }
+
+    /// Signs a SHA-256 digest with the identity's key inside the HSM.
+    ///
+    /// Returns the signature as CMS expects it: the raw PKCS#1 v1.5 block for
+    /// RSA, a DER `ECDSA-Sig-Value` for ECDSA.
+    pub fn sign_digest(
+        &self,
+        identity: &SigningIdentity,
+        sha256_digest: &[u8; 32],
+    ) -> Result<Vec<u8>, HsmError> {
+        let result = match identity.algorithm {
+            KeyAlgorithm::Rsa => {
+                // CKM_RSA_PKCS only pads, so the DigestInfo has to be built here.
+                let mut digest_info = Vec::with_capacity(SHA256_DIGEST_INFO_PREFIX.len() + 32);
+                digest_info.extend_from_slice(&SHA256_DIGEST_INFO_PREFIX);
+                digest_info.extend_from_slice(sha256_digest);
+                self.with_session("C_Sign", |session| {
+                    session.sign(&Mechanism::RsaPkcs, identity.key, &digest_info)
+                })
+            }
+            KeyAlgorithm::EcdsaP256 => self
+                .with_session("C_Sign", |session| {
+                    session.sign(&Mechanism::Ecdsa, identity.key, sha256_digest)
+                })
+                .and_then(|raw| ecdsa_raw_to_der(&identity.label, &raw)),
+        };
+        if let Err(HsmError::Pkcs11 {
+            source: CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _),
+            ..
+        }) = &result
+        {
+            // The key was replaced in the token; look it up afresh next time.
+            self.forget_identity(&identity.label);
+        }
+        result
+    }
+
+    fn cached_identity(&self, key_label: &str) -> Option<Arc<SigningIdentity>> {
+        self.inner
+            .identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key_label)
+            .cloned()
+    }
+
+    fn forget_identity(&self, key_label: &str) {
+        self.inner
+            .identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key_label);
+    }
+
+    fn load_identity(&self, key_label: &str) -> Result<SigningIdentity, HsmError> {
+        let found = self.with_session("C_FindObjects", |session| {
+            let Some(key) = find_one(
+                session,
+                ObjectClass::PRIVATE_KEY,
+                Attribute::Label(key_label.into()),
+            )?
+            else {
+                return Ok(None);
+            };
+            let attributes =
+                session.get_attributes(key, &[AttributeType::KeyType, AttributeType::Id])?;
+            let mut key_type = None;
+            let mut key_id = None;
+            for attribute in attributes {
+                match attribute {
+                    Attribute::KeyType(t) => key_type = Some(t),
+                    Attribute::Id(id) => key_id = Some(id),
+                    _ => {}
+                }
+            }
+            // Same label first; the CKA_ID link is the PKCS#11 convention
+            // for tokens provisioned by other tools.
+            let mut cert = find_one(
+                session,
+                ObjectClass::CERTIFICATE,
+                Attribute::Label(key_label.into()),
+            )?;
+            if cert.is_none() {
+                if let Some(id) = key_id.clone().filter(|id| !id.is_empty()) {
+                    cert = find_one(session, ObjectClass::CERTIFICATE, Attribute::Id(id))?;
+                }
+            }
+            let cert_der = match cert {
+                Some(handle) => Some(certificate_value(session, handle)?),
+                None => None,
+            };
+            let others = session
+                .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])?
+                .into_iter()
+                .filter(|handle| Some(*handle) != cert)
+                .map(|handle| certificate_value(session, handle))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((key, key_type, cert_der, others)))
+        })?;
+
+        let Some((key, key_type, cert_der, others)) = found else {
+            return Err(HsmError::KeyNotFound(key_label.to_owned()));
+        };
+        let cert_der =
+            cert_der.ok_or_else(|| HsmError::CertificateNotFound(key_label.to_owned()))?;
+        let certificate =
+            Certificate::from_der(&cert_der).map_err(|source| HsmError::BadCertificate {
+                label: key_label.to_owned(),
+                source,
+            })?;
+        let algorithm = key_algorithm(key_label, key_type, &certificate)?;
+        // Unrelated or malformed certificates elsewhere in the token must not
+        // make this key unusable.
+        let others: Vec<Certificate> = others
+            .iter()
+            .filter_map(|der| Certificate::from_der(der).ok())
+            .collect();
+        let chain = build_chain(&certificate, &others);
+
+        tracing::debug!(
+            key = key_label,
+            ?algorithm,
+            chain_len = chain.len(),
+            "loaded signing identity"
+        );
+        Ok(SigningIdentity {
+            label: key_label.to_owned(),
+            key,
+            algorithm,
+            certificate,
+            chain,
+        })
+    }
+
+    /// Runs `op` on a pooled session, flagging the session as broken when
+    /// the error says the session (rather than the request) is at fault, so
+    /// the pool discards it instead of handing it out again.
+    fn with_session<T>(
+        &self,
+        operation: &'static str,
+        op: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let mut pooled = self.inner.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
+        op(&pooled.session).map_err(|source| {
+            if breaks_session(&source) {
+                tracing::warn!(operation, error = %source, "discarding HSM session");
+                pooled.broken = true;
+            }
+            HsmError::Pkcs11 { operation, source }
+        })
+    }
+}
+
+/// DER prefix of `DigestInfo { sha256, OCTET STRING (32 bytes) }` (RFC 8017 §9.2).
+const SHA256_DIGEST_INFO_PREFIX: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
+
+#[derive(der::Sequence)]
+struct EcdsaSigValue<'a> {
+    r: der::asn1::UintRef<'a>,
+    s: der::asn1::UintRef<'a>,
+}
+
+/// PKCS#11 returns ECDSA signatures as `r || s`; CMS wants `ECDSA-Sig-Value`.
+fn ecdsa_raw_to_der(label: &str, raw: &[u8]) -> Result<Vec<u8>, HsmError> {
+    let unexpected = || HsmError::UnsupportedKey {
+        label: label.to_owned(),
+        reason: format!(
+            "token returned a {}-byte ECDSA signature, expected 64",
+            raw.len()
+        ),
+    };
+    if raw.len() != 64 {
+        return Err(unexpected());
+    }
+    let (r, s) = raw.split_at(32);
+    let value = EcdsaSigValue {
+        r: der::asn1::UintRef::new(r).map_err(|_| unexpected())?,
+        s: der::asn1::UintRef::new(s).map_err(|_| unexpected())?,
+    };
+    value.to_der().map_err(|_| unexpected())
+}
+
+fn find_one(
+    session: &Session,
+    class: ObjectClass,
+    selector: Attribute,
+) -> Result<Option<ObjectHandle>, CkError> {
+    Ok(session
+        .find_objects(&[Attribute::Class(class), selector])?
+        .into_iter()
+        .next())
+}
+
+fn certificate_value(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, CkError> {
+    let attributes = session.get_attributes(handle, &[AttributeType::Value])?;
+    Ok(attributes
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            Attribute::Value(value) => Some(value),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+const OID_RSA_ENCRYPTION: der::oid::ObjectIdentifier = const_oid::db::rfc5912::RSA_ENCRYPTION;
+const OID_EC_PUBLIC_KEY: der::oid::ObjectIdentifier = const_oid::db::rfc5912::ID_EC_PUBLIC_KEY;
+const OID_P256: der::oid::ObjectIdentifier = const_oid::db::rfc5912::SECP_256_R_1;
+
+/// Decides the signature scheme and refuses key/certificate pairs that could
+/// only ever produce signatures nobody can verify.
+fn key_algorithm(
+    label: &str,
+    key_type: Option<KeyType>,
+    certificate: &Certificate,
+) -> Result<KeyAlgorithm, HsmError> {
+    let unsupported = |reason: String| HsmError::UnsupportedKey {
+        label: label.to_owned(),
+        reason,
+    };
+    let spki = certificate.tbs_certificate().subject_public_key_info();
+    match key_type {
+        Some(KeyType::RSA) if spki.algorithm.oid == OID_RSA_ENCRYPTION => Ok(KeyAlgorithm::Rsa),
+        Some(KeyType::EC) if spki.algorithm.oid == OID_EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<der::oid::ObjectIdentifier>().ok());
+            if curve == Some(OID_P256) {
+                Ok(KeyAlgorithm::EcdsaP256)
+            } else {
+                Err(unsupported(format!(
+                    "only P-256 EC keys are supported, certificate has {curve:?}"
+                )))
+            }
+        }
+        Some(KeyType::RSA | KeyType::EC) => Err(unsupported(format!(
+            "certificate key algorithm {} does not match the private key type",
+            spki.algorithm.oid
+        ))),
+        other => Err(unsupported(format!("unsupported key type {other:?}"))),
+    }
+}
+
+/// Follows issuer links among the token's certificates, nearest issuer first.
+fn build_chain(leaf: &Certificate, candidates: &[Certificate]) -> Vec<Certificate> {
+    let mut chain: Vec<Certificate> = Vec::new();
+    let mut current = leaf;
+    while chain.len() < MAX_CHAIN_DEPTH {
+        let tbs = current.tbs_certificate();
+        if tbs.issuer() == tbs.subject() {
+            break;
+        }
+        let Some(issuer) = candidates.iter().find(|c| {
+            c.tbs_certificate().subject() == tbs.issuer() && !chain.contains(c) && *c != leaf
+        }) else {
+            break;
+        };
+        chain.push(issuer.clone());
+        current = issuer;
+    }
+    chain
+}
+
+fn is_logged_in(state: SessionState) -> bool {
+    matches!(state, SessionState::RoUser | SessionState::RwUser)
+}
+
+fn not_logged_in() -> CkError {
+    CkError::Pkcs11(RvError::UserNotLoggedIn, Function::GetSessionInfo)
+}
+
+/// Errors after which this session (or the whole login) cannot be trusted.
+fn breaks_session(error: &CkError) -> bool {
+    match error {
+        CkError::Pkcs11(rv, _) => matches!(
+            rv,
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceError
+                | RvError::DeviceRemoved
+                | RvError::DeviceMemory
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::UserNotLoggedIn
+                | RvError::GeneralError
+                | RvError::CryptokiNotInitialized
+                | RvError::OperationActive
+        ),
+        _ => true,
+    }
+}
+
+// cryptoki permits one C_Initialize per process; every `Hsm` for the same
+// module shares the context created here.
+static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+
+fn initialised_module(path: &Path) -> Result<Pkcs11, HsmError> {
+    let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(pkcs11) = modules.get(&key) {
+        return Ok(pkcs11.clone());
+    }
+    let module_error = |source| HsmError::Module {
+        path: path.to_owned(),
+        source,
+    };
+    let pkcs11 = Pkcs11::new(&key).map_err(module_error)?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        // Someone else in the process (another library) got there first.
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(module_error(e)),
+    }
+    modules.insert(key, pkcs11.clone());
+    Ok(pkcs11)
+}
+
+fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
+    let pkcs11_error = |source| HsmError::Pkcs11 {
+        operation: "C_GetSlotList",
+        source,
+    };
+    for slot in pkcs11.get_slots_with_token().map_err(pkcs11_error)? {
+        let info = pkcs11.get_token_info(slot).map_err(pkcs11_error)?;
+        if info.label().trim_end() == label {
+            return Ok(slot);
+        }
+    }
+    Err(HsmError::TokenNotFound(label.to_owned()))
+}
+
+struct SessionManager {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    pin: SecretString,
+}
+
+/// A pooled session; `broken` is set by [`Hsm::with_session`] and read by
+/// the pool so a failed session is closed rather than reused.
+struct PooledSession {
+    session: Session,
+    broken: bool,
+}
+
+impl SessionManager {
+    fn open(&self) -> Result<PooledSession, CkError> {
+        let session = self.pkcs11.open_ro_session(self.slot)?;
+        // Login is per application, not per session: a fresh session is
+        // already logged in whenever another open session is.
+        if !is_logged_in(session.get_session_info()?.session_state()) {
+            match session.login(UserType::User, Some(&self.pin)) {
+                Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(PooledSession {
+            session,
+            broken: false,
+        })
+    }
+}
+
+impl r2d2::ManageConnection for SessionManager {
+    type Connection = PooledSession;
+    type Error = CkError;
+
+    fn connect(&self) -> Result<PooledSession, CkError> {
+        self.open()
+    }
+
+    fn is_valid(&self, conn: &mut PooledSession) -> Result<(), CkError> {
+        if is_logged_in(conn.session.get_session_info()?.session_state()) {
+            Ok(())
+        } else {
+            Err(not_logged_in())
+        }
+    }
+
+    fn has_broken(&self, conn: &mut PooledSession) -> bool {
+        conn.broken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_debug_hides_pin() {
+        let settings = HsmSettings {
+            module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token_label: "t".into(),
+            user_pin: SecretString::from("s3cret-pin-1234"),
+            pool_size: 2,
+        };
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("s3cret-pin-1234"), "{debug}");
+        assert!(debug.contains("REDACTED"));
+    }
+
+    #[test]
+    fn ecdsa_signature_is_der_encoded() {
+        let mut raw = [0u8; 64];
+        raw[0] = 0x80; // high bit forces a leading zero in the INTEGER
+        raw[63] = 1;
+        let der = ecdsa_raw_to_der("k", &raw).unwrap();
+        assert_eq!(der[0], 0x30);
+        assert_eq!(&der[2..5], &[0x02, 0x21, 0x00]);
+        assert_eq!(&der[der.len() - 3..], &[0x02, 0x01, 0x01]);
+    }
+}

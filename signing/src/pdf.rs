@@ -1,0 +1,487 @@
+//! PDF side of signing: intake checks, the incremental revision carrying the
+//! signature field with fixed-size placeholders, and patching the final
+//! /ByteRange and /Contents into the written bytes.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use chrono::{DateTime, Utc};
+use lopdf::{
+    dictionary, Dictionary, Document, IncrementalDocument, Object, ObjectId, StringFormat,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{PdfError, SignError};
+
+/// What the intake check learned about a PDF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PdfInfo {
+    pub pages: u32,
+    /// Signature fields that already carry a signature.
+    pub signatures: usize,
+}
+
+/// Intake check: is this a readable, unencrypted, complete PDF with pages?
+///
+/// Never panics, whatever the bytes.
+pub fn inspect_pdf(bytes: &[u8]) -> Result<PdfInfo, PdfError> {
+    let doc = load(bytes)?;
+    guarded(|| {
+        Ok(PdfInfo {
+            pages: u32::try_from(doc.get_pages().len()).unwrap_or(u32::MAX),
+            signatures: count_signatures(&doc),
+        })
+    })
+}
+
+/// Header search window; ISO 32000-2 §7.5.2 lets readers accept junk before it.
+const HEADER_WINDOW: usize = 1024;
+/// Trailing bytes searched for the end-of-file marker.
+const EOF_WINDOW: usize = 1024;
+
+/// Parses `bytes`, classifying every way a document can be unusable.
+pub(crate) fn load(bytes: &[u8]) -> Result<Document, PdfError> {
+    let head = &bytes[..bytes.len().min(HEADER_WINDOW)];
+    if find(head, b"%PDF-").is_none() {
+        return Err(PdfError::NotPdf);
+    }
+    // A cut-off upload is by far the most common damage; name it as such
+    // instead of letting the parser's recovery paper over it.
+    let tail = &bytes[bytes.len().saturating_sub(EOF_WINDOW)..];
+    if find(tail, b"%%EOF").is_none() {
+        return Err(PdfError::Truncated);
+    }
+
+    let doc = guarded(|| Document::load_mem(bytes).map_err(classify_load_error))?;
+    if doc.trailer.has(b"Encrypt") || doc.encryption_state.is_some() {
+        return Err(PdfError::Encrypted);
+    }
+    // The revision we append must chain to a cross-reference section that
+    // describes the file; one rebuilt by scanning does not.
+    if doc.xref_recovery.is_some() || doc.xref_start == 0 {
+        return Err(PdfError::Truncated);
+    }
+    let pages = guarded(|| Ok(doc.get_pages().len()))?;
+    if pages == 0 {
+        return Err(PdfError::NoPages);
+    }
+    Ok(doc)
+}
+
+fn classify_load_error(error: lopdf::Error) -> PdfError {
+    match error {
+        lopdf::Error::Decryption(_)
+        | lopdf::Error::InvalidPassword
+        | lopdf::Error::AlreadyEncrypted => PdfError::Encrypted,
+        lopdf::Error::IO(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => PdfError::Truncated,
+        lopdf::Error::InvalidOffset(_) | lopdf::Error::MissingXrefEntry => PdfError::Truncated,
+        other => PdfError::Unreadable(other.to_string()),
+    }
+}
+
+/// lopdf is not panic-free on hostile input; a panic must become an error,
+/// never take a worker thread down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, PdfError>) -> Result<T, PdfError> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(PdfError::Unreadable("PDF structure is malformed".into())))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Bounds recursion through /Kids of hostile form trees.
+const MAX_FIELD_DEPTH: usize = 32;
+
+fn acroform(doc: &Document) -> Option<&Dictionary> {
+    let catalog = doc.catalog().ok()?;
+    let form = catalog.get(b"AcroForm").ok()?;
+    doc.dereference(form).ok()?.1.as_dict().ok()
+}
+
+/// Visits every terminal and intermediate field of the AcroForm.
+fn for_each_field(doc: &Document, mut visit: impl FnMut(&Dictionary)) {
+    fn walk(
+        doc: &Document,
+        fields: &Object,
+        depth: usize,
+        seen: &mut HashSet<ObjectId>,
+        visit: &mut dyn FnMut(&Dictionary),
+    ) {
+        if depth > MAX_FIELD_DEPTH {
+            return;
+        }
+        let Ok((_, Object::Array(fields))) = doc.dereference(fields) else {
+            return;
+        };
+        for field in fields {
+            if let Object::Reference(id) = field {
+                if !seen.insert(*id) {
+                    continue;
+                }
+            }
+            let Ok((_, Object::Dictionary(dict))) = doc.dereference(field) else {
+                continue;
+            };
+            visit(dict);
+            if let Ok(kids) = dict.get(b"Kids") {
+                walk(doc, kids, depth + 1, seen, visit);
+            }
+        }
+    }
+    if let Some(fields) = acroform(doc).and_then(|form| form.get(b"Fields").ok()) {
+        walk(doc, fields, 0, &mut HashSet::new(), &mut visit);
+    }
+}
+
+fn count_signatures(doc: &Document) -> usize {
+    let mut count = 0;
+    for_each_field(doc, |field| {
+        let signed = field
+            .get(b"V")
+            .ok()
+            .and_then(|v| doc.dereference(v).ok())
+            .and_then(|(_, v)| v.as_dict().ok())
+            .is_some_and(|v| v.has(b"ByteRange") && v.has(b"Contents"));
+        if signed {
+            count += 1;
+        }
+    });
+    count
+}
+
+/// Values shown in the signature dictionary.
+pub(crate) struct SignatureFields<'a> {
+    pub name: &'a str,
+    pub email: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub location: Option<&'a str>,
+    pub signing_time: DateTime<Utc>,
+}
+
+/// An incremental revision written out with placeholders, waiting for its CMS.
+pub(crate) struct PreparedRevision {
+    bytes: Vec<u8>,
+    byte_range: [usize; 4],
+    /// Capacity of /Contents in bytes of DER (the hex string holds twice as many digits).
+    capacity: usize,
+}
+
+/// The /ByteRange placeholder: every number is ten digits wide so the real
+/// values (padded with spaces) always fit in place.
+const BYTE_RANGE_SENTINEL: i64 = 9_999_999_999;
+
+impl PreparedRevision {
+    /// Appends a revision with an invisible signature field on page 1 whose
+    /// /Contents can hold `capacity` bytes of DER.
+    pub(crate) fn new(
+        original: &[u8],
+        doc: Document,
+        fields: &SignatureFields<'_>,
+        capacity: usize,
+    ) -> Result<Self, SignError> {
+        let mut revision = IncrementalDocument::create_from(original.to_vec(), doc);
+        guarded(|| add_signature_field(&mut revision, fields, capacity))?;
+
+        let mut bytes = Vec::with_capacity(original.len() + 2 * capacity + 4096);
+        guarded(|| {
+            revision
+                .save_to(&mut bytes)
+                .map_err(|e| PdfError::Unreadable(e.to_string()))
+        })?;
+        if !bytes.starts_with(original) {
+            return Err(SignError::Write(
+                "writer changed bytes of the original revision".into(),
+            ));
+        }
+
+        let appended = original.len();
+        let contents_placeholder = {
+            let mut p = Vec::with_capacity(2 * capacity + 2);
+            p.push(b'<');
+            p.resize(2 * capacity + 1, b'0');
+            p.push(b'>');
+            p
+        };
+        let gap_start = appended
+            + find(&bytes[appended..], &contents_placeholder).ok_or_else(|| {
+                SignError::Write("signature /Contents placeholder not found".into())
+            })?;
+        let gap_end = gap_start + contents_placeholder.len();
+        let byte_range = [0, gap_start, gap_end, bytes.len() - gap_end];
+
+        let sentinel = format!("[0 {s} {s} {s}]", s = BYTE_RANGE_SENTINEL);
+        let range_at = appended
+            + find(&bytes[appended..], sentinel.as_bytes()).ok_or_else(|| {
+                SignError::Write("signature /ByteRange placeholder not found".into())
+            })?;
+        let actual = format!(
+            "[{} {} {} {}]",
+            byte_range[0], byte_range[1], byte_range[2], byte_range[3]
+        );
+        let padded = format!("{actual:<width$}", width = sentinel.len());
+        if padded.len() != sentinel.len() {
+            return Err(SignError::Write(
+                "document too large for /ByteRange placeholder".into(),
+            ));
+        }
+        bytes[range_at..range_at + sentinel.len()].copy_from_slice(padded.as_bytes());
+
+        Ok(Self {
+            bytes,
+            byte_range,
+            capacity,
+        })
+    }
+
+    /// SHA-256 over everything except the /Contents hex string.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        let [a, b, c, d] = self.byte_range;
+        let mut hasher = Sha256::new();
+        hasher.update(&self.bytes[a..a + b]);
+        hasher.update(&self.bytes[c..c + d]);
+        hasher.finalize().into()
+    }
+
+    /// Writes the CMS into /Contents. Returns `Err(needed)` with the size
+    /// that would fit if the placeholder was too small.
+    pub(crate) fn embed(mut self, cms_der: &[u8]) -> Result<Vec<u8>, usize> {
+        if cms_der.len() > self.capacity {
+            return Err(cms_der.len());
+        }
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        // Skip the '<'; the unused tail stays zeros, which DER-length-aware
+        // readers ignore.
+        let start = self.byte_range[1] + 1;
+        for (i, byte) in cms_der.iter().enumerate() {
+            self.bytes[start + 2 * i] = HEX[usize::from(byte >> 4)];
+            self.bytes[start + 2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        Ok(self.bytes)
+    }
+}
+
+fn add_signature_field(
+    revision: &mut IncrementalDocument,
+    fields: &SignatureFields<'_>,
+    capacity: usize,
+) -> Result<(), PdfError> {
+    let unreadable = |e: lopdf::Error| PdfError::Unreadable(e.to_string());
+    let prev = revision.get_prev_documents();
+    let catalog_id = prev
+        .trailer
+        .get(b"Root")
+        .and_then(Object::as_reference)
+        .map_err(unreadable)?;
+    let page_id = *prev.get_pages().get(&1).ok_or(PdfError::NoPages)?;
+    let field_name = unused_field_name(prev);
+
+    let doc = &mut revision.new_document;
+    // A hybrid file's /XRefStm and an xref stream's decoding parameters
+    // describe the previous section, not the one appended here.
+    for key in [
+        &b"XRefStm"[..],
+        b"DecodeParms",
+        b"Filter",
+        b"Length",
+        b"W",
+        b"Index",
+        b"Type",
+    ] {
+        doc.trailer.remove(key);
+    }
+
+    let mut sig = dictionary! {
+        "Type" => "Sig",
+        "Filter" => "Adobe.PPKLite",
+        "SubFilter" => "ETSI.CAdES.detached",
+        "ByteRange" => vec![0.into(), BYTE_RANGE_SENTINEL.into(), BYTE_RANGE_SENTINEL.into(), BYTE_RANGE_SENTINEL.into()],
+        "Contents" => Object::String(vec![0; capacity], StringFormat::Hexadecimal),
+        "M" => Object::string_literal(pdf_date(fields.signing_time)),
+        "Name" => text_string(fields.name),
+    };
+    if let Some(reason) = fields.reason {
+        sig.set("Reason", text_string(reason));
+    }
+    if let Some(location) = fields.location {
+        sig.set("Location", text_string(location));
+    }
+    if let Some(email) = fields.email {
+        sig.set("ContactInfo", text_string(email));
+    }
+    let sig_id = doc.add_object(sig);
+
+    let widget_id = doc.add_object(dictionary! {
+        "Type" => "Annot",
+        "Subtype" => "Widget",
+        "FT" => "Sig",
+        "T" => text_string(&field_name),
+        "V" => sig_id,
+        "Rect" => vec![0.into(), 0.into(), 0.into(), 0.into()],
+        // Print | Locked: invisible field that nobody can move or delete.
+        "F" => 132,
+        "P" => page_id,
+    });
+
+    append_to_array_entry(revision, page_id, b"Annots", widget_id)?;
+    add_to_acroform(revision, catalog_id, widget_id)
+}
+
+/// Appends `item` to `owner[key]`, whether that array is direct, indirect or
+/// missing, copying into the new revision only the object that changes.
+fn append_to_array_entry(
+    revision: &mut IncrementalDocument,
+    owner_id: ObjectId,
+    key: &[u8],
+    item: ObjectId,
+) -> Result<(), PdfError> {
+    let unreadable = |e: lopdf::Error| PdfError::Unreadable(e.to_string());
+    let not_array =
+        || PdfError::Unreadable(format!("/{} is not an array", String::from_utf8_lossy(key)));
+    let existing = if revision.new_document.has_object(owner_id) {
+        revision.new_document.get_dictionary(owner_id)
+    } else {
+        revision.get_prev_documents().get_dictionary(owner_id)
+    }
+    .map_err(unreadable)?
+    .get(key)
+    .ok()
+    .cloned();
+
+    match existing {
+        // Only the array changes; the owner stays as it was.
+        Some(Object::Reference(array_id)) => {
+            revision
+                .opt_clone_object_to_new_document(array_id)
+                .map_err(unreadable)?;
+            match revision
+                .new_document
+                .get_object_mut(array_id)
+                .map_err(unreadable)?
+            {
+                Object::Array(items) => items.push(item.into()),
+                _ => return Err(not_array()),
+            }
+            Ok(())
+        }
+        Some(Object::Array(mut items)) => {
+            items.push(item.into());
+            set_in(revision, owner_id, key, Object::Array(items))
+        }
+        Some(Object::Null) | None => {
+            set_in(revision, owner_id, key, Object::Array(vec![item.into()]))
+        }
+        Some(_) => Err(not_array()),
+    }
+}
+
+/// Sets `key` in object `id`, copying the object into the new revision first.
+fn set_in(
+    revision: &mut IncrementalDocument,
+    id: ObjectId,
+    key: &[u8],
+    value: Object,
+) -> Result<(), PdfError> {
+    revision
+        .opt_clone_object_to_new_document(id)
+        .map_err(|e| PdfError::Unreadable(e.to_string()))?;
+    revision
+        .new_document
+        .get_dictionary_mut(id)
+        .map_err(|e| PdfError::Unreadable(e.to_string()))?
+        .set(key, value);
+    Ok(())
+}
+
+/// Registers the field and sets /SigFlags 3 (SignaturesExist | AppendOnly),
+/// creating the AcroForm if the document has none.
+fn add_to_acroform(
+    revision: &mut IncrementalDocument,
+    catalog_id: ObjectId,
+    field_id: ObjectId,
+) -> Result<(), PdfError> {
+    let unreadable = |e: lopdf::Error| PdfError::Unreadable(e.to_string());
+    let form_ref = revision
+        .get_prev_documents()
+        .get_dictionary(catalog_id)
+        .map_err(unreadable)?
+        .get(b"AcroForm")
+        .ok()
+        .cloned();
+
+    let form_id = match form_ref {
+        Some(Object::Reference(form_id)) => form_id,
+        Some(Object::Dictionary(_)) | Some(Object::Null) | None => {
+            // Move a direct (or missing) form into its own object so the
+            // same code path edits it; the catalog then points to it.
+            let form = match form_ref {
+                Some(Object::Dictionary(form)) => form,
+                _ => Dictionary::new(),
+            };
+            let form_id = revision.new_document.add_object(form);
+            set_in(
+                revision,
+                catalog_id,
+                b"AcroForm",
+                Object::Reference(form_id),
+            )?;
+            form_id
+        }
+        Some(_) => return Err(PdfError::Unreadable("/AcroForm is not a dictionary".into())),
+    };
+
+    append_to_array_entry(revision, form_id, b"Fields", field_id)?;
+    set_in(revision, form_id, b"SigFlags", Object::Integer(3))
+}
+
+/// First `SignatureN` not already used as a field name (names must be unique).
+fn unused_field_name(doc: &Document) -> String {
+    let mut taken = HashSet::new();
+    for_each_field(doc, |field| {
+        if let Ok(Object::String(name, _)) = field.get(b"T") {
+            taken.insert(name.clone());
+        }
+    });
+    (1..)
+        .map(|n| format!("Signature{n}"))
+        .find(|name| !taken.contains(name.as_bytes()))
+        .unwrap_or_else(|| "Signature".into())
+}
+
+/// PDF date string (ISO 32000-1 §7.9.4), always in UTC.
+fn pdf_date(time: DateTime<Utc>) -> String {
+    time.format("D:%Y%m%d%H%M%S+00'00'").to_string()
+}
+
+/// PDF text string: PDFDocEncoding is ASCII-compatible, anything beyond
+/// ASCII goes out as UTF-16BE with a byte order mark.
+fn text_string(text: &str) -> Object {
+    if text.is_ascii() {
+        Object::String(text.as_bytes().to_vec(), StringFormat::Literal)
+    } else {
+        let mut bytes = vec![0xFE, 0xFF];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+        Object::String(bytes, StringFormat::Hexadecimal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_ascii_text_is_utf16be() {
+        let Object::String(bytes, StringFormat::Hexadecimal) = text_string("署名") else {
+            panic!("expected hex string");
+        };
+        assert_eq!(bytes, [0xFE, 0xFF, 0x7F, 0x72, 0x54, 0x0D]);
+    }
+
+    #[test]
+    fn pdf_date_is_utc() {
+        let time = DateTime::parse_from_rfc3339("2024-05-06T07:08:09Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(pdf_date(time), "D:20240506070809+00'00'");
+    }
+}

@@ -1,0 +1,184 @@
+//! End-to-end signing against the SoftHSM2 dev token, checked with external
+//! validators (pdfsig, qpdf, openssl).
+
+mod common;
+
+use common::{assert_externally_valid, hsm, request, sample, EC_KEY, RSA_KEY};
+use shomei_signing::{inspect_pdf, sign_pdf, HsmError, KeyAlgorithm, PdfError, SignError};
+
+fn sign_and_check(sample_name: &str, key: &str) {
+    let original = sample(sample_name);
+    let signed = sign_pdf(hsm(), &original, &request(key)).unwrap();
+    assert!(signed.starts_with(&original), "original bytes must be kept");
+    assert_externally_valid(&format!("{sample_name}-{key}"), &signed, 1);
+    let info = inspect_pdf(&signed).unwrap();
+    assert_eq!(info.signatures, 1);
+    assert_eq!(info.pages, inspect_pdf(&original).unwrap().pages);
+}
+
+#[test]
+fn rsa_signs_contract() {
+    sign_and_check("contract.pdf", RSA_KEY);
+}
+
+#[test]
+fn ec_signs_contract() {
+    sign_and_check("contract.pdf", EC_KEY);
+}
+
+#[test]
+fn signs_object_stream_sample() {
+    sign_and_check("contract-objstm.pdf", RSA_KEY);
+    sign_and_check("contract-objstm.pdf", EC_KEY);
+}
+
+#[test]
+fn signs_incremental_sample() {
+    sign_and_check("contract-incremental.pdf", RSA_KEY);
+    sign_and_check("contract-incremental.pdf", EC_KEY);
+}
+
+#[test]
+fn every_unencrypted_sample_signs() {
+    let dir = common::workspace_root().join("samples");
+    let mut signed = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".pdf") && !name.contains("encrypted") {
+            sign_and_check(&name, EC_KEY);
+            signed += 1;
+        }
+    }
+    assert!(signed >= 3);
+}
+
+#[test]
+fn second_signature_keeps_first_valid() {
+    for name in [
+        "contract.pdf",
+        "contract-objstm.pdf",
+        "contract-incremental.pdf",
+    ] {
+        let first = sign_pdf(hsm(), &sample(name), &request(RSA_KEY)).unwrap();
+        let second = sign_pdf(hsm(), &first, &request(EC_KEY)).unwrap();
+        assert!(second.starts_with(&first));
+        assert_externally_valid(&format!("{name}-twice"), &second, 2);
+        assert_eq!(inspect_pdf(&second).unwrap().signatures, 2);
+    }
+}
+
+#[test]
+fn encrypted_sample_is_refused_permanently() {
+    let err = sign_pdf(hsm(), &sample("contract-encrypted.pdf"), &request(RSA_KEY)).unwrap_err();
+    assert!(
+        matches!(err, SignError::Pdf(PdfError::Encrypted)),
+        "{err:?}"
+    );
+    assert!(err.is_permanent());
+}
+
+#[test]
+fn unknown_key_is_permanent() {
+    let err = sign_pdf(hsm(), &sample("contract.pdf"), &request("no-such-key")).unwrap_err();
+    assert!(
+        matches!(err, SignError::Hsm(HsmError::KeyNotFound(_))),
+        "{err:?}"
+    );
+    assert!(err.is_permanent());
+}
+
+#[test]
+fn identities_carry_certificate_and_chain() {
+    hsm().check().unwrap();
+    let rsa = hsm().identity(RSA_KEY).unwrap();
+    let ec = hsm().identity(EC_KEY).unwrap();
+    assert_eq!(rsa.algorithm(), KeyAlgorithm::Rsa);
+    assert_eq!(ec.algorithm(), KeyAlgorithm::EcdsaP256);
+    for identity in [&rsa, &ec] {
+        assert!(identity
+            .certificate()
+            .tbs_certificate()
+            .subject()
+            .to_string()
+            .contains("Shomei Dev Signing"));
+        assert_eq!(
+            identity.chain().len(),
+            1,
+            "dev CA must be found in the token"
+        );
+        assert!(identity.chain()[0]
+            .tbs_certificate()
+            .subject()
+            .to_string()
+            .contains("Shomei Dev Root CA"));
+    }
+    // Cached: the same Arc comes back.
+    assert!(std::sync::Arc::ptr_eq(
+        &rsa,
+        &hsm().identity(RSA_KEY).unwrap()
+    ));
+}
+
+#[test]
+fn raw_signatures_have_expected_shape() {
+    let digest = [7u8; 32];
+    let rsa = hsm()
+        .sign_digest(&hsm().identity(RSA_KEY).unwrap(), &digest)
+        .unwrap();
+    assert_eq!(rsa.len(), 256);
+    let ec = hsm()
+        .sign_digest(&hsm().identity(EC_KEY).unwrap(), &digest)
+        .unwrap();
+    assert_eq!(ec[0], 0x30, "ECDSA signature must be DER");
+}
+
+#[test]
+fn parallel_signing_shares_the_pool() {
+    let original = sample("contract.pdf");
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let original = &original;
+                scope.spawn(move || {
+                    let key = if i % 2 == 0 { RSA_KEY } else { EC_KEY };
+                    sign_pdf(hsm(), original, &request(key)).unwrap()
+                })
+            })
+            .collect();
+        for (i, handle) in handles.into_iter().enumerate() {
+            let signed = handle.join().unwrap();
+            assert_externally_valid(&format!("parallel-{i}"), &signed, 1);
+        }
+    });
+}
+
+/// Structures the samples do not have: a direct /AcroForm dictionary with
+/// other entries, and a page whose /Annots is an indirect array.
+#[test]
+fn signs_direct_acroform_and_indirect_annots() {
+    use lopdf::{dictionary, Document, Object};
+
+    let mut doc = Document::load_mem(&sample("contract.pdf")).unwrap();
+    let annots_id = doc.add_object(Object::Array(vec![]));
+    let page_id = doc.get_pages()[&1];
+    doc.get_dictionary_mut(page_id)
+        .unwrap()
+        .set("Annots", annots_id);
+    doc.catalog_mut().unwrap().set(
+        "AcroForm",
+        dictionary! { "Fields" => Vec::<Object>::new(), "DA" => Object::string_literal("/Helv 0 Tf 0 g") },
+    );
+    let mut original = Vec::new();
+    doc.save_to(&mut original).unwrap();
+
+    let signed = sign_pdf(hsm(), &original, &request(RSA_KEY)).unwrap();
+    assert_externally_valid("direct-acroform", &signed, 1);
+    let twice = sign_pdf(hsm(), &signed, &request(EC_KEY)).unwrap();
+    assert_externally_valid("direct-acroform-twice", &twice, 2);
+
+    let reloaded = Document::load_mem(&twice).unwrap();
+    let form = reloaded.catalog().unwrap().get(b"AcroForm").unwrap();
+    let form = reloaded.dereference(form).unwrap().1.as_dict().unwrap();
+    assert!(form.has(b"DA"), "existing AcroForm entries must be kept");
+    assert_eq!(form.get(b"SigFlags").unwrap().as_i64().unwrap(), 3);
+}

@@ -1,0 +1,60 @@
+#![doc = include_str!("../README.md")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BackendExt, Monitor, WorkerBuilder};
+use apalis::layers::WorkerBuilderExt;
+
+use shomei_config::Config;
+use shomei_jobs::{reconciler, runner, JobContext};
+use shomei_schema::JobKind;
+
+/// How often an idle worker asks Redis for work. Without it apalis-redis only polls on its
+/// heartbeat tick, and a fresh job waits for it.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shomei_jobs::telemetry::init();
+    let config = Config::from_env()?;
+    let ctx = Arc::new(JobContext::open(&config).await?);
+    let concurrency = config.worker.concurrency;
+    let process = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tracing::info!(worker.process = %process, concurrency, "worker starting");
+
+    let reconcile = tokio::spawn(reconciler::run(ctx.clone(), config.worker.reconcile_every));
+
+    let mut monitor = Monitor::new();
+    for kind in JobKind::ALL {
+        let ctx = ctx.clone();
+        let process = process.clone();
+        monitor = monitor.register(move |restarts| {
+            let storage = ctx.queue.storage(kind).poll_with_interval(POLL_EVERY);
+            // apalis-redis refuses a name whose heartbeat is still fresh, so a restarted worker
+            // (after Redis came back empty, say) needs a new one.
+            WorkerBuilder::new(format!("{}-{process}-r{restarts}", kind.as_str()))
+                .backend(storage)
+                .data(ctx.clone())
+                .concurrency(concurrency)
+                .build(runner::handle)
+        });
+    }
+    let result = monitor
+        .should_restart(|worker, error| {
+            tracing::warn!(worker = %worker.name(), %error, "worker stopped; restarting");
+            // Redis down makes every restart fail at once; pace them instead of spinning.
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(1)));
+            true
+        })
+        .shutdown_timeout(SHUTDOWN_GRACE)
+        .run_with_signal(async {
+            shomei_jobs::telemetry::shutdown_signal().await;
+            Ok(())
+        })
+        .await;
+    reconcile.abort();
+    tracing::info!("worker stopped");
+    Ok(result?)
+}
