@@ -5,7 +5,10 @@ use tracing_subscriber::EnvFilter;
 /// JSON logs when `SHOMEI_LOG_JSON=1`, human-readable otherwise; level from `RUST_LOG`.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     if std::env::var("SHOMEI_LOG_JSON").is_ok_and(|v| v == "1") {
         builder.json().init();
     } else {

@@ -1,0 +1,309 @@
+//! [`TestApp`]: a whole Shomei deployment on loopback, for one test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use serde_json::Value;
+
+use crate::{hsm_dir, workspace_root};
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+#[derive(Debug, Clone)]
+pub struct TestAppOptions {
+    /// Worker processes started with the app (more can be started later).
+    pub workers: usize,
+    /// Redis database number; a test that flushes Redis takes one of its own.
+    pub redis_db: u8,
+    pub concurrency: usize,
+    pub max_upload_bytes: Option<u64>,
+    /// Extra environment for the worker processes only (e.g. a missing key label).
+    pub worker_env: Vec<(String, String)>,
+}
+
+impl Default for TestAppOptions {
+    fn default() -> Self {
+        Self { workers: 1, redis_db: 0, concurrency: 4, max_upload_bytes: None, worker_env: vec![] }
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    /// The API key of a tenant created at start.
+    pub api_key: String,
+    options: TestAppOptions,
+    env: Vec<(String, String)>,
+    db_name: String,
+    redis_url: String,
+    namespace: String,
+    dir: PathBuf,
+    api: Child,
+    workers: Vec<Option<Child>>,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SHOMEI_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("debug")
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (scripts/test.sh does)", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(TestAppOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: TestAppOptions) -> TestApp {
+        let hsm = hsm_dir();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("shomei_t_{id}");
+        admin_sql(&format!("CREATE DATABASE {db_name}"));
+
+        let dir = workspace_root().join("target/tmp/apps").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let redis_url = format!("redis://127.0.0.1:6379/{}", options.redis_db);
+        let namespace = format!("t{}", &id[..12]);
+        let mut env: Vec<(String, String)> = vec![
+            ("SHOMEI_DATABASE_URL".into(), format!("{POSTGRES}/{db_name}")),
+            ("SHOMEI_DB_POOL_SIZE".into(), "8".into()),
+            ("SHOMEI_REDIS_URL".into(), redis_url.clone()),
+            ("SHOMEI_QUEUE_NAMESPACE".into(), namespace.clone()),
+            ("SHOMEI_STORAGE_DIR".into(), dir.join("storage").display().to_string()),
+            ("SHOMEI_API_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("SOFTHSM2_CONF".into(), hsm.join("softhsm2.conf").display().to_string()),
+            ("SHOMEI_HSM_PIN_FILE".into(), hsm.join("user-pin").display().to_string()),
+            ("SHOMEI_HSM_POOL_SIZE".into(), "2".into()),
+            ("SHOMEI_WORKER_CONCURRENCY".into(), options.concurrency.to_string()),
+            ("SHOMEI_RECONCILE_SECS".into(), "1".into()),
+            ("SHOMEI_HEARTBEAT_SECS".into(), "1".into()),
+            ("SHOMEI_JOB_MAX_ATTEMPTS".into(), "5".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        if let Some(limit) = options.max_upload_bytes {
+            env.push(("SHOMEI_MAX_UPLOAD_BYTES".into(), limit.to_string()));
+        }
+
+        let mut app = TestApp {
+            base_url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            api_key: String::new(),
+            api: spawn_logged(&bin("shomei-api"), &["serve"], &env, &[], &dir.join("api.log")),
+            options,
+            env,
+            db_name,
+            redis_url,
+            namespace,
+            dir,
+            workers: vec![],
+        };
+        app.wait_until_ready().await;
+        app.api_key = app.create_tenant("Test tenant").await;
+        for _ in 0..app.options.workers {
+            app.start_worker();
+        }
+        app
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.api.try_wait().unwrap() {
+                panic!("shomei-api exited with {status}; see {}", self.dir.join("api.log").display());
+            }
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "API not ready; see {}", self.dir.join("api.log").display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates a tenant with `shomei-api tenant create` and returns its API key.
+    pub async fn create_tenant(&self, name: &str) -> String {
+        let output = Command::new(bin("shomei-api"))
+            .args(["tenant", "create", name])
+            .envs(self.env.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "tenant create: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("api_key="))
+            .expect("api_key in output")
+            .to_owned()
+    }
+
+    /// Starts one more worker process; returns its index.
+    pub fn start_worker(&mut self) -> usize {
+        let index = self.workers.len();
+        let log = self.dir.join(format!("worker-{index}.log"));
+        let child = spawn_logged(&bin("shomei-worker"), &[], &self.env, &self.options.worker_env, &log);
+        self.workers.push(Some(child));
+        index
+    }
+
+    /// SIGKILLs a worker: no shutdown, its running jobs are cut off mid-way.
+    pub fn kill_worker(&mut self, index: usize) {
+        if let Some(mut child) = self.workers[index].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn upload(&self, key: &str, pdf: Vec<u8>, title: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url("/v1/documents"))
+            .bearer_auth(key)
+            .header("content-type", "application/pdf")
+            .body(pdf);
+        if let Some(title) = title {
+            request = request.query(&[("title", title)]);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Uploads a PDF that must be accepted; returns its id.
+    pub async fn upload_ok(&self, pdf: Vec<u8>) -> String {
+        let response = self.upload(&self.api_key, pdf, Some("Contract")).await;
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn sign(&self, key: &str, document_id: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/documents/{document_id}/sign")))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Queues a signature that must be accepted; returns the job id.
+    pub async fn sign_ok(&self, document_id: &str, signer: &str) -> String {
+        let body = serde_json::json!({
+            "signer": {"name": signer, "email": "signer@example.com"},
+            "reason": "契約に同意します",
+            "location": "Tokyo",
+        });
+        let response = self.sign(&self.api_key, document_id, &body).await;
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let body: Value = response.json().await.unwrap();
+        body["job_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(key).send().await.unwrap()
+    }
+
+    /// Polls a job until it finishes (or `timeout` passes) and returns its last state.
+    pub async fn wait_for_job(&self, job_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job: Value = self.get(&self.api_key, &format!("/v1/jobs/{job_id}")).await.json().await.unwrap();
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed")) || Instant::now() > deadline {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn download(&self, document_id: &str) -> Vec<u8> {
+        let response = self.get(&self.api_key, &format!("/v1/documents/{document_id}/pdf")).await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Runs SQL against this app's database (for checks the API does not expose).
+    pub fn sql_count(&self, query: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        diesel::sql_query(query).get_result::<Count>(&mut conn).unwrap().n
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().flatten().chain(std::iter::once(&mut self.api)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name));
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}_*", self.namespace))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            }
+        }
+    }
+}
+
+fn admin_sql(statement: &str) {
+    let mut conn = PgConnection::establish(&format!("{POSTGRES}/postgres")).expect("PostgreSQL at 127.0.0.1:5432");
+    diesel::sql_query(statement).execute(&mut conn).unwrap();
+}
+
+fn spawn_logged(
+    program: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    extra_env: &[(String, String)],
+    log: &Path,
+) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(program);
+    // The developer's own SHOMEI_* settings must not leak into a test deployment.
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOMEI_")) {
+        command.env_remove(name);
+    }
+    command
+        .args(args)
+        .envs(env.iter().chain(extra_env).cloned())
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()))
+}

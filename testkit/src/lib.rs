@@ -1,0 +1,44 @@
+//! The one test harness of the workspace.
+//!
+//! [`TestApp`] starts the real programs (`shomei-api`, `shomei-worker`) as processes against
+//! real PostgreSQL (a fresh database per app, dropped afterwards), real Redis (a namespace per
+//! app) and a real SoftHSM2 token with the dev CA, and talks to them over HTTP like a client.
+//! [`validate`] checks signed PDFs with tools we did not write.
+//!
+//! The binaries must be built before the tests run (`scripts/test.sh` does it): cargo holds its
+//! build lock while tests run, so the harness cannot build them itself.
+
+mod app;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub use app::{TestApp, TestAppOptions};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(workspace_root().join("samples").join(name)).unwrap()
+}
+
+/// Directory of the dev token and CA, created on first use by `scripts/dev-hsm.sh` (which
+/// takes a file lock, so test binaries running at once do not race).
+pub fn hsm_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("SHOMEI_TEST_HSM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target/dev-hsm"));
+        let status = Command::new(workspace_root().join("scripts/dev-hsm.sh"))
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/dev-hsm.sh");
+        assert!(status.success(), "scripts/dev-hsm.sh failed");
+        dir
+    })
+}
