@@ -33,14 +33,23 @@ export SHOMEI_HSM_PIN_FILE=$DIR/user-pin
 ENV
 }
 
+# An NSS database trusting the dev CA, so `pdfsig -nssdir sql:DIR/nssdb` validates the chain.
+trust_store() {
+    [[ -e "$DIR/nssdb/cert9.db" ]] && return
+    mkdir -p "$DIR/nssdb"
+    certutil -N --empty-password -d "sql:$DIR/nssdb"
+    certutil -A -n shomei-dev-ca -t "C,C,C" -i "$DIR/ca/ca.pem" -d "sql:$DIR/nssdb"
+}
+
 if [[ -e "$DIR/.done" ]]; then
+    trust_store
     print_env
     exit 0
 fi
 
 # A previous run may have died half-way; start from a clean slate rather than
 # guessing which steps already happened.
-rm -rf "$DIR/tokens" "$DIR/ca" "$DIR/work" "$DIR/user-pin" "$DIR/so-pin"
+rm -rf "$DIR/tokens" "$DIR/ca" "$DIR/work" "$DIR/user-pin" "$DIR/so-pin" "$DIR/nssdb"
 mkdir -p "$DIR/tokens" "$DIR/ca" "$DIR/work"
 chmod 700 "$DIR/work" "$DIR/ca"
 WORK="$DIR/work"
@@ -117,5 +126,6 @@ issue shomei-dev-rsa 01 "Shomei Dev Signing (RSA)" -algorithm RSA -pkeyopt rsa_k
 issue shomei-dev-ec 02 "Shomei Dev Signing (EC)" -algorithm EC -pkeyopt ec_paramgen_curve:P-256
 p11 --write-object "$WORK/ca.der" --type cert --label shomei-dev-ca --id ca
 
+trust_store
 touch "$DIR/.done"
 print_env

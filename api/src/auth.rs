@@ -57,7 +57,10 @@ pub fn caller(db: DbPool) -> impl Filter<Extract = (Caller,), Error = warp::Reje
             .await
             .map_err(|e| warp::reject::custom(ApiError::from(e)))?;
             found
-                .map(|k| Caller { tenant_id: k.tenant_id, key_id: k.id })
+                .map(|k| Caller {
+                    tenant_id: k.tenant_id,
+                    key_id: k.id,
+                })
                 .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized))
         }
     })

@@ -32,12 +32,20 @@ impl AppState {
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
         let storage = Storage::local(&config.storage_dir)?;
-        let queue = Queue::connect(config).await.context("connecting to Redis")?;
+        let queue = Queue::connect(config)
+            .await
+            .context("connecting to Redis")?;
         let hsm_settings = shomei_jobs::hsm_settings(&config.hsm, 1);
         let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&hsm_settings))
             .await?
             .context("opening the HSM")?;
-        Ok(Self { db, storage, queue, hsm, max_upload_bytes: config.max_upload_bytes })
+        Ok(Self {
+            db,
+            storage,
+            queue,
+            hsm,
+            max_upload_bytes: config.max_upload_bytes,
+        })
     }
 }
 
@@ -48,13 +56,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let routes = routes::all(Arc::new(state));
-    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }
 
 /// Binds the configured address; returns the listener and the address actually bound (port 0
 /// picks a free port, which the tests use).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
     Ok((listener, local))
 }

@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%addr, "API listening");
             shomei_api::serve(state, listener, shomei_jobs::telemetry::shutdown_signal()).await;
         }
-        Command::Tenant { command: TenantCommand::Create { name } } => {
+        Command::Tenant {
+            command: TenantCommand::Create { name },
+        } => {
             shomei_schema::run_migrations(&db).context("migrating")?;
             let created = shomei_api::tenants::create(&db, &name)?;
             // The one place a key is printed: to the operator who asked for it.

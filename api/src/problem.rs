@@ -60,17 +60,33 @@ impl ApiError {
         match self {
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            InvalidPdf(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-pdf", "Invalid PDF"),
+            InvalidPdf(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-pdf",
+                "Invalid PDF",
+            ),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Body too large"),
-            LengthRequired => (StatusCode::LENGTH_REQUIRED, "length-required", "Length required"),
+            LengthRequired => (
+                StatusCode::LENGTH_REQUIRED,
+                "length-required",
+                "Length required",
+            ),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Idempotency key reused",
             ),
-            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 
@@ -87,20 +103,31 @@ impl ApiError {
     }
 }
 
-fn problem(status: StatusCode, slug: &str, title: &str, detail: String, error: &ApiError) -> Response {
+fn problem(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: String,
+    error: &ApiError,
+) -> Response {
     let body = Problem {
         kind: format!("https://shomei.dev/problems/{slug}"),
         title,
         status: status.as_u16(),
         detail,
     };
-    let mut response =
-        warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(PROBLEM_JSON),
+    );
     match error {
         ApiError::Unauthorized => {
-            headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         ApiError::Unavailable(_) => {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));

@@ -19,5 +19,8 @@ pub fn create(db: &DbPool, name: &str) -> Result<CreatedTenant, DbError> {
         ApiKey::create(conn, tenant.id, &key.prefix, &key.sha256)?;
         Ok::<_, diesel::result::Error>(tenant)
     })?;
-    Ok(CreatedTenant { tenant, api_key: key.secret })
+    Ok(CreatedTenant {
+        tenant,
+        api_key: key.secret,
+    })
 }

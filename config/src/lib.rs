@@ -114,16 +114,23 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
     {
         match self.get(name) {
             None => Ok(default),
-            Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-                name,
-                reason: e.to_string(),
-                value,
-            }),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    name,
+                    reason: e.to_string(),
+                    value,
+                }),
         }
     }
 
     /// A secret given inline or, preferably, as a file whose trimmed content is the secret.
-    fn secret(&self, name: &'static str, file_name: &'static str) -> Result<SecretString, ConfigError> {
+    fn secret(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+    ) -> Result<SecretString, ConfigError> {
         if let Some(value) = self.get(name) {
             return Ok(SecretString::from(value));
         }
@@ -143,8 +150,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -170,10 +179,16 @@ mod tests {
 
     #[test]
     fn an_unparsable_number_names_the_variable_and_value() {
-        let err = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_WORKER_CONCURRENCY", "lots")])
-            .unwrap_err();
+        let err = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_WORKER_CONCURRENCY", "lots"),
+        ])
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("SHOMEI_WORKER_CONCURRENCY") && msg.contains("lots"), "{msg}");
+        assert!(
+            msg.contains("SHOMEI_WORKER_CONCURRENCY") && msg.contains("lots"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ impl JobContext {
         use anyhow::Context;
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
         let storage = Storage::local(&config.storage_dir)?;
-        let queue = Queue::connect(config).await.context("connecting to Redis")?;
+        let queue = Queue::connect(config)
+            .await
+            .context("connecting to Redis")?;
         let settings = hsm_settings(&config.hsm, config.hsm.pool_size);
         let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&settings))
             .await?

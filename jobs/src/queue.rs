@@ -84,14 +84,21 @@ impl Queue {
         self.storage(kind)
             .push_task(task)
             .await
-            .map_err(|e| QueueError::Push { job_id, reason: e.to_string() })
+            .map_err(|e| QueueError::Push {
+                job_id,
+                reason: e.to_string(),
+            })
     }
 
     /// Whether Redis still knows the job, in any state (queued, in flight, finished).
     pub async fn contains(&self, kind: JobKind, job_id: Uuid) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
         let key = format!("{}:data", self.queue_name(kind));
-        Ok(redis::cmd("HEXISTS").arg(key).arg(job_id.to_string()).query_async(&mut conn).await?)
+        Ok(redis::cmd("HEXISTS")
+            .arg(key)
+            .arg(job_id.to_string())
+            .query_async(&mut conn)
+            .await?)
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {

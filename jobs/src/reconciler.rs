@@ -30,12 +30,18 @@ pub async fn run(ctx: std::sync::Arc<JobContext>, every: Duration) {
 /// again when Redis does not know it. Returns how many were pushed.
 pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> {
     let cutoff = chrono::Utc::now() - grace;
-    let candidates =
-        interact(&ctx.db, move |conn| Ok(Job::unfinished_enqueued_before(conn, cutoff, BATCH)?)).await?;
+    let candidates = interact(&ctx.db, move |conn| {
+        Ok(Job::unfinished_enqueued_before(conn, cutoff, BATCH)?)
+    })
+    .await?;
     let mut requeued = 0;
     for job in candidates {
         let Some(kind) = job.kind() else { continue };
-        let present = ctx.queue.contains(kind, job.id).await.map_err(queue_error)?;
+        let present = ctx
+            .queue
+            .contains(kind, job.id)
+            .await
+            .map_err(queue_error)?;
         if !present {
             ctx.queue.push(kind, job.id).await.map_err(queue_error)?;
             requeued += 1;

@@ -21,7 +21,8 @@ use crate::queue::JobMessage;
 use crate::registry::dispatch;
 
 pub async fn handle(message: JobMessage, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
-    let span = tracing::info_span!("job", job.id = %message.job_id, job.kind = tracing::field::Empty);
+    let span =
+        tracing::info_span!("job", job.id = %message.job_id, job.kind = tracing::field::Empty);
     run(message, (*ctx).clone()).instrument(span).await
 }
 
@@ -39,7 +40,9 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
         let reason = format!(
             "gave up after {} attempts; last error: {}",
             ctx.max_attempts,
-            job.error.as_deref().unwrap_or("the worker stopped while running it")
+            job.error
+                .as_deref()
+                .unwrap_or("the worker stopped while running it")
         );
         return finish_failed(&ctx, &job, reason).await;
     }
@@ -52,18 +55,29 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
 
     match outcome {
         Ok(result) => {
-            interact(&ctx.db, move |conn| Ok(Job::succeed(conn, job_id, &result)?)).await?;
+            interact(&ctx.db, move |conn| {
+                Ok(Job::succeed(conn, job_id, &result)?)
+            })
+            .await?;
             tracing::info!(job.attempts = job.attempts, "job succeeded");
             Ok(())
         }
         Err(JobError::Permanent(reason)) => finish_failed(&ctx, &job, reason).await,
         Err(JobError::Transient(reason)) if job.attempts >= ctx.max_attempts => {
-            finish_failed(&ctx, &job, format!("gave up after {} attempts: {reason}", job.attempts)).await
+            finish_failed(
+                &ctx,
+                &job,
+                format!("gave up after {} attempts: {reason}", job.attempts),
+            )
+            .await
         }
         Err(JobError::Transient(reason)) => {
             tracing::warn!(job.attempts = job.attempts, error = %reason, "job failed; will retry");
             let recorded = reason.clone();
-            interact(&ctx.db, move |conn| Ok(Job::release_after_error(conn, job_id, &recorded)?)).await?;
+            interact(&ctx.db, move |conn| {
+                Ok(Job::release_after_error(conn, job_id, &recorded)?)
+            })
+            .await?;
             Err(reason.into())
         }
     }

@@ -43,7 +43,11 @@ impl SignRequest {
         }
         if let Some(email) = &self.signer.email {
             let (local, domain) = email.split_once('@').unwrap_or(("", ""));
-            if local.is_empty() || !domain.contains('.') || email.len() > 254 || email.contains(char::is_whitespace) {
+            if local.is_empty()
+                || !domain.contains('.')
+                || email.len() > 254
+                || email.contains(char::is_whitespace)
+            {
                 return Err(format!("signer.email {email:?} is not an e-mail address"));
             }
         }
@@ -65,7 +69,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
 
     let job_id = job.id;
     let (done, latest) = interact(&ctx.db, move |conn| {
-        Ok((Revision::made_by_job(conn, job_id)?, Revision::latest(conn, document_id)?))
+        Ok((
+            Revision::made_by_job(conn, job_id)?,
+            Revision::latest(conn, document_id)?,
+        ))
     })
     .await?;
     if let Some(revision) = done {
@@ -73,7 +80,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         return Ok(result(&revision));
     }
 
-    let original = ctx.storage.get_verified(&latest.storage_key, &latest.sha256).await?;
+    let original = ctx
+        .storage
+        .get_verified(&latest.storage_key, &latest.sha256)
+        .await?;
     let signature = SignatureRequest {
         key_label: ctx.key_label.clone(),
         signer_name: request.signer.name,
@@ -83,11 +93,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         signing_time: chrono::Utc::now(),
     };
     let hsm = ctx.hsm.clone();
-    let signed = tokio::task::spawn_blocking(move || {
-        shomei_signing::sign_pdf(&hsm, &original, &signature)
-    })
-    .await
-    .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
+    let signed =
+        tokio::task::spawn_blocking(move || shomei_signing::sign_pdf(&hsm, &original, &signature))
+            .await
+            .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
 
     let stored = ctx
         .storage
@@ -116,4 +125,3 @@ fn result(revision: &Revision) -> serde_json::Value {
         "sha256": hex::encode(&revision.sha256),
     })
 }
-

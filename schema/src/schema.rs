@@ -67,4 +67,10 @@ diesel::joinable!(documents -> tenants (tenant_id));
 diesel::joinable!(jobs -> documents (document_id));
 diesel::joinable!(jobs -> tenants (tenant_id));
 
-diesel::allow_tables_to_appear_in_same_query!(api_keys, document_revisions, documents, jobs, tenants,);
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    document_revisions,
+    documents,
+    jobs,
+    tenants,
+);

@@ -45,7 +45,9 @@ impl Storage {
             source,
         })?;
         let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
-        Ok(Self { store: Arc::new(store) })
+        Ok(Self {
+            store: Arc::new(store),
+        })
     }
 
     /// Stores one revision of a document under its content address.
@@ -62,16 +64,26 @@ impl Storage {
         );
         let size = bytes.len() as u64;
         self.store
-            .put(&ObjectPath::from(key.as_str()), PutPayload::from_bytes(bytes))
+            .put(
+                &ObjectPath::from(key.as_str()),
+                PutPayload::from_bytes(bytes),
+            )
             .await?;
         Ok(StoredObject { key, sha256, size })
     }
 
     /// Reads an object back and checks it against the digest recorded when it was written.
     pub async fn get_verified(&self, key: &str, sha256: &[u8]) -> Result<Bytes, StorageError> {
-        let bytes = self.store.get(&ObjectPath::from(key)).await?.bytes().await?;
+        let bytes = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await?
+            .bytes()
+            .await?;
         if Sha256::digest(&bytes).as_slice() != sha256 {
-            return Err(StorageError::Corrupt { key: key.to_owned() });
+            return Err(StorageError::Corrupt {
+                key: key.to_owned(),
+            });
         }
         Ok(bytes)
     }

@@ -25,7 +25,13 @@ pub struct TestAppOptions {
 
 impl Default for TestAppOptions {
     fn default() -> Self {
-        Self { workers: 1, redis_db: 0, concurrency: 4, max_upload_bytes: None, worker_env: vec![] }
+        Self {
+            workers: 1,
+            redis_db: 0,
+            concurrency: 4,
+            max_upload_bytes: None,
+            worker_env: vec![],
+        }
     }
 }
 
@@ -45,19 +51,29 @@ pub struct TestApp {
 }
 
 fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SHOMEI_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"))
-            .join("debug")
-    });
+    let dir = std::env::var_os("SHOMEI_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"))
+                .join("debug")
+        });
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestApp {
@@ -77,16 +93,31 @@ impl TestApp {
         let redis_url = format!("redis://127.0.0.1:6379/{}", options.redis_db);
         let namespace = format!("t{}", &id[..12]);
         let mut env: Vec<(String, String)> = vec![
-            ("SHOMEI_DATABASE_URL".into(), format!("{POSTGRES}/{db_name}")),
+            (
+                "SHOMEI_DATABASE_URL".into(),
+                format!("{POSTGRES}/{db_name}"),
+            ),
             ("SHOMEI_DB_POOL_SIZE".into(), "8".into()),
             ("SHOMEI_REDIS_URL".into(), redis_url.clone()),
             ("SHOMEI_QUEUE_NAMESPACE".into(), namespace.clone()),
-            ("SHOMEI_STORAGE_DIR".into(), dir.join("storage").display().to_string()),
+            (
+                "SHOMEI_STORAGE_DIR".into(),
+                dir.join("storage").display().to_string(),
+            ),
             ("SHOMEI_API_ADDR".into(), format!("127.0.0.1:{port}")),
-            ("SOFTHSM2_CONF".into(), hsm.join("softhsm2.conf").display().to_string()),
-            ("SHOMEI_HSM_PIN_FILE".into(), hsm.join("user-pin").display().to_string()),
+            (
+                "SOFTHSM2_CONF".into(),
+                hsm.join("softhsm2.conf").display().to_string(),
+            ),
+            (
+                "SHOMEI_HSM_PIN_FILE".into(),
+                hsm.join("user-pin").display().to_string(),
+            ),
             ("SHOMEI_HSM_POOL_SIZE".into(), "2".into()),
-            ("SHOMEI_WORKER_CONCURRENCY".into(), options.concurrency.to_string()),
+            (
+                "SHOMEI_WORKER_CONCURRENCY".into(),
+                options.concurrency.to_string(),
+            ),
             ("SHOMEI_RECONCILE_SECS".into(), "1".into()),
             ("SHOMEI_HEARTBEAT_SECS".into(), "1".into()),
             ("SHOMEI_JOB_MAX_ATTEMPTS".into(), "5".into()),
@@ -100,7 +131,13 @@ impl TestApp {
             base_url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             api_key: String::new(),
-            api: spawn_logged(&bin("shomei-api"), &["serve"], &env, &[], &dir.join("api.log")),
+            api: spawn_logged(
+                &bin("shomei-api"),
+                &["serve"],
+                &env,
+                &[],
+                &dir.join("api.log"),
+            ),
             options,
             env,
             db_name,
@@ -121,14 +158,21 @@ impl TestApp {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.api.try_wait().unwrap() {
-                panic!("shomei-api exited with {status}; see {}", self.dir.join("api.log").display());
+                panic!(
+                    "shomei-api exited with {status}; see {}",
+                    self.dir.join("api.log").display()
+                );
             }
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
                 if r.status().is_success() {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "API not ready; see {}", self.dir.join("api.log").display());
+            assert!(
+                Instant::now() < deadline,
+                "API not ready; see {}",
+                self.dir.join("api.log").display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -140,7 +184,11 @@ impl TestApp {
             .envs(self.env.iter().cloned())
             .output()
             .unwrap();
-        assert!(output.status.success(), "tenant create: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "tenant create: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8(output.stdout)
             .unwrap()
             .lines()
@@ -153,7 +201,13 @@ impl TestApp {
     pub fn start_worker(&mut self) -> usize {
         let index = self.workers.len();
         let log = self.dir.join(format!("worker-{index}.log"));
-        let child = spawn_logged(&bin("shomei-worker"), &[], &self.env, &self.options.worker_env, &log);
+        let child = spawn_logged(
+            &bin("shomei-worker"),
+            &[],
+            &self.env,
+            &self.options.worker_env,
+            &log,
+        );
         self.workers.push(Some(child));
         index
     }
@@ -215,15 +269,27 @@ impl TestApp {
     }
 
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(key).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Polls a job until it finishes (or `timeout` passes) and returns its last state.
     pub async fn wait_for_job(&self, job_id: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let job: Value = self.get(&self.api_key, &format!("/v1/jobs/{job_id}")).await.json().await.unwrap();
-            if matches!(job["status"].as_str(), Some("succeeded" | "failed")) || Instant::now() > deadline {
+            let job: Value = self
+                .get(&self.api_key, &format!("/v1/jobs/{job_id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed"))
+                || Instant::now() > deadline
+            {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -231,7 +297,9 @@ impl TestApp {
     }
 
     pub async fn download(&self, document_id: &str) -> Vec<u8> {
-        let response = self.get(&self.api_key, &format!("/v1/documents/{document_id}/pdf")).await;
+        let response = self
+            .get(&self.api_key, &format!("/v1/documents/{document_id}/pdf"))
+            .await;
         assert_eq!(response.status(), 200);
         response.bytes().await.unwrap().to_vec()
     }
@@ -252,7 +320,10 @@ impl TestApp {
             n: i64,
         }
         let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
-        diesel::sql_query(query).get_result::<Count>(&mut conn).unwrap().n
+        diesel::sql_query(query)
+            .get_result::<Count>(&mut conn)
+            .unwrap()
+            .n
     }
 
     pub fn log_dir(&self) -> &Path {
@@ -262,11 +333,19 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        for child in self.workers.iter_mut().flatten().chain(std::iter::once(&mut self.api)) {
+        for child in self
+            .workers
+            .iter_mut()
+            .flatten()
+            .chain(std::iter::once(&mut self.api))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
-        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name));
+        admin_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        ));
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_connection() {
                 let keys: Vec<String> = redis::cmd("KEYS")
@@ -282,7 +361,8 @@ impl Drop for TestApp {
 }
 
 fn admin_sql(statement: &str) {
-    let mut conn = PgConnection::establish(&format!("{POSTGRES}/postgres")).expect("PostgreSQL at 127.0.0.1:5432");
+    let mut conn = PgConnection::establish(&format!("{POSTGRES}/postgres"))
+        .expect("PostgreSQL at 127.0.0.1:5432");
     diesel::sql_query(statement).execute(&mut conn).unwrap();
 }
 

@@ -18,7 +18,10 @@ use std::sync::OnceLock;
 pub use app::{TestApp, TestAppOptions};
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn sample(name: &str) -> Vec<u8> {

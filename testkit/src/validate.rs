@@ -96,7 +96,13 @@ pub fn assert_externally_valid(name: &str, pdf: &[u8], expected_signatures: usiz
         String::from_utf8_lossy(&qpdf.stderr)
     );
 
-    let pdfsig = Command::new("pdfsig").arg(&path).output().unwrap();
+    // The NSS database trusts the dev CA, so pdfsig checks the certificate chain as well.
+    let pdfsig = Command::new("pdfsig")
+        .arg("-nssdir")
+        .arg(format!("sql:{}", hsm_dir().join("nssdb").display()))
+        .arg(&path)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&pdfsig.stdout).into_owned();
     assert!(
         pdfsig.status.success(),
@@ -104,6 +110,11 @@ pub fn assert_externally_valid(name: &str, pdf: &[u8], expected_signatures: usiz
     );
     assert_eq!(
         report.matches("Signature is Valid").count(),
+        expected_signatures,
+        "{name}:\n{report}"
+    );
+    assert_eq!(
+        report.matches("Certificate is Trusted").count(),
         expected_signatures,
         "{name}:\n{report}"
     );

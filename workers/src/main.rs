@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BackendExt, Monitor, WorkerBuilder};
 use apalis::layers::WorkerBuilderExt;
+use apalis::prelude::{BackendExt, Monitor, WorkerBuilder};
 
 use shomei_config::Config;
 use shomei_jobs::{reconciler, runner, JobContext};
@@ -21,7 +21,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let ctx = Arc::new(JobContext::open(&config).await?);
     let concurrency = config.worker.concurrency;
-    let process = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let process = format!(
+        "{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     tracing::info!(worker.process = %process, concurrency, "worker starting");
 
     let reconcile = tokio::spawn(reconciler::run(ctx.clone(), config.worker.reconcile_every));

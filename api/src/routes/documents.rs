@@ -21,7 +21,9 @@ use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
 use crate::AppState;
 
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let auth = caller(state.db.clone());
     let limit = state.max_upload_bytes;
 
@@ -108,7 +110,9 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let title = query.title.filter(|t| !t.trim().is_empty());
     if title.as_ref().is_some_and(|t| t.chars().count() > 500) {
-        return Err(ApiError::BadRequest("title is longer than 500 characters".into()));
+        return Err(ApiError::BadRequest(
+            "title is longer than 500 characters".into(),
+        ));
     }
     let pdf = body.clone();
     let info = tokio::task::spawn_blocking(move || shomei_signing::inspect_pdf(&pdf))
@@ -132,13 +136,22 @@ async fn upload(
     };
     let pages = i32::try_from(info.pages).unwrap_or(i32::MAX);
     let (doc, first) = interact(&state.db, move |conn| {
-        let new = NewDocument { id: document_id, tenant_id: caller.tenant_id, title: title.as_deref(), pages };
+        let new = NewDocument {
+            id: document_id,
+            tenant_id: caller.tenant_id,
+            title: title.as_deref(),
+            pages,
+        };
         Ok((Document::create(conn, &new, &first)?, first))
     })
     .await?;
     tracing::info!(doc.id = %doc.id, doc.pages = pages, "document uploaded");
     let view = DocumentView::new(doc, &first);
-    Ok(created(&view, &format!("/v1/documents/{}", view.id), StatusCode::CREATED))
+    Ok(created(
+        &view,
+        &format!("/v1/documents/{}", view.id),
+        StatusCode::CREATED,
+    ))
 }
 
 /// The document and its latest revision, if the caller's tenant owns it.
@@ -172,10 +185,19 @@ async fn download(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Resp
         .map_err(anyhow::Error::from)?;
     let mut response = Response::new(bytes.into());
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/pdf"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/pdf"),
+    );
     let etag = format!("\"{}\"", hex::encode(&latest.sha256));
-    let disposition = format!("attachment; filename=\"{}-r{}.pdf\"", doc.id, latest.revision);
-    for (name, value) in [(header::ETAG, etag), (header::CONTENT_DISPOSITION, disposition)] {
+    let disposition = format!(
+        "attachment; filename=\"{}-r{}.pdf\"",
+        doc.id, latest.revision
+    );
+    for (name, value) in [
+        (header::ETAG, etag),
+        (header::CONTENT_DISPOSITION, disposition),
+    ] {
         headers.insert(name, value.parse().map_err(anyhow::Error::from)?);
     }
     Ok(response)
@@ -189,8 +211,13 @@ async fn sign(
     request: SignRequest,
 ) -> Result<Response, ApiError> {
     request.validate().map_err(ApiError::BadRequest)?;
-    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
-        return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 characters".into()));
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 255)
+    {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 characters".into(),
+        ));
     }
     let (doc, _) = find_document(&state, caller, id).await?;
     let payload = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
@@ -218,7 +245,11 @@ async fn sign(
     if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {
         return Err(ApiError::IdempotencyKeyReused);
     }
-    Ok(created(&json!({"job_id": job.id}), &format!("/v1/jobs/{}", job.id), StatusCode::ACCEPTED))
+    Ok(created(
+        &json!({"job_id": job.id}),
+        &format!("/v1/jobs/{}", job.id),
+        StatusCode::ACCEPTED,
+    ))
 }
 
 fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Response {
@@ -229,4 +260,3 @@ fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Respons
     )
     .into_response()
 }
-

@@ -10,7 +10,9 @@ use warp::{Filter, Rejection};
 use super::with_state;
 use crate::AppState;
 
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
@@ -31,11 +33,14 @@ async fn readyz(state: Arc<AppState>) -> Response {
     let checks = [
         ("postgresql", db.err().map(|e| e.to_string())),
         ("redis", queue.err().map(|e| e.to_string())),
-        ("hsm", match hsm {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        }),
+        (
+            "hsm",
+            match hsm {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            },
+        ),
     ];
     let ready = checks.iter().all(|(_, err)| err.is_none());
     let body = json!({
@@ -45,6 +50,10 @@ async fn readyz(state: Arc<AppState>) -> Response {
             Some(e) => json!({"status": "down", "error": e}),
         })).collect::<serde_json::Map<_, _>>(),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }

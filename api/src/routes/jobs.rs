@@ -14,7 +14,9 @@ use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
 use crate::AppState;
 
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "jobs" / Uuid)
         .and(warp::get())
         .and(caller(state.db.clone()))
@@ -37,9 +39,11 @@ struct JobView {
 }
 
 async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let job = interact(&state.db, move |conn| Ok(Job::find(conn, caller.tenant_id, id)?))
-        .await?
-        .ok_or(ApiError::NotFound("job"))?;
+    let job = interact(&state.db, move |conn| {
+        Ok(Job::find(conn, caller.tenant_id, id)?)
+    })
+    .await?
+    .ok_or(ApiError::NotFound("job"))?;
     let view = JobView {
         id: job.id,
         status: job.status(),

@@ -14,7 +14,9 @@ use warp::{Filter, Rejection};
 use crate::problem::{self, ApiError};
 use crate::AppState;
 
-pub fn all(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Rejection> + Clone {
+pub fn all(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Rejection> + Clone {
     health::routes(state.clone())
         .or(documents::routes(state.clone()))
         .unify()
@@ -26,7 +28,9 @@ pub fn all(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), E
 }
 
 /// Hands `state` to a filter chain.
-fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || state.clone())
 }
 

@@ -57,7 +57,11 @@ impl Document {
     }
 
     /// The document if it belongs to `tenant_id`; another tenant's document is simply absent.
-    pub fn find(conn: &mut PgConnection, tenant_id: Uuid, id: Uuid) -> QueryResult<Option<Document>> {
+    pub fn find(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> QueryResult<Option<Document>> {
         documents::table
             .filter(documents::id.eq(id))
             .filter(documents::tenant_id.eq(tenant_id))

@@ -134,7 +134,11 @@ impl Job {
     }
 
     pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
-        jobs::table.find(id).select(Job::as_select()).first(conn).optional()
+        jobs::table
+            .find(id)
+            .select(Job::as_select())
+            .first(conn)
+            .optional()
     }
 
     /// Records that the job was pushed to the queue again, or seen there.
@@ -159,7 +163,11 @@ impl Job {
             .optional()
     }
 
-    pub fn succeed(conn: &mut PgConnection, id: Uuid, result: &serde_json::Value) -> QueryResult<()> {
+    pub fn succeed(
+        conn: &mut PgConnection,
+        id: Uuid,
+        result: &serde_json::Value,
+    ) -> QueryResult<()> {
         diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
             .set((
                 jobs::status.eq(JobStatus::Succeeded.as_str()),
@@ -186,7 +194,10 @@ impl Job {
     /// last error for the status endpoint.
     pub fn release_after_error(conn: &mut PgConnection, id: Uuid, error: &str) -> QueryResult<()> {
         diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
-            .set((jobs::status.eq(JobStatus::Queued.as_str()), jobs::error.eq(error)))
+            .set((
+                jobs::status.eq(JobStatus::Queued.as_str()),
+                jobs::error.eq(error),
+            ))
             .execute(conn)
             .map(|_| ())
     }

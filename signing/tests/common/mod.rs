@@ -41,4 +41,3 @@ pub fn request(key_label: &str) -> SignatureRequest {
         signing_time: chrono::Utc::now(),
     }
 }
-

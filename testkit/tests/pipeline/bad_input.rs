@@ -10,7 +10,12 @@ async fn detail_of_upload(app: &TestApp, body: Vec<u8>, status: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreadable_uploads_are_refused_with_the_reason() {
-    let app = TestApp::spawn_with(TestAppOptions { workers: 0, max_upload_bytes: Some(64 * 1024), ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        max_upload_bytes: Some(64 * 1024),
+        ..Default::default()
+    })
+    .await;
 
     let detail = detail_of_upload(&app, b"Dear customer, this is a Word file".to_vec(), 422).await;
     assert!(detail.contains("not a PDF"), "{detail}");
@@ -31,55 +36,109 @@ async fn unreadable_uploads_are_refused_with_the_reason() {
     let detail = detail_of_upload(&app, oversized, 413).await;
     assert!(detail.contains("65536"), "{detail}");
 
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM documents"), 0, "nothing refused is stored");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM documents"),
+        0,
+        "nothing refused is stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn callers_without_a_valid_key_are_refused() {
-    let app = TestApp::spawn_with(TestAppOptions { workers: 0, ..Default::default() }).await;
-    let no_key = app.client.post(app.url("/v1/documents")).body(sample("contract.pdf")).send().await.unwrap();
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let no_key = app
+        .client
+        .post(app.url("/v1/documents"))
+        .body(sample("contract.pdf"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_key.headers()["www-authenticate"], "Bearer");
     assert_problem(no_key, 401).await;
 
     let wrong = format!("shk_{}", "0".repeat(64));
     assert_problem(app.upload(&wrong, sample("contract.pdf"), None).await, 401).await;
-    assert_problem(app.get("not-even-a-key", "/v1/jobs/00000000-0000-0000-0000-000000000000").await, 401).await;
+    assert_problem(
+        app.get(
+            "not-even-a-key",
+            "/v1/jobs/00000000-0000-0000-0000-000000000000",
+        )
+        .await,
+        401,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_ids_and_other_tenants_resources_are_not_found() {
-    let app = TestApp::spawn_with(TestAppOptions { workers: 0, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let document = app.upload_ok(sample("contract.pdf")).await;
     let job = app.sign_ok(&document, "Taro Suzuki").await;
     let intruder = app.create_tenant("Another company").await;
     let unknown = uuid::Uuid::new_v4().to_string();
 
     for key in [intruder.as_str(), app.api_key.as_str()] {
-        let ids = if key == app.api_key { [&unknown, &unknown] } else { [&document, &job] };
+        let ids = if key == app.api_key {
+            [&unknown, &unknown]
+        } else {
+            [&document, &job]
+        };
         let [doc, job] = ids;
-        for path in [format!("/v1/documents/{doc}"), format!("/v1/documents/{doc}/pdf"), format!("/v1/jobs/{job}")] {
+        for path in [
+            format!("/v1/documents/{doc}"),
+            format!("/v1/documents/{doc}/pdf"),
+            format!("/v1/jobs/{job}"),
+        ] {
             assert_problem(app.get(key, &path).await, 404).await;
         }
         let sign = app.sign(key, doc, &json!({"signer": {"name": "X"}})).await;
         assert_problem(sign, 404).await;
     }
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM jobs"), 1, "the refused requests queued nothing");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM jobs"),
+        1,
+        "the refused requests queued nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_sign_requests_name_what_is_wrong() {
-    let app = TestApp::spawn_with(TestAppOptions { workers: 0, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let id = app.upload_ok(sample("contract.pdf")).await;
     let cases: [(Value, &str); 4] = [
         (json!({"reason": "no signer"}), "signer"),
         (json!({"signer": {"name": ""}}), "signer.name"),
-        (json!({"signer": {"name": "A", "email": "not-an-address"}}), "signer.email"),
+        (
+            json!({"signer": {"name": "A", "email": "not-an-address"}}),
+            "signer.email",
+        ),
         (json!({"signer": {"name": "A"}, "colour": "blue"}), "colour"),
     ];
     for (body, named) in cases {
         let problem = assert_problem(app.sign(&app.api_key, &id, &body).await, 400).await;
-        assert!(problem["detail"].as_str().unwrap().contains(named), "{body} -> {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(named),
+            "{body} -> {problem}"
+        );
     }
-    let bad_id = app.sign(&app.api_key, "not-a-uuid", &json!({"signer": {"name": "A"}})).await;
+    let bad_id = app
+        .sign(
+            &app.api_key,
+            "not-a-uuid",
+            &json!({"signer": {"name": "A"}}),
+        )
+        .await;
     assert_problem(bad_id, 404).await;
 }

@@ -22,17 +22,31 @@ async fn assert_each_signed_once(app: &TestApp, batch: &[(String, String)]) {
         let state = app.wait_for_job(job, JOB_TIMEOUT).await;
         assert_eq!(state["status"], "succeeded", "{state}");
         let pdf = app.download(document).await;
-        assert_eq!(embedded_signatures(&pdf).len(), 1, "document {document} must carry one signature");
+        assert_eq!(
+            embedded_signatures(&pdf).len(),
+            1,
+            "document {document} must carry one signature"
+        );
     }
-    let revisions = app.sql_count("SELECT count(*) AS n FROM document_revisions WHERE revision > 0");
-    assert_eq!(revisions, batch.len() as i64, "one signed revision per document, no duplicates");
+    let revisions =
+        app.sql_count("SELECT count(*) AS n FROM document_revisions WHERE revision > 0");
+    assert_eq!(
+        revisions,
+        batch.len() as i64,
+        "one signed revision per document, no duplicates"
+    );
     let (document, _) = &batch[0];
     assert_externally_valid("e2e-batch", &app.download(document).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_batch_leaves_every_document_signed_exactly_once() {
-    let mut app = TestApp::spawn_with(TestAppOptions { workers: 2, concurrency: 4, ..Default::default() }).await;
+    let mut app = TestApp::spawn_with(TestAppOptions {
+        workers: 2,
+        concurrency: 4,
+        ..Default::default()
+    })
+    .await;
     let batch = queue_batch(&app, 40).await;
 
     // Kill while the batch is being worked through, not before it starts or after it ends.
@@ -40,7 +54,10 @@ async fn a_worker_killed_mid_batch_leaves_every_document_signed_exactly_once() {
     while done() < 5 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(done() < 40, "the batch finished before the kill; make it larger");
+    assert!(
+        done() < 40,
+        "the batch finished before the kill; make it larger"
+    );
     app.kill_worker(0);
     app.start_worker();
 
@@ -50,7 +67,12 @@ async fn a_worker_killed_mid_batch_leaves_every_document_signed_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_queued_before_redis_is_flushed_still_complete() {
     // A Redis database of its own: FLUSHDB must not touch the other tests' queues.
-    let mut app = TestApp::spawn_with(TestAppOptions { workers: 0, redis_db: 9, ..Default::default() }).await;
+    let mut app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        redis_db: 9,
+        ..Default::default()
+    })
+    .await;
     let batch = queue_batch(&app, 10).await;
 
     let mut redis = app.redis().await;
@@ -76,8 +98,14 @@ async fn a_permanently_failing_job_fails_once_with_its_reason() {
 
     let state = app.wait_for_job(&job, JOB_TIMEOUT).await;
     assert_eq!(state["status"], "failed", "{state}");
-    assert_eq!(state["attempts"], 1, "a permanent error is not retried: {state}");
-    assert!(state["error"].as_str().unwrap().contains("no-such-key"), "{state}");
+    assert_eq!(
+        state["attempts"], 1,
+        "a permanent error is not retried: {state}"
+    );
+    assert!(
+        state["error"].as_str().unwrap().contains("no-such-key"),
+        "{state}"
+    );
     // Still failed, still one attempt, a while later: nothing re-ran it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let later = app.wait_for_job(&job, JOB_TIMEOUT).await;

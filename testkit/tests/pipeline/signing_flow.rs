@@ -9,7 +9,9 @@ async fn an_uploaded_contract_signed_through_the_queue_validates_with_independen
     let app = TestApp::spawn().await;
     let pdf = sample("contract.pdf");
 
-    let response = app.upload(&app.api_key, pdf.clone(), Some("業務委託契約書")).await;
+    let response = app
+        .upload(&app.api_key, pdf.clone(), Some("業務委託契約書"))
+        .await;
     assert_eq!(response.status(), 201);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let doc: Value = response.json().await.unwrap();
@@ -17,29 +19,50 @@ async fn an_uploaded_contract_signed_through_the_queue_validates_with_independen
     assert_eq!(location, format!("/v1/documents/{id}"));
     assert_eq!(doc["sha256"], sha256_hex(&pdf));
     assert_eq!(doc["pages"], 2);
-    assert_eq!(app.download(id).await, pdf, "before signing, the download is the upload");
+    assert_eq!(
+        app.download(id).await,
+        pdf,
+        "before signing, the download is the upload"
+    );
 
     let response = app
         .sign(&app.api_key, id, &json!({"signer": {"name": "山田 花子", "email": "hanako@example.jp"}, "reason": "契約締結", "location": "東京"}))
         .await;
     assert_eq!(response.status(), 202);
     let job_location = response.headers()["location"].to_str().unwrap().to_owned();
-    let job_id = response.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_owned();
+    let job_id = response.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(job_location, format!("/v1/jobs/{job_id}"));
 
     let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["kind"], "sign");
     assert_eq!(job["attempts"], 1);
-    assert!(job["error"].is_null() && job["finished_at"].is_string() && job["created_at"].is_string());
+    assert!(
+        job["error"].is_null() && job["finished_at"].is_string() && job["created_at"].is_string()
+    );
 
     let signed = app.download(id).await;
-    assert_eq!(&signed[..pdf.len()], &pdf[..], "an incremental update keeps every earlier byte");
+    assert_eq!(
+        &signed[..pdf.len()],
+        &pdf[..],
+        "an incremental update keeps every earlier byte"
+    );
     assert_eq!(job["result"]["sha256"], sha256_hex(&signed));
     let report = assert_externally_valid("e2e-one-signer", &signed, 1);
-    assert!(report.contains("山田 花子") || report.contains("Shomei Dev Signing"), "{report}");
+    assert!(
+        report.contains("山田 花子") || report.contains("Shomei Dev Signing"),
+        "{report}"
+    );
 
-    let meta: Value = app.get(&app.api_key, &format!("/v1/documents/{id}")).await.json().await.unwrap();
+    let meta: Value = app
+        .get(&app.api_key, &format!("/v1/documents/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(meta["sha256"], sha256_hex(&signed));
     assert_eq!(meta["revision"], 1);
 }
@@ -88,9 +111,17 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_body() {
     let other = send(json!({"signer": {"name": "Someone Else"}})).await;
     assert_eq!(other.status(), 422);
     let problem: Value = other.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{problem}"
+    );
 
-    let job = app.wait_for_job(first["job_id"].as_str().unwrap(), JOB_TIMEOUT).await;
+    let job = app
+        .wait_for_job(first["job_id"].as_str().unwrap(), JOB_TIMEOUT)
+        .await;
     assert_eq!(job["status"], "succeeded");
     assert_externally_valid("e2e-idempotent", &app.download(&id).await, 1);
     assert_eq!(app.sql_count("SELECT count(*) AS n FROM jobs"), 1);
@@ -101,7 +132,15 @@ async fn health_and_readiness_report_every_dependency() {
     let app = TestApp::spawn().await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for part in ["postgresql", "redis", "hsm"] {
         assert_eq!(ready["checks"][part]["status"], "up", "{ready}");
     }

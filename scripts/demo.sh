@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The main job, end to end on loopback: prepares the machine, creates the dev HSM token and CA,
+# starts the API and two workers, signs samples/contract.pdf through the REST API and prints
+# where the signed PDF is and what poppler's pdfsig says of it.
+#
+#   scripts/demo.sh        run (the API and workers keep running afterwards)
+#   scripts/demo.sh stop   stop the API and workers started by a previous run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+RUN=$ROOT/var/demo
+mkdir -p "$RUN"
+
+stop() {
+    for pidfile in "$RUN"/*.pid; do
+        [ -e "$pidfile" ] || continue
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    done
+}
+if [ "${1:-}" = stop ]; then stop; echo "stopped"; exit 0; fi
+
+source scripts/prepare-machine.sh
+echo "==> building"
+cargo build --workspace --bins --locked -q
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+
+echo "==> dev HSM token and CA (var/dev-hsm)"
+eval "$(scripts/dev-hsm.sh "$ROOT/var/dev-hsm")"
+export SHOMEI_DATABASE_URL=${SHOMEI_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/shomei}
+export SHOMEI_STORAGE_DIR=${SHOMEI_STORAGE_DIR:-$ROOT/var/storage}
+export SHOMEI_API_ADDR=${SHOMEI_API_ADDR:-127.0.0.1:8080}
+API=http://$SHOMEI_API_ADDR
+
+psql -h 127.0.0.1 -U postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'shomei'" | grep -q 1 ||
+    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE shomei"
+"$BIN/shomei-api" migrate
+
+stop
+echo "==> starting the API and two workers (logs in var/demo/)"
+"$BIN/shomei-api" serve >"$RUN/api.log" 2>&1 & echo $! >"$RUN/api.pid"
+for i in 1 2; do
+    "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 & echo $! >"$RUN/worker-$i.pid"
+done
+for _ in $(seq 100); do curl -fs "$API/readyz" >/dev/null && break; sleep 0.2; done
+curl -fsS "$API/readyz" >/dev/null || { echo "API not ready; see var/demo/api.log"; exit 1; }
+
+KEY=$("$BIN/shomei-api" tenant create "Demo tenant" | sed -n 's/^api_key=//p')
+(umask 077; echo "$KEY" >"$RUN/api-key")
+
+json_field() { sed -n "s/.*\"$1\":\"\\{0,1\\}\\([^\",}]*\\).*/\\1/p"; }
+
+echo "==> uploading samples/contract.pdf"
+DOC=$(curl -fsS -X POST "$API/v1/documents?title=sample-contract" -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/pdf' --data-binary @samples/contract.pdf | json_field id)
+echo "    document $DOC"
+JOB=$(curl -fsS -X POST "$API/v1/documents/$DOC/sign" -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' \
+    -d '{"signer":{"name":"Hanako Yamada","email":"hanako@example.jp"},"reason":"Contract approval","location":"Tokyo"}' |
+    json_field job_id)
+echo "    sign job $JOB"
+for _ in $(seq 300); do
+    STATUS=$(curl -fsS "$API/v1/jobs/$JOB" -H "Authorization: Bearer $KEY" | json_field status)
+    case $STATUS in succeeded|failed) break ;; esac
+    sleep 0.1
+done
+echo "    job $STATUS"
+[ "$STATUS" = succeeded ] || { curl -sS "$API/v1/jobs/$JOB" -H "Authorization: Bearer $KEY"; exit 1; }
+
+OUT=$RUN/contract-signed.pdf
+curl -fsS "$API/v1/documents/$DOC/pdf" -H "Authorization: Bearer $KEY" -o "$OUT"
+echo
+echo "Signed PDF: $OUT"
+echo "pdfsig says:"
+# -nssdir: an NSS database that trusts the dev CA (made by dev-hsm.sh), so the chain is checked too.
+VERDICT=$(pdfsig -nssdir "sql:$ROOT/var/dev-hsm/nssdb" "$OUT")
+echo "$VERDICT" | sed 's/^/    /'
+echo "$VERDICT" | grep -q "Signature is Valid" || { echo "NOT VALID"; exit 1; }
+cat <<TXT
+
+The API ($API) and two workers keep running. The demo tenant's API key is in var/demo/api-key:
+    curl -H "Authorization: Bearer \$(cat var/demo/api-key)" $API/v1/jobs/$JOB
+Stop them with: scripts/demo.sh stop
+TXT
