@@ -62,9 +62,8 @@ impl Queue {
         format!("{}_{}", self.namespace, kind.as_str())
     }
 
-    /// The apalis storage of one kind, configured for both producers and workers.
-    pub fn storage(&self, kind: JobKind) -> JobStorage {
-        let config = QueueConfig::default()
+    fn config(&self, kind: JobKind) -> QueueConfig {
+        QueueConfig::default()
             .queue(self.queue_name(kind))
             // One fetch claims at most as many jobs as the worker can start at once; more would
             // sit in this worker's in-flight set while other workers idle.
@@ -72,8 +71,15 @@ impl Queue {
             .heartbeat_interval(self.heartbeat)
             // A worker silent for 3 beats is dead and its jobs go to the others (the apalis
             // default waits 10 beats of 30 s: five minutes).
-            .missed_heartbeats(3);
-        RedisStorage::new(self.conn.clone()).with_config(config)
+            .missed_heartbeats(3)
+        // `persist_results(false)` looks tempting (results live in PostgreSQL) but in
+        // apalis-redis 1.0 it also turns off acknowledgement: tasks would never leave the
+        // worker's in-flight set, and failed ones would never be rescheduled.
+    }
+
+    /// The apalis storage of one kind, configured for both producers and workers.
+    pub fn storage(&self, kind: JobKind) -> JobStorage {
+        RedisStorage::new(self.conn.clone()).with_config(self.config(kind))
     }
 
     /// Pushes a job id. Pushing an id Redis already holds does nothing.
@@ -98,6 +104,33 @@ impl Queue {
             .arg(key)
             .arg(job_id.to_string())
             .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Forgets up to `limit` tasks apalis has finished (done or dead). apalis-redis keeps every
+    /// task's data and metadata until told otherwise, so without this Redis grows with every
+    /// job ever run. Finished jobs' outcomes are in PostgreSQL; Redis needs none of it.
+    pub async fn prune_finished(&self, kind: JobKind, limit: usize) -> Result<usize, QueueError> {
+        // SPOP takes each id once even with several workers pruning at the same time.
+        const PRUNE: &str = r"
+            local pruned = 0
+            for _, set in ipairs({KEYS[2], KEYS[3]}) do
+                for _, id in ipairs(redis.call('SPOP', set, ARGV[2])) do
+                    redis.call('HDEL', KEYS[1], id)
+                    redis.call('DEL', ARGV[1] .. ':' .. id)
+                    pruned = pruned + 1
+                end
+            end
+            return pruned";
+        let config = self.config(kind);
+        let mut conn = self.conn.clone();
+        Ok(redis::Script::new(PRUNE)
+            .key(config.job_data_hash())
+            .key(config.done_jobs_set())
+            .key(config.dead_jobs_set())
+            .arg(config.job_meta_hash())
+            .arg(limit)
+            .invoke_async(&mut conn)
             .await?)
     }
 

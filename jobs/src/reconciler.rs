@@ -1,10 +1,11 @@
 //! Re-queues jobs that PostgreSQL holds as unfinished but Redis no longer has: Redis keeps
 //! nothing on disk here and may come back empty, and a push may have failed after the row was
 //! committed. Every worker runs one; duplicate pushes are harmless (same task id).
+//! Each pass also makes Redis forget the tasks apalis has finished.
 
 use std::time::Duration;
 
-use shomei_schema::{interact, Job};
+use shomei_schema::{interact, Job, JobKind};
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -25,6 +26,9 @@ pub async fn run(ctx: std::sync::Arc<JobContext>, every: Duration) {
         }
     }
 }
+
+/// Finished apalis tasks forgotten per kind and pass.
+const PRUNE: usize = 5_000;
 
 /// One pass: every unfinished job not confirmed in Redis for `grace` is checked, and pushed
 /// again when Redis does not know it. Returns how many were pushed.
@@ -48,6 +52,9 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
         }
         let id = job.id;
         interact(&ctx.db, move |conn| Ok(Job::mark_enqueued(conn, id)?)).await?;
+    }
+    for kind in JobKind::ALL {
+        ctx.queue.prune_finished(kind, PRUNE).await.map_err(queue_error)?;
     }
     Ok(requeued)
 }

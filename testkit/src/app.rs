@@ -326,6 +326,11 @@ impl TestApp {
             .n
     }
 
+    /// A Redis key of this app's queues, e.g. `queue_key("sign:data")`.
+    pub fn queue_key(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.namespace)
+    }
+
     pub fn log_dir(&self) -> &Path {
         &self.dir
     }

@@ -41,24 +41,28 @@ async fn assert_each_signed_once(app: &TestApp, batch: &[(String, String)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_batch_leaves_every_document_signed_exactly_once() {
+    const BATCH: i64 = 100;
     let mut app = TestApp::spawn_with(TestAppOptions {
-        workers: 2,
-        concurrency: 4,
+        workers: 0,
+        concurrency: 2,
         ..Default::default()
     })
     .await;
-    let batch = queue_batch(&app, 40).await;
+    let batch = queue_batch(&app, BATCH as usize).await;
+    app.start_worker();
+    app.start_worker();
 
     // Kill while the batch is being worked through, not before it starts or after it ends.
-    let done = || app.sql_count("SELECT count(*) AS n FROM jobs WHERE status = 'succeeded'");
-    while done() < 5 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let done =
+        |app: &TestApp| app.sql_count("SELECT count(*) AS n FROM jobs WHERE status = 'succeeded'");
+    while done(&app) < 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    app.kill_worker(0);
     assert!(
-        done() < 40,
+        done(&app) < BATCH,
         "the batch finished before the kill; make it larger"
     );
-    app.kill_worker(0);
     app.start_worker();
 
     assert_each_signed_once(&app, &batch).await;
@@ -111,4 +115,23 @@ async fn a_permanently_failing_job_fails_once_with_its_reason() {
     let later = app.wait_for_job(&job, JOB_TIMEOUT).await;
     assert_eq!(later["attempts"], 1, "{later}");
     assert_eq!(app.download(&document).await, sample("contract.pdf"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_forgets_jobs_once_they_are_finished() {
+    let app = TestApp::spawn().await;
+    let batch = queue_batch(&app, 5).await;
+    assert_each_signed_once(&app, &batch).await;
+
+    let mut redis = app.redis().await;
+    let key = app.queue_key("sign:data");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held: i64 = redis::cmd("HLEN").arg(&key).query_async(&mut redis).await.unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{held} finished tasks still in {key}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 use shomei_testkit::validate::assert_externally_valid;
-use shomei_testkit::{sample, TestApp};
+use shomei_testkit::{sample, TestApp, TestAppOptions};
 
 use crate::{sha256_hex, JOB_TIMEOUT};
 
@@ -78,6 +78,23 @@ async fn two_signers_in_turn_leave_two_valid_signatures() {
         assert_eq!(job["status"], "succeeded", "{job}");
     }
     assert_externally_valid("e2e-two-signers", &app.download(&id).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_signatures_requested_at_once_on_one_document_both_land() {
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let id = app.upload_ok(sample("contract.pdf")).await;
+
+    let (first, second) = tokio::join!(app.sign_ok(&id, "Taro Suzuki"), app.sign_ok(&id, "Hanako Yamada"));
+    for job_id in [first, second] {
+        let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    assert_externally_valid("e2e-concurrent-signers", &app.download(&id).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
