@@ -1,12 +1,4 @@
-//! The one test harness of the workspace.
-//!
-//! [`TestApp`] starts the real programs (`shomei-api`, `shomei-worker`) as processes against
-//! real PostgreSQL (a fresh database per app, dropped afterwards), real Redis (a namespace per
-//! app) and a real SoftHSM2 token with the dev CA, and talks to them over HTTP like a client.
-//! [`validate`] checks signed PDFs with tools we did not write.
-//!
-//! The binaries must be built before the tests run (`scripts/test.sh` does it): cargo holds its
-//! build lock while tests run, so the harness cannot build them itself.
+#![doc = include_str!("../README.md")]
 
 mod app;
 pub mod validate;
