@@ -31,25 +31,16 @@ enum TenantCommand {
     Create { name: String },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     shomei_jobs::telemetry::init();
     let cli = Cli::parse();
     let config = Config::from_env()?;
-    let db = shomei_schema::connect(&config.database_url, 2);
     match cli.command {
-        Command::Migrate => shomei_schema::run_migrations(&db).context("migrating")?,
-        Command::Serve => {
-            shomei_schema::run_migrations(&db).context("migrating")?;
-            let state = shomei_api::AppState::new(&config).await?;
-            let (listener, addr) = shomei_api::bind(config.api_addr).await?;
-            tracing::info!(%addr, "API listening");
-            shomei_api::serve(state, listener, shomei_jobs::telemetry::shutdown_signal()).await;
-        }
-        Command::Tenant {
-            command: TenantCommand::Create { name },
-        } => {
-            shomei_schema::run_migrations(&db).context("migrating")?;
+        Command::Serve => serve(config),
+        // The admin commands are short and blocking (diesel); they need no async runtime.
+        Command::Migrate => migrate(&config).map(drop),
+        Command::Tenant { command: TenantCommand::Create { name } } => {
+            let db = migrate(&config)?;
             let created = shomei_api::tenants::create(&db, &name)?;
             // The one place a key is printed: to the operator who asked for it.
             #[allow(clippy::print_stdout)]
@@ -57,7 +48,23 @@ async fn main() -> anyhow::Result<()> {
                 println!("tenant_id={}", created.tenant.id);
                 println!("api_key={}", created.api_key);
             }
+            Ok(())
         }
     }
+}
+
+fn migrate(config: &Config) -> anyhow::Result<shomei_schema::DbPool> {
+    let db = shomei_schema::connect(&config.database_url, 2);
+    shomei_schema::run_migrations(&db).context("running database migrations")?;
+    Ok(db)
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
+    tokio::task::block_in_place(|| migrate(&config))?;
+    let state = shomei_api::AppState::new(&config).await?;
+    let (listener, addr) = shomei_api::bind(config.api_addr).await?;
+    tracing::info!(%addr, "API listening");
+    shomei_api::serve(state, listener, shomei_jobs::telemetry::shutdown_signal()).await;
     Ok(())
 }
