@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Load test on a throw-away deployment on loopback: fresh database, queue namespace and storage,
+# the API plus WORKERS worker processes, N documents signed through the REST API, then the raw
+# HSM rate for comparison. Everything it started is stopped and the database dropped on exit.
+#
+#   loadtest/run.sh WORKERS N [CONCURRENCY]
+#
+# Knobs (environment): SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (4),
+# LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
+# shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage).
+set -euo pipefail
+
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: $0 WORKERS N [CONCURRENCY]" >&2
+    exit 2
+fi
+WORKERS=$1
+DOCUMENTS=$2
+CONCURRENCY=${3:-16}
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+source scripts/prepare-machine.sh
+
+echo "==> building release binaries"
+cargo build --release --bins -p shomei-api -p shomei-workers -p shomei-loadtest -q
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+
+echo "==> dev HSM token (var/dev-hsm)"
+eval "$(scripts/dev-hsm.sh "$ROOT/var/dev-hsm")"
+
+ID=$(date +%Y%m%d%H%M%S)-$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
+DB=shomei_load_${ID//-/_}
+RUN=$ROOT/var/load/$ID
+mkdir -p "$RUN/storage"
+
+free_port() {
+    if command -v python3 >/dev/null; then
+        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    else
+        local port
+        while :; do
+            port=$((20000 + RANDOM % 20000))
+            ss -Htln "sport = :$port" | grep -q . || { echo "$port"; return; }
+        done
+    fi
+}
+PORT=$(free_port)
+
+PG=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
+export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
+export SHOMEI_QUEUE_NAMESPACE=$DB
+export SHOMEI_STORAGE_DIR=$RUN/storage
+export SHOMEI_API_ADDR=127.0.0.1:$PORT
+export SHOMEI_WORKER_CONCURRENCY=${SHOMEI_WORKER_CONCURRENCY:-8}
+export SHOMEI_HSM_POOL_SIZE=${SHOMEI_HSM_POOL_SIZE:-4}
+export RUST_LOG=${RUST_LOG:-info}
+API=http://$SHOMEI_API_ADDR
+REDIS_URL=${SHOMEI_REDIS_URL:-redis://127.0.0.1:6379/0}
+
+PIDS=()
+cleanup() {
+    local status=$?
+    set +e
+    echo "==> stopping the API and workers, dropping $DB"
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    "${PG[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+    redis-cli -u "$REDIS_URL" --scan --pattern "*$SHOMEI_QUEUE_NAMESPACE*" |
+        xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
+    [ "${LOADTEST_KEEP_STORAGE:-0}" = 1 ] || rm -rf "$RUN/storage"
+    echo "    logs and report: $RUN"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, API on $API"
+"${PG[@]}" -c "CREATE DATABASE $DB" >/dev/null
+
+echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool $SHOMEI_HSM_POOL_SIZE; logs in $RUN)"
+"$BIN/shomei-api" serve >"$RUN/api.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 150); do curl -fs "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fsS "$API/readyz" >/dev/null || { echo "API not ready; see $RUN/api.log" >&2; exit 1; }
+for i in $(seq "$WORKERS"); do
+    "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
+    PIDS+=($!)
+done
+# A worker is ready once it logged its start; give each a few seconds to connect.
+for i in $(seq "$WORKERS"); do
+    for _ in $(seq 100); do grep -q "worker starting" "$RUN/worker-$i.log" 2>/dev/null && break; sleep 0.1; done
+    grep -q "worker starting" "$RUN/worker-$i.log" || { echo "worker $i did not start; see $RUN/worker-$i.log" >&2; exit 1; }
+done
+# Jobs pushed in the first moments of a worker's life were seen to wait ~3 s (one heartbeat) before
+# being fetched; let the workers settle so that start-up delay does not count as pipeline time.
+SETTLE=${LOADTEST_SETTLE_SECS:-$(( ${SHOMEI_HEARTBEAT_SECS:-3} + 1 ))}
+sleep "$SETTLE"
+
+SHOMEI_LOADTEST_KEY=$("$BIN/shomei-api" tenant create "Load test $ID" | sed -n 's/^api_key=//p')
+export SHOMEI_LOADTEST_KEY
+[ -n "$SHOMEI_LOADTEST_KEY" ] || { echo "no API key from shomei-api tenant create" >&2; exit 1; }
+
+echo "==> load test: $DOCUMENTS documents, concurrency $CONCURRENCY, $WORKERS worker(s)"
+# shellcheck disable=SC2086 # LOADTEST_ARGS is split on purpose
+"$BIN/shomei-loadtest" --api "$API" --documents "$DOCUMENTS" --concurrency "$CONCURRENCY" \
+    --pdf samples/contract.pdf --json "$RUN/report.json" \
+    --warmup "${LOADTEST_WARMUP:-$((4 * WORKERS))}" --hsm-seconds "${LOADTEST_HSM_SECONDS:-5}" \
+    ${LOADTEST_HSM_THREADS:+--hsm-threads "$LOADTEST_HSM_THREADS"} ${LOADTEST_ARGS:-} |
+    tee "$RUN/report.txt"
+
+echo "==> warnings and errors in the logs"
+for log in "$RUN"/api.log "$RUN"/worker-*.log; do
+    count=$(grep -c -E '"level":"(WARN|ERROR)"| WARN | ERROR ' "$log" || true)
+    echo "    $(basename "$log"): $count"
+done

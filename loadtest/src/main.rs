@@ -1,0 +1,848 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::print_stdout)] // the report on stdout is the point of this binary
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Load test of a running Shomei deployment")]
+struct Cli {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// API key of the tenant to load (`shomei-api tenant create NAME` prints one).
+    #[arg(long, env = "SHOMEI_LOADTEST_KEY", hide_env_values = true)]
+    key: String,
+    /// Documents to upload and sign (one sign job each).
+    #[arg(long, default_value_t = 100)]
+    documents: usize,
+    /// Requests in flight at once, for uploads and for sign submissions.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The PDF uploaded N times.
+    #[arg(long, default_value = "samples/contract.pdf")]
+    pdf: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Interval between two polling rounds of `GET /v1/jobs/{id}`.
+    #[arg(long, default_value_t = 50)]
+    poll_interval_ms: u64,
+    /// Pending jobs polled per round, oldest submission first (jobs run roughly in order, so
+    /// polling the whole backlog every round would only load the API being measured). A round
+    /// that finds at least half of them finished is followed by the next one without the pause.
+    #[arg(long, default_value_t = 64)]
+    poll_window: usize,
+    /// `GET /v1/jobs/{id}` requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    poll_concurrency: usize,
+    /// Sign this many extra documents first, unmeasured, and wait for them: proves the workers
+    /// consume and warms up connections and HSM sessions.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Give up on the jobs still pending when none finished for this long.
+    #[arg(long, default_value_t = 120)]
+    stall_timeout_secs: u64,
+    /// After the pipeline run, measure the raw HSM signing rate (`sign_digest` with the
+    /// configured key, from the SHOMEI_* environment) for this many seconds; 0 skips it.
+    #[arg(long, default_value_t = 0.0)]
+    hsm_seconds: f64,
+    /// Threads signing at once for the raw HSM rate (default: the number of CPUs).
+    #[arg(long)]
+    hsm_threads: Option<u32>,
+}
+
+/// Error and retry tallies, keyed by a short description.
+#[derive(Default)]
+struct Tally(Mutex<BTreeMap<String, u64>>);
+
+impl Tally {
+    fn add(&self, kind: impl Into<String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind.into())
+            .or_default() += 1;
+    }
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    uploaded: AtomicU64,
+    submitted: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    polls: AtomicU64,
+}
+
+struct Shared {
+    http: reqwest::Client,
+    api: String,
+    key: String,
+    progress: Progress,
+    errors: Tally,
+}
+
+/// A sign job on its way: handed from the submitters to the poller.
+#[derive(Clone, Copy)]
+struct Submitted {
+    job_id: Uuid,
+    submitted_at: Instant,
+}
+
+struct Finished {
+    status: String,
+    attempts: i64,
+    error: Option<String>,
+    /// Client view: sign POST sent → job seen finished by polling.
+    completion: Duration,
+    observed_at: Instant,
+    created_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct LatencySummary {
+    count: usize,
+    mean_ms: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl LatencySummary {
+    fn of(mut samples: Vec<Duration>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // Nearest-rank percentile.
+        let pct = |p: f64| {
+            let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+            ms(samples[rank.clamp(1, samples.len()) - 1])
+        };
+        let total: Duration = samples.iter().sum();
+        Some(LatencySummary {
+            count: samples.len(),
+            mean_ms: ms(total) / samples.len() as f64,
+            p50_ms: pct(50.0),
+            p95_ms: pct(95.0),
+            p99_ms: pct(99.0),
+            max_ms: ms(*samples.last().expect("not empty")),
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "n={:<5} mean={:>8.1} ms  p50={:>8.1} ms  p95={:>8.1} ms  p99={:>8.1} ms  max={:>8.1} ms",
+            self.count, self.mean_ms, self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct HsmRate {
+    key_label: String,
+    threads: u32,
+    seconds: f64,
+    signatures: u64,
+    signatures_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    api: String,
+    pdf: String,
+    pdf_bytes: usize,
+    documents: usize,
+    concurrency: usize,
+    poll_interval_ms: u64,
+    uploaded: u64,
+    upload_seconds: f64,
+    upload_latency: Option<LatencySummary>,
+    submitted: u64,
+    succeeded: u64,
+    failed: u64,
+    timed_out: u64,
+    /// Jobs that needed more than one attempt.
+    retried_jobs: u64,
+    attempts_total: i64,
+    /// Sign POST latency (202 received).
+    submit_latency: Option<LatencySummary>,
+    /// Client view: sign POST sent → job seen finished (includes up to one polling round).
+    completion_latency: Option<LatencySummary>,
+    /// Server view: job `created_at` → `finished_at` (no polling delay).
+    server_completion_latency: Option<LatencySummary>,
+    /// First sign POST sent → last job seen finished.
+    pipeline_seconds: f64,
+    /// Succeeded documents ÷ pipeline_seconds.
+    documents_per_second: f64,
+    /// Earliest job `created_at` → latest `finished_at`, by the database clock.
+    server_pipeline_seconds: Option<f64>,
+    server_documents_per_second: Option<f64>,
+    polls: u64,
+    /// Errors by kind: HTTP status per phase, transport errors, job failure reasons.
+    errors: BTreeMap<String, u64>,
+    /// Last transient error recorded on jobs that succeeded after a retry.
+    retry_reasons: BTreeMap<String, u64>,
+    hsm: Option<HsmRate>,
+    /// documents_per_second ÷ hsm.signatures_per_second.
+    pipeline_to_hsm_ratio: Option<f64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    anyhow::ensure!(cli.documents > 0, "--documents must be at least 1");
+    anyhow::ensure!(cli.concurrency > 0, "--concurrency must be at least 1");
+    let pdf = Arc::new(
+        std::fs::read(&cli.pdf).with_context(|| format!("reading {}", cli.pdf.display()))?,
+    );
+    // Read the HSM configuration up front so a missing variable fails before the long run.
+    let hsm_config = if cli.hsm_seconds > 0.0 {
+        Some(
+            shomei_config::Config::from_env()
+                .context("reading the SHOMEI_* configuration for --hsm-seconds")?,
+        )
+    } else {
+        None
+    };
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(cli.concurrency + cli.poll_concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let new_shared = || {
+        Arc::new(Shared {
+            http: http.clone(),
+            api: cli.api.trim_end_matches('/').to_owned(),
+            key: cli.key.clone(),
+            progress: Progress::default(),
+            errors: Tally::default(),
+        })
+    };
+    if cli.warmup > 0 {
+        warmup(&cli, new_shared(), pdf.clone()).await?;
+    }
+    let shared = new_shared();
+    let n = cli.documents as u64;
+    let ticker = spawn_progress(shared.clone(), n);
+
+    // 1. Uploads (not part of the measured pipeline).
+    eprintln!(
+        "uploading {} × {} ({} bytes), {} at a time",
+        n,
+        cli.pdf.display(),
+        pdf.len(),
+        cli.concurrency
+    );
+    let upload_start = Instant::now();
+    let uploads: Vec<(Uuid, Duration)> = stream::iter(0..cli.documents)
+        .map(|i| {
+            let (shared, pdf) = (shared.clone(), pdf.clone());
+            async move { upload(&shared, i, pdf).await }
+        })
+        .buffer_unordered(cli.concurrency)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    let upload_seconds = upload_start.elapsed().as_secs_f64();
+    let upload_latency = LatencySummary::of(uploads.iter().map(|u| u.1).collect());
+
+    // 2. Sign submissions, C at a time, while a poller follows the jobs.
+    let (tx, rx) = mpsc::unbounded_channel::<Submitted>();
+    let poller = tokio::spawn(poll_jobs(
+        shared.clone(),
+        rx,
+        Duration::from_millis(cli.poll_interval_ms),
+        cli.poll_window.max(1),
+        cli.poll_concurrency.max(1),
+        Duration::from_secs(cli.stall_timeout_secs),
+    ));
+    let pipeline_start = Instant::now();
+    let submit_latencies: Vec<Duration> = stream::iter(uploads.iter().map(|u| u.0).enumerate())
+        .map(|(i, doc)| {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            async move { submit(&shared, i, doc, &tx).await }
+        })
+        .buffer_unordered(cli.concurrency)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    drop(tx);
+    let (finished, timed_out) = poller.await.context("poller")?;
+    ticker.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+
+    let last_observed = finished.iter().map(|f| f.observed_at).max();
+    let pipeline_seconds = last_observed
+        .map(|t| t.duration_since(pipeline_start).as_secs_f64())
+        .unwrap_or(0.0);
+    let succeeded = finished.iter().filter(|f| f.status == "succeeded").count() as u64;
+    let failed = finished.len() as u64 - succeeded;
+    let retry_reasons = Tally::default();
+    for f in &finished {
+        if f.status == "succeeded" && f.attempts > 1 {
+            retry_reasons.add(error_kind(
+                f.error.as_deref().unwrap_or("(no error recorded)"),
+            ));
+        }
+    }
+    let created_min = finished.iter().filter_map(|f| f.created_at).min();
+    let finished_max = finished.iter().filter_map(|f| f.finished_at).max();
+    let server_pipeline_seconds = match (created_min, finished_max) {
+        (Some(a), Some(b)) => Some((b - a).num_microseconds().unwrap_or(0) as f64 / 1e6),
+        _ => None,
+    };
+    let per_second = |secs: f64| {
+        if secs > 0.0 {
+            succeeded as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    let documents_per_second = per_second(pipeline_seconds);
+
+    // 3. The raw HSM rate, with the pipeline idle.
+    let hsm = match hsm_config {
+        Some(config) => {
+            let threads = cli.hsm_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+            });
+            let seconds = cli.hsm_seconds;
+            eprintln!(
+                "measuring the raw HSM rate: key {}, {threads} thread(s), {seconds} s",
+                config.hsm.key_label
+            );
+            Some(
+                tokio::task::spawn_blocking(move || hsm_rate(&config, threads, seconds))
+                    .await
+                    .context("HSM measurement")??,
+            )
+        }
+        None => None,
+    };
+    let pipeline_to_hsm_ratio = hsm
+        .as_ref()
+        .filter(|h| h.signatures_per_second > 0.0)
+        .map(|h| documents_per_second / h.signatures_per_second);
+
+    let report = Report {
+        api: shared.api.clone(),
+        pdf: cli.pdf.display().to_string(),
+        pdf_bytes: pdf.len(),
+        documents: cli.documents,
+        concurrency: cli.concurrency,
+        poll_interval_ms: cli.poll_interval_ms,
+        uploaded: uploads.len() as u64,
+        upload_seconds,
+        upload_latency,
+        submitted: submit_latencies.len() as u64,
+        succeeded,
+        failed,
+        timed_out,
+        retried_jobs: finished.iter().filter(|f| f.attempts > 1).count() as u64,
+        attempts_total: finished.iter().map(|f| f.attempts).sum(),
+        submit_latency: LatencySummary::of(submit_latencies),
+        completion_latency: LatencySummary::of(finished.iter().map(|f| f.completion).collect()),
+        server_completion_latency: LatencySummary::of(
+            finished
+                .iter()
+                .filter_map(|f| (f.finished_at? - f.created_at?).to_std().ok())
+                .collect(),
+        ),
+        pipeline_seconds,
+        documents_per_second,
+        server_pipeline_seconds,
+        server_documents_per_second: server_pipeline_seconds.map(per_second),
+        polls: shared.progress.polls.load(Ordering::Relaxed),
+        errors: shared.errors.snapshot(),
+        retry_reasons: retry_reasons.snapshot(),
+        hsm,
+        pipeline_to_hsm_ratio,
+    };
+    print_report(&report);
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON report: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Signs `cli.warmup` documents and waits for them, reporting only trouble.
+async fn warmup(cli: &Cli, shared: Arc<Shared>, pdf: Arc<Vec<u8>>) -> anyhow::Result<()> {
+    eprintln!("warm-up: {} document(s)", cli.warmup);
+    let start = Instant::now();
+    let docs: Vec<Uuid> = stream::iter(0..cli.warmup)
+        .map(|i| {
+            let (shared, pdf) = (shared.clone(), pdf.clone());
+            async move { upload(&shared, i, pdf).await.map(|u| u.0) }
+        })
+        .buffer_unordered(cli.concurrency)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    let (tx, rx) = mpsc::unbounded_channel::<Submitted>();
+    let poller = tokio::spawn(poll_jobs(
+        shared.clone(),
+        rx,
+        Duration::from_millis(cli.poll_interval_ms),
+        cli.poll_window.max(1),
+        cli.poll_concurrency.max(1),
+        Duration::from_secs(cli.stall_timeout_secs),
+    ));
+    stream::iter(docs.into_iter().enumerate())
+        .map(|(i, doc)| {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            async move { submit(&shared, i, doc, &tx).await }
+        })
+        .buffer_unordered(cli.concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    drop(tx);
+    let (finished, _) = poller.await.context("warm-up poller")?;
+    let ok = finished.iter().filter(|f| f.status == "succeeded").count();
+    eprintln!(
+        "warm-up: {ok}/{} succeeded in {:.2} s",
+        cli.warmup,
+        start.elapsed().as_secs_f64()
+    );
+    for (kind, n) in shared.errors.snapshot() {
+        eprintln!("warm-up error: {n} × {kind}");
+    }
+    Ok(())
+}
+
+fn spawn_progress(shared: Arc<Shared>, n: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let tty = std::io::stderr().is_terminal();
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(if tty { 1 } else { 5 }));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let p = &shared.progress;
+            let line = format!(
+                "[{:>5.0}s] uploaded {}/{n}  submitted {}/{n}  succeeded {}  failed {}  polls {}",
+                start.elapsed().as_secs_f64(),
+                p.uploaded.load(Ordering::Relaxed),
+                p.submitted.load(Ordering::Relaxed),
+                p.succeeded.load(Ordering::Relaxed),
+                p.failed.load(Ordering::Relaxed),
+                p.polls.load(Ordering::Relaxed),
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    })
+}
+
+/// Shortens an error text to a tally key: ids and numbers would make every error unique.
+fn error_kind(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        let hexish = word.len() >= 8
+            && word
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || matches!(c, '-' | '"' | '\'' | ',' | ':' | '.'));
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(if hexish { "<id>" } else { word });
+        if out.len() > 160 {
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+async fn problem_kind(phase: &str, response: reqwest::Response) -> String {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let title = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("title").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(80).collect());
+    format!("{phase}: HTTP {} {}", status.as_u16(), title)
+}
+
+fn transport_kind(phase: &str, error: &reqwest::Error) -> String {
+    let what = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect error"
+    } else if error.is_decode() {
+        "bad response body"
+    } else {
+        "transport error"
+    };
+    format!("{phase}: {what}")
+}
+
+async fn upload(shared: &Shared, i: usize, pdf: Arc<Vec<u8>>) -> Option<(Uuid, Duration)> {
+    let start = Instant::now();
+    let result = shared
+        .http
+        .post(format!("{}/v1/documents", shared.api))
+        .query(&[("title", format!("loadtest-{i}"))])
+        .bearer_auth(&shared.key)
+        .header(reqwest::header::CONTENT_TYPE, "application/pdf")
+        .body((*pdf).clone())
+        .send()
+        .await;
+    let response = match result {
+        Ok(r) if r.status().as_u16() == 201 => r,
+        Ok(r) => {
+            shared.errors.add(problem_kind("upload", r).await);
+            return None;
+        }
+        Err(e) => {
+            shared.errors.add(transport_kind("upload", &e));
+            return None;
+        }
+    };
+    let id = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v.get("id")?.as_str()?.parse::<Uuid>().ok());
+    let latency = start.elapsed();
+    match id {
+        Some(id) => {
+            shared.progress.uploaded.fetch_add(1, Ordering::Relaxed);
+            Some((id, latency))
+        }
+        None => {
+            shared.errors.add("upload: 201 without a document id");
+            None
+        }
+    }
+}
+
+async fn submit(
+    shared: &Shared,
+    i: usize,
+    document: Uuid,
+    tx: &mpsc::UnboundedSender<Submitted>,
+) -> Option<Duration> {
+    let body = serde_json::json!({
+        "signer": {"name": format!("Load Tester {i}"), "email": format!("load{i}@example.jp")},
+        "reason": "Load test",
+        "location": "Tokyo",
+    });
+    let submitted_at = Instant::now();
+    let result = shared
+        .http
+        .post(format!("{}/v1/documents/{document}/sign", shared.api))
+        .bearer_auth(&shared.key)
+        .json(&body)
+        .send()
+        .await;
+    let response = match result {
+        Ok(r) if r.status().as_u16() == 202 => r,
+        Ok(r) => {
+            shared.errors.add(problem_kind("submit", r).await);
+            return None;
+        }
+        Err(e) => {
+            shared.errors.add(transport_kind("submit", &e));
+            return None;
+        }
+    };
+    let latency = submitted_at.elapsed();
+    let job_id = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v.get("job_id")?.as_str()?.parse::<Uuid>().ok());
+    let Some(job_id) = job_id else {
+        shared.errors.add("submit: 202 without a job_id");
+        return None;
+    };
+    shared.progress.submitted.fetch_add(1, Ordering::Relaxed);
+    // The poller outlives every sender, so this cannot fail.
+    let _ = tx.send(Submitted {
+        job_id,
+        submitted_at,
+    });
+    Some(latency)
+}
+
+enum Poll {
+    Pending,
+    Finished(Finished),
+    Error,
+}
+
+async fn poll_once(shared: &Shared, job: &Submitted) -> Poll {
+    shared.progress.polls.fetch_add(1, Ordering::Relaxed);
+    let result = shared
+        .http
+        .get(format!("{}/v1/jobs/{}", shared.api, job.job_id))
+        .bearer_auth(&shared.key)
+        .send()
+        .await;
+    let observed_at = Instant::now();
+    let response = match result {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => {
+            shared.errors.add(problem_kind("poll", r).await);
+            return Poll::Error;
+        }
+        Err(e) => {
+            shared.errors.add(transport_kind("poll", &e));
+            return Poll::Error;
+        }
+    };
+    let view: serde_json::Value = match response.json().await {
+        Ok(v) => v,
+        Err(e) => {
+            shared.errors.add(transport_kind("poll", &e));
+            return Poll::Error;
+        }
+    };
+    let status = view["status"].as_str().unwrap_or("").to_owned();
+    if status != "succeeded" && status != "failed" {
+        return Poll::Pending;
+    }
+    let time = |field: &str| {
+        view[field]
+            .as_str()
+            .and_then(|s| s.parse::<DateTime<Utc>>().ok())
+    };
+    Poll::Finished(Finished {
+        attempts: view["attempts"].as_i64().unwrap_or(0),
+        error: view["error"].as_str().map(str::to_owned),
+        completion: observed_at.duration_since(job.submitted_at),
+        observed_at,
+        created_at: time("created_at"),
+        finished_at: time("finished_at"),
+        status,
+    })
+}
+
+/// Follows the submitted jobs until each has finished (or nothing finished for
+/// `stall_timeout`). Each round polls the `window` oldest pending jobs, `concurrency` requests
+/// at a time, then sleeps `interval`. Returns the finished jobs and how many timed out.
+async fn poll_jobs(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Submitted>,
+    interval: Duration,
+    window: usize,
+    concurrency: usize,
+    stall_timeout: Duration,
+) -> (Vec<Finished>, u64) {
+    let mut pending: Vec<Submitted> = Vec::new();
+    let mut finished = Vec::new();
+    let mut open = true;
+    let mut last_progress = Instant::now();
+    loop {
+        while open {
+            match rx.try_recv() {
+                Ok(job) => pending.push(job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if pending.is_empty() {
+            if !open {
+                break;
+            }
+            // Nothing submitted yet (or all caught up): wait for the next submission.
+            match rx.recv().await {
+                Some(job) => pending.push(job),
+                None => open = false,
+            }
+            continue;
+        }
+        let head: Vec<(usize, Submitted)> =
+            pending.iter().copied().take(window).enumerate().collect();
+        let results: Vec<(usize, Poll)> = stream::iter(head)
+            .map(|(i, job)| {
+                let shared = shared.clone();
+                async move { (i, poll_once(&shared, &job).await) }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut done: Vec<usize> = Vec::new();
+        for (i, poll) in results {
+            if let Poll::Finished(f) = poll {
+                if f.status == "succeeded" {
+                    shared.progress.succeeded.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    shared.errors.add(format!(
+                        "job {}: {}",
+                        f.status,
+                        error_kind(f.error.as_deref().unwrap_or("(no error)"))
+                    ));
+                }
+                finished.push(f);
+                done.push(i);
+            }
+        }
+        // Most of the head finished: the poller is behind the workers, catch up without sleeping.
+        let behind = done.len() * 2 >= window.min(pending.len());
+        if !done.is_empty() {
+            last_progress = Instant::now();
+            done.sort_unstable();
+            for i in done.into_iter().rev() {
+                pending.remove(i);
+            }
+        } else if last_progress.elapsed() > stall_timeout {
+            let timed_out = pending.len() as u64;
+            for _ in 0..timed_out {
+                shared
+                    .errors
+                    .add("job timeout: still queued/running at the stall timeout");
+            }
+            return (finished, timed_out);
+        }
+        if !behind {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    (finished, 0)
+}
+
+fn hsm_rate(config: &shomei_config::Config, threads: u32, seconds: f64) -> anyhow::Result<HsmRate> {
+    use shomei_signing::Hsm;
+    let hsm = Hsm::connect(&shomei_jobs::hsm_settings(&config.hsm, threads.max(1)))
+        .context("connecting to the HSM")?;
+    let identity = hsm
+        .identity(&config.hsm.key_label)
+        .with_context(|| format!("key {}", config.hsm.key_label))?;
+    let duration = Duration::from_secs_f64(seconds);
+    // Warm up every session of the pool before the clock starts.
+    hsm.sign_digest(&identity, &[0u8; 32]).context("signing")?;
+    let start = Instant::now();
+    let total = std::thread::scope(|scope| -> anyhow::Result<u64> {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                let (hsm, identity) = (&hsm, &identity);
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let mut digest = [0u8; 32];
+                    digest[0] = t as u8;
+                    let mut count = 0u64;
+                    while start.elapsed() < duration {
+                        digest[1..9].copy_from_slice(&count.to_le_bytes());
+                        hsm.sign_digest(identity, &digest).context("signing")?;
+                        count += 1;
+                    }
+                    Ok(count)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w
+                .join()
+                .map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
+        }
+        Ok(total)
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(HsmRate {
+        key_label: config.hsm.key_label.clone(),
+        threads: threads.max(1),
+        seconds: elapsed,
+        signatures: total,
+        signatures_per_second: total as f64 / elapsed,
+    })
+}
+
+fn print_report(r: &Report) {
+    println!();
+    println!("== Shomei load test: {} ==", r.api);
+    println!(
+        "documents {}  concurrency {}  pdf {} ({} bytes)  poll every {} ms",
+        r.documents, r.concurrency, r.pdf, r.pdf_bytes, r.poll_interval_ms
+    );
+    println!(
+        "uploads     {} ok in {:.2} s ({:.1}/s)",
+        r.uploaded,
+        r.upload_seconds,
+        if r.upload_seconds > 0.0 {
+            r.uploaded as f64 / r.upload_seconds
+        } else {
+            0.0
+        }
+    );
+    if let Some(l) = &r.upload_latency {
+        println!("  upload latency           {}", l.line());
+    }
+    println!(
+        "sign jobs   submitted {}  succeeded {}  failed {}  timed out {}  retried {} (attempts {})",
+        r.submitted, r.succeeded, r.failed, r.timed_out, r.retried_jobs, r.attempts_total
+    );
+    if let Some(l) = &r.submit_latency {
+        println!("  submit latency           {}", l.line());
+    }
+    if let Some(l) = &r.completion_latency {
+        println!("  completion (client)      {}", l.line());
+    }
+    if let Some(l) = &r.server_completion_latency {
+        println!("  completion (server)      {}", l.line());
+    }
+    println!(
+        "throughput  {:.2} documents/s  ({} signed in {:.2} s, first submit → last seen finished)",
+        r.documents_per_second, r.succeeded, r.pipeline_seconds
+    );
+    if let (Some(s), Some(d)) = (r.server_pipeline_seconds, r.server_documents_per_second) {
+        println!("            {d:.2} documents/s by the database clock (first created → last finished, {s:.2} s)");
+    }
+    println!("polls       {} GET /v1/jobs", r.polls);
+    if r.errors.is_empty() {
+        println!("errors      none");
+    } else {
+        println!("errors");
+        for (kind, n) in &r.errors {
+            println!("  {n:>6}  {kind}");
+        }
+    }
+    if !r.retry_reasons.is_empty() {
+        println!("retried, then succeeded (last error recorded)");
+        for (kind, n) in &r.retry_reasons {
+            println!("  {n:>6}  {kind}");
+        }
+    }
+    if let Some(h) = &r.hsm {
+        println!(
+            "raw HSM     {:.1} signatures/s  ({} with {}, {} thread(s), {:.1} s)",
+            h.signatures_per_second, h.signatures, h.key_label, h.threads, h.seconds
+        );
+    }
+    if let Some(ratio) = r.pipeline_to_hsm_ratio {
+        println!(
+            "ratio       pipeline documents/s ÷ raw HSM signatures/s = {:.3} ({:.1} %)",
+            ratio,
+            ratio * 100.0
+        );
+    }
+}
