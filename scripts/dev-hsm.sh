@@ -41,7 +41,9 @@ trust_store() {
     certutil -A -n shomei-dev-ca -t "C,C,C" -i "$DIR/ca/ca.pem" -d "sql:$DIR/nssdb"
 }
 
-if [[ -e "$DIR/.done" ]]; then
+# Bump when the script makes something new, so older dev directories are made again.
+FORMAT=2
+if [[ "$(cat "$DIR/.done" 2>/dev/null)" == "$FORMAT" ]]; then
     trust_store
     print_env
     exit 0
@@ -70,7 +72,20 @@ USER_PIN="$(cat "$DIR/user-pin")"
 SO_PIN="$(cat "$DIR/so-pin")"
 
 # --- dev root CA -------------------------------------------------------------
-cat >"$WORK/ca.cnf" <<'CNF'
+# Kept in DIR/ca so later issues can issue certificates and CRLs with the same settings. The
+# CRL distribution point is a file: URL, so every dev directory has its own and no port is
+# needed; production CAs publish over HTTP, which the revocation fetcher handles the same way.
+CRL_URL="file://$DIR/ca/dev-ca.crl"
+cat >"$DIR/ca/ca.cnf" <<CNF
+[ca]
+default_ca = dev_ca
+[dev_ca]
+database = $DIR/ca/index.txt
+crlnumber = $DIR/ca/crlnumber
+certificate = $DIR/ca/ca.pem
+private_key = $DIR/ca/ca.key
+default_md = sha256
+default_crl_days = 365
 [req]
 distinguished_name = dn
 prompt = no
@@ -86,11 +101,19 @@ basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, nonRepudiation
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+crlDistributionPoints = URI:$CRL_URL
+[v3_tsa]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, nonRepudiation
+extendedKeyUsage = critical, timeStamping
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+crlDistributionPoints = URI:$CRL_URL
 CNF
 
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$DIR/ca/ca.key" 2>/dev/null
 openssl req -new -x509 -sha256 -days 3650 -key "$DIR/ca/ca.key" \
-    -config "$WORK/ca.cnf" -extensions v3_ca -out "$DIR/ca/ca.pem"
+    -config "$DIR/ca/ca.cnf" -extensions v3_ca -out "$DIR/ca/ca.pem"
 openssl x509 -in "$DIR/ca/ca.pem" -outform DER -out "$WORK/ca.der"
 chmod 644 "$DIR/ca/ca.pem"
 
@@ -103,16 +126,16 @@ p11() {
         --login --pin "$USER_PIN" "$@" >/dev/null
 }
 
-# issue LABEL ID CN KEYGEN-ARGS...
+# issue LABEL ID CN EXTENSIONS KEYGEN-ARGS...
 issue() {
-    local label="$1" id="$2" cn="$3"
-    shift 3
+    local label="$1" id="$2" cn="$3" extensions="$4"
+    shift 4
     openssl genpkey "$@" -out "$WORK/$label.key" 2>/dev/null
     openssl pkcs8 -topk8 -nocrypt -in "$WORK/$label.key" -out "$WORK/$label.p8"
     openssl req -new -key "$WORK/$label.key" -subj "/CN=$cn/O=Shomei Dev" -out "$WORK/$label.csr"
     openssl x509 -req -sha256 -days 825 -in "$WORK/$label.csr" \
         -CA "$DIR/ca/ca.pem" -CAkey "$DIR/ca/ca.key" -set_serial "0x$(openssl rand -hex 12)" \
-        -extfile "$WORK/ca.cnf" -extensions v3_signer -out "$DIR/ca/$label.pem" 2>/dev/null
+        -extfile "$DIR/ca/ca.cnf" -extensions "$extensions" -out "$DIR/ca/$label.pem" 2>/dev/null
     openssl x509 -in "$DIR/ca/$label.pem" -outform DER -out "$WORK/$label.der"
 
     softhsm2-util --import "$WORK/$label.p8" --token "$TOKEN_LABEL" \
@@ -122,10 +145,18 @@ issue() {
     rm -f "$WORK/$label.key" "$WORK/$label.p8"
 }
 
-issue shomei-dev-rsa 01 "Shomei Dev Signing (RSA)" -algorithm RSA -pkeyopt rsa_keygen_bits:2048
-issue shomei-dev-ec 02 "Shomei Dev Signing (EC)" -algorithm EC -pkeyopt ec_paramgen_curve:P-256
+issue shomei-dev-rsa 01 "Shomei Dev Signing (RSA)" v3_signer -algorithm RSA -pkeyopt rsa_keygen_bits:2048
+issue shomei-dev-ec 02 "Shomei Dev Signing (EC)" v3_signer -algorithm EC -pkeyopt ec_paramgen_curve:P-256
+issue shomei-dev-tsa 03 "Shomei Dev TSA" v3_tsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 p11 --write-object "$WORK/ca.der" --type cert --label shomei-dev-ca --id ca
 
+# The CA's (empty) CRL, in DER at the distribution point named in every certificate.
+touch "$DIR/ca/index.txt"
+echo 01 >"$DIR/ca/crlnumber"
+openssl ca -gencrl -config "$DIR/ca/ca.cnf" -out "$WORK/dev-ca.crl.pem" 2>/dev/null
+openssl crl -in "$WORK/dev-ca.crl.pem" -outform DER -out "$DIR/ca/dev-ca.crl"
+chmod 644 "$DIR/ca/dev-ca.crl"
+
 trust_store
-touch "$DIR/.done"
+echo "$FORMAT" >"$DIR/.done"
 print_env
