@@ -4,12 +4,14 @@ mod cms;
 mod error;
 mod hsm;
 mod pdf;
+mod tsp;
 
 use chrono::{DateTime, Utc};
 
 pub use error::{HsmError, PdfError, SignError};
 pub use hsm::{Hsm, HsmSettings, KeyAlgorithm, SigningIdentity};
 pub use pdf::{inspect_pdf, PdfInfo};
+pub use tsp::{TimestampError, Timestamper};
 
 /// Who signs, with which key, and what the signature dictionary shows.
 #[derive(Debug, Clone)]
