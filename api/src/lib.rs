@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use shomei_config::Config;
 use shomei_jobs::Queue;
 use shomei_schema::DbPool;
-use shomei_signing::Hsm;
+use shomei_signing::{Hsm, HsmSettings};
 use shomei_storage::Storage;
 
 /// What every request handler can reach. Built once at start-up.
@@ -35,7 +35,11 @@ impl AppState {
         let queue = Queue::connect(config)
             .await
             .context("connecting to Redis")?;
-        let hsm_settings = shomei_jobs::hsm_settings(&config.hsm, 1);
+        // One session is plenty for readiness probes.
+        let hsm_settings = HsmSettings {
+            pool_size: 1,
+            ..HsmSettings::from_config(&config.hsm)
+        };
         let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&hsm_settings))
             .await?
             .context("opening the HSM")?;

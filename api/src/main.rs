@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use shomei_config::Config;
+use shomei_jobs::sign::SignatureLevel;
 
 #[derive(Parser)]
 #[command(version, about = "Shomei intake API")]
@@ -28,20 +29,31 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant and print a fresh API key for it (shown only this once).
-    Create { name: String },
+    Create {
+        name: String,
+        /// PAdES level of signatures whose request names none: B-T (time-stamped) or B-B.
+        #[arg(long, default_value = "B-T")]
+        signature_level: SignatureLevel,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
-    shomei_jobs::telemetry::init();
+    shomei_telemetry::init();
     let cli = Cli::parse();
     let config = Config::from_env()?;
     match cli.command {
         Command::Serve => serve(config),
         // The admin commands are short and blocking (diesel); they need no async runtime.
         Command::Migrate => migrate(&config).map(drop),
-        Command::Tenant { command: TenantCommand::Create { name } } => {
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    name,
+                    signature_level,
+                },
+        } => {
             let db = migrate(&config)?;
-            let created = shomei_api::tenants::create(&db, &name)?;
+            let created = shomei_api::tenants::create(&db, &name, signature_level)?;
             // The one place a key is printed: to the operator who asked for it.
             #[allow(clippy::print_stdout)]
             {
@@ -65,6 +77,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = shomei_api::AppState::new(&config).await?;
     let (listener, addr) = shomei_api::bind(config.api_addr).await?;
     tracing::info!(%addr, "API listening");
-    shomei_api::serve(state, listener, shomei_jobs::telemetry::shutdown_signal()).await;
+    shomei_api::serve(state, listener, shomei_telemetry::shutdown_signal()).await;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Administration of tenants from the command line (`shomei-api tenant create NAME`).
 
+use shomei_jobs::sign::SignatureLevel;
 use shomei_schema::{ApiKey, DbError, DbPool, Tenant};
 
 use crate::auth::generate_key;
@@ -10,12 +11,16 @@ pub struct CreatedTenant {
     pub api_key: String,
 }
 
-pub fn create(db: &DbPool, name: &str) -> Result<CreatedTenant, DbError> {
+pub fn create(
+    db: &DbPool,
+    name: &str,
+    signature_level: SignatureLevel,
+) -> Result<CreatedTenant, DbError> {
     use diesel::Connection;
     let mut conn = db.get()?;
     let key = generate_key();
     let tenant = conn.transaction(|conn| {
-        let tenant = Tenant::create(conn, name)?;
+        let tenant = Tenant::create(conn, name, signature_level.as_str())?;
         ApiKey::create(conn, tenant.id, &key.prefix, &key.sha256)?;
         Ok::<_, diesel::result::Error>(tenant)
     })?;

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+/// The policy of the development TSA: under IANA's enterprise number 32473, reserved for
+/// documentation and examples (RFC 5612). A production TSA states an OID of its own.
+pub const DEV_TSA_POLICY: &str = "1.3.6.1.4.1.32473.1.1";
+
 /// Everything a Shomei process needs to know about its surroundings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -19,6 +23,7 @@ pub struct Config {
     pub max_upload_bytes: u64,
     pub hsm: HsmConfig,
     pub worker: WorkerConfig,
+    pub tsa: TsaConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -28,6 +33,25 @@ pub struct HsmConfig {
     pub user_pin: SecretString,
     pub key_label: String,
     pub pool_size: u32,
+}
+
+/// Time-stamping: the authorities workers ask (client side) and our own TSA (server side).
+#[derive(Debug, Clone)]
+pub struct TsaConfig {
+    /// Tried in order; a deployment may point at any RFC 3161 TSA.
+    pub urls: Vec<String>,
+    /// PEM file of the certificates a TSA's certificate must chain to.
+    pub trust_anchors: Option<PathBuf>,
+    pub attempts_per_url: u32,
+    pub timeout: Duration,
+    /// Where `shomei-tsa` listens.
+    pub listen_addr: SocketAddr,
+    /// The HSM key (and certificate, critical EKU timeStamping) `shomei-tsa` signs with.
+    pub key_label: String,
+    /// The policy `shomei-tsa` issues tokens under.
+    pub policy_oid: String,
+    /// A policy every TSA reply must carry (none: any policy of a trusted TSA).
+    pub required_policy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +115,22 @@ impl Config {
                 max_attempts: vars.parsed("SHOMEI_JOB_MAX_ATTEMPTS", 8)?,
                 reconcile_every: Duration::from_secs(vars.parsed("SHOMEI_RECONCILE_SECS", 10)?),
                 heartbeat: Duration::from_secs(vars.parsed("SHOMEI_HEARTBEAT_SECS", 3)?),
+            },
+            tsa: TsaConfig {
+                urls: vars
+                    .string("SHOMEI_TSA_URLS", "http://127.0.0.1:8318/")
+                    .split(',')
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+                trust_anchors: vars.get("SHOMEI_TSA_TRUST_ANCHORS").map(PathBuf::from),
+                attempts_per_url: vars.parsed("SHOMEI_TSA_ATTEMPTS", 3)?,
+                timeout: Duration::from_secs(vars.parsed("SHOMEI_TSA_TIMEOUT_SECS", 10)?),
+                listen_addr: vars
+                    .parsed("SHOMEI_TSA_ADDR", SocketAddr::from(([127, 0, 0, 1], 8318)))?,
+                key_label: vars.string("SHOMEI_TSA_KEY_LABEL", "shomei-dev-tsa"),
+                policy_oid: vars.string("SHOMEI_TSA_POLICY_OID", DEV_TSA_POLICY),
+                required_policy: vars.get("SHOMEI_TSA_REQUIRED_POLICY"),
             },
         })
     }

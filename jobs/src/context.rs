@@ -1,11 +1,16 @@
 //! The one context every job handler receives: the pools and clients of outside systems,
 //! opened once per worker process.
 
-use shomei_config::{Config, HsmConfig};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use shomei_config::{Config, TsaConfig};
 use shomei_schema::DbPool;
-use shomei_signing::{Hsm, HsmSettings};
+use shomei_signing::{Hsm, HsmSettings, Timestamper, TsaClient, TsaClientSettings};
 use shomei_storage::Storage;
 
+use crate::error::JobError;
 use crate::queue::Queue;
 
 pub struct JobContext {
@@ -16,21 +21,27 @@ pub struct JobContext {
     /// The service's own signing key (witness signatures).
     pub key_label: String,
     pub max_attempts: i32,
+    /// The configured TSAs; `None` when `SHOMEI_TSA_URLS` is empty.
+    timestamper: Option<Arc<dyn Timestamper>>,
 }
 
 impl JobContext {
     /// Opens PostgreSQL, storage, Redis and the HSM session pool.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        use anyhow::Context;
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
         let storage = Storage::local(&config.storage_dir)?;
         let queue = Queue::connect(config)
             .await
             .context("connecting to Redis")?;
-        let settings = hsm_settings(&config.hsm, config.hsm.pool_size);
-        let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&settings))
-            .await?
-            .context("opening the HSM session pool")?;
+        let settings = HsmSettings::from_config(&config.hsm);
+        let tsa = config.tsa.clone();
+        // Both block: PKCS#11 log-in, and the blocking HTTP client starts its own runtime.
+        let (hsm, timestamper) = tokio::task::spawn_blocking(move || {
+            let hsm = Hsm::connect(&settings).context("opening the HSM session pool")?;
+            let timestamper = timestamper(&tsa).context("setting up the TSA client")?;
+            anyhow::Ok((hsm, timestamper))
+        })
+        .await??;
         Ok(Self {
             db,
             storage,
@@ -38,15 +49,38 @@ impl JobContext {
             hsm,
             key_label: config.hsm.key_label.clone(),
             max_attempts: config.worker.max_attempts,
+            timestamper,
+        })
+    }
+
+    /// The time-stamp source, for jobs that must not go on without one.
+    pub fn timestamper(&self) -> Result<Arc<dyn Timestamper>, JobError> {
+        self.timestamper.clone().ok_or_else(|| {
+            JobError::permanent("time-stamps are needed but no TSA is configured (SHOMEI_TSA_URLS)")
         })
     }
 }
 
-pub fn hsm_settings(config: &HsmConfig, pool_size: u32) -> HsmSettings {
-    HsmSettings {
-        module_path: config.module_path.clone(),
-        token_label: config.token_label.clone(),
-        user_pin: config.user_pin.clone(),
-        pool_size,
+fn timestamper(config: &TsaConfig) -> anyhow::Result<Option<Arc<dyn Timestamper>>> {
+    if config.urls.is_empty() {
+        return Ok(None);
     }
+    let path = config.trust_anchors.as_ref().context(
+        "SHOMEI_TSA_TRUST_ANCHORS must name the CA certificates TSA certificates chain to",
+    )?;
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut settings = TsaClientSettings::new(
+        config.urls.clone(),
+        shomei_signing::certificates_from_pem(&pem)?,
+    );
+    settings.attempts_per_url = config.attempts_per_url.max(1);
+    settings.timeout = config.timeout;
+    if let Some(policy) = &config.required_policy {
+        settings.policy = Some(
+            policy
+                .parse()
+                .with_context(|| format!("SHOMEI_TSA_REQUIRED_POLICY {policy:?}"))?,
+        );
+    }
+    Ok(Some(Arc::new(TsaClient::new(settings)?)))
 }

@@ -5,12 +5,13 @@ pub mod error;
 pub mod queue;
 pub mod reconciler;
 mod registry;
+mod revisions;
 pub mod runner;
 pub mod sign;
 mod submit;
-pub mod telemetry;
+pub mod timestamp;
 
-pub use context::{hsm_settings, JobContext};
+pub use context::JobContext;
 pub use error::JobError;
 pub use queue::{JobMessage, Queue, QueueError};
-pub use submit::{submit, SubmitError};
+pub use submit::submit;

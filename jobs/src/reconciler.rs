@@ -54,7 +54,10 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
         interact(&ctx.db, move |conn| Ok(Job::mark_enqueued(conn, id)?)).await?;
     }
     for kind in JobKind::ALL {
-        ctx.queue.prune_finished(kind, PRUNE).await.map_err(queue_error)?;
+        ctx.queue
+            .prune_finished(kind, PRUNE)
+            .await
+            .map_err(queue_error)?;
     }
     Ok(requeued)
 }

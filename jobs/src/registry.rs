@@ -5,7 +5,7 @@ use shomei_schema::{Job, JobKind};
 
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::sign;
+use crate::{sign, timestamp};
 
 /// Runs the handler of `kind`; its `Ok` value is stored as the job's `result`.
 pub(crate) async fn dispatch(
@@ -15,5 +15,6 @@ pub(crate) async fn dispatch(
 ) -> Result<serde_json::Value, JobError> {
     match kind {
         JobKind::Sign => sign::run(ctx, job).await,
+        JobKind::Timestamp => timestamp::run(ctx, job).await,
     }
 }

@@ -1,25 +1,56 @@
 //! The **sign** job: adds one PAdES signature, made with the service's key in the HSM, to the
-//! latest revision of a document, as a new revision.
-//!
-//! Idempotent by construction: the revision it adds carries the job id (unique in
-//! `document_revisions`), so a job that runs again after a crash (even one that died after
-//! recording the revision but before the job was marked done) finds its revision and stops.
+//! latest revision of a document, as a new revision: B-B, or B-T with a signature time-stamp
+//! from the configured TSAs. Idempotent through [`crate::revisions`].
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use shomei_schema::{interact, Job, Revision};
+use shomei_schema::Job;
 use shomei_signing::SignatureRequest;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::revisions::{self, Start};
 
-/// What a caller asks for in `POST /v1/documents/{id}/sign`; stored as the job's payload.
+/// The PAdES baseline level of one signature (ETSI EN 319 142-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignatureLevel {
+    /// The signature alone.
+    #[serde(rename = "B-B")]
+    Basic,
+    /// With a signature time-stamp from a TSA proving when it was made (R-SIGN-2).
+    #[serde(rename = "B-T")]
+    Timestamped,
+}
+
+impl SignatureLevel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SignatureLevel::Basic => "B-B",
+            SignatureLevel::Timestamped => "B-T",
+        }
+    }
+}
+
+impl std::str::FromStr for SignatureLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "B-B" => Ok(SignatureLevel::Basic),
+            "B-T" => Ok(SignatureLevel::Timestamped),
+            other => Err(format!("unknown signature level {other:?} (B-B or B-T)")),
+        }
+    }
+}
+
+/// What a caller asks for in `POST /v1/documents/{id}/sign`; stored as the job's payload, with
+/// `level` resolved (the tenant's default when the request names none).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
     pub signer: Signer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<SignatureLevel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,29 +92,17 @@ impl SignRequest {
 }
 
 pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
-    let document_id = job
-        .document_id
-        .ok_or_else(|| JobError::permanent("sign job without a document"))?;
     let request: SignRequest = serde_json::from_value(job.payload.clone())
         .map_err(|e| JobError::permanent(format!("unreadable sign payload: {e}")))?;
+    let timestamper = match request.level.unwrap_or(SignatureLevel::Timestamped) {
+        SignatureLevel::Basic => None,
+        SignatureLevel::Timestamped => Some(ctx.timestamper()?),
+    };
+    let (latest, bytes) = match revisions::begin(ctx, job).await? {
+        Start::AlreadyDone(result) => return Ok(result),
+        Start::Work { latest, bytes } => (latest, bytes),
+    };
 
-    let job_id = job.id;
-    let (done, latest) = interact(&ctx.db, move |conn| {
-        Ok((
-            Revision::made_by_job(conn, job_id)?,
-            Revision::latest(conn, document_id)?,
-        ))
-    })
-    .await?;
-    if let Some(revision) = done {
-        // A re-delivery after the work was recorded: report the same result again.
-        return Ok(result(&revision));
-    }
-
-    let original = ctx
-        .storage
-        .get_verified(&latest.storage_key, &latest.sha256)
-        .await?;
     let signature = SignatureRequest {
         key_label: ctx.key_label.clone(),
         signer_name: request.signer.name,
@@ -93,35 +112,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         signing_time: chrono::Utc::now(),
     };
     let hsm = ctx.hsm.clone();
-    let signed =
-        tokio::task::spawn_blocking(move || shomei_signing::sign_pdf(&hsm, &original, &signature))
-            .await
-            .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
-
-    let stored = ctx
-        .storage
-        .put_pdf(job.tenant_id, document_id, Bytes::from(signed))
-        .await?;
-    let revision = Revision {
-        document_id,
-        revision: latest.revision + 1,
-        sha256: stored.sha256.to_vec(),
-        size_bytes: stored.size as i64,
-        storage_key: stored.key,
-        job_id: Some(job_id),
-        created_at: chrono::Utc::now(),
-    };
-    let outcome = result(&revision);
-    // Another signature landing on the same revision first makes this insert conflict on
-    // (document_id, revision): a transient error, and the retry signs on top of it.
-    interact(&ctx.db, move |conn| Ok(revision.insert(conn)?)).await?;
-    Ok(outcome)
-}
-
-fn result(revision: &Revision) -> serde_json::Value {
-    json!({
-        "document_id": revision.document_id,
-        "revision": revision.revision,
-        "sha256": hex::encode(&revision.sha256),
+    let signed = tokio::task::spawn_blocking(move || {
+        shomei_signing::sign_pdf(&hsm, &bytes, &signature, timestamper.as_deref())
     })
+    .await
+    .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
+    revisions::record(ctx, job, &latest, signed).await
 }

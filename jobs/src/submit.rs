@@ -5,19 +5,13 @@ use shomei_schema::{interact, DbError, Job, NewJob};
 
 use crate::queue::Queue;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
 /// Records the job (or finds the one made earlier with the same idempotency key) and queues
 /// it. Returns the job and whether it was created by this call.
 pub async fn submit(
     db: &shomei_schema::DbPool,
     queue: &Queue,
     new: NewJob,
-) -> Result<(Job, bool), SubmitError> {
+) -> Result<(Job, bool), DbError> {
     let (job, created) = interact(db, move |conn| Ok(Job::insert_or_existing(conn, &new)?)).await?;
     if let (true, Some(kind)) = (created, job.kind()) {
         if let Err(e) = queue.push(kind, job.id).await {

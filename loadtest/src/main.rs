@@ -732,9 +732,12 @@ async fn poll_jobs(
 }
 
 fn hsm_rate(config: &shomei_config::Config, threads: u32, seconds: f64) -> anyhow::Result<HsmRate> {
-    use shomei_signing::Hsm;
-    let hsm = Hsm::connect(&shomei_jobs::hsm_settings(&config.hsm, threads.max(1)))
-        .context("connecting to the HSM")?;
+    use shomei_signing::{Hsm, HsmSettings};
+    let hsm = Hsm::connect(&HsmSettings {
+        pool_size: threads.max(1),
+        ..HsmSettings::from_config(&config.hsm)
+    })
+    .context("connecting to the HSM")?;
     let identity = hsm
         .identity(&config.hsm.key_label)
         .with_context(|| format!("key {}", config.hsm.key_label))?;

@@ -58,6 +58,7 @@ diesel::table! {
         id -> Uuid,
         name -> Text,
         created_at -> Timestamptz,
+        signature_level -> Text,
     }
 }
 

@@ -1,26 +1,34 @@
 //! Detached CMS `SignedData` for PAdES B-B (ETSI EN 319 142-1 §5.1, 5.2),
-//! signed by the HSM through an external signer.
+//! signed by the HSM through an external signer; the signature time-stamp of
+//! B-T; reading certificates back out of embedded CMS for the DSS.
+//!
+//! Never embeds a time-stamp token without checking that its message imprint
+//! is the digest that was asked for.
 
 use std::cell::RefCell;
 
 use cms::builder::{create_content_type_attribute, SignedDataBuilder, SignerInfoBuilder};
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
-use cms::signed_data::{EncapsulatedContentInfo, SignerIdentifier};
-use const_oid::db::{rfc5911, rfc5912};
+use cms::content_info::ContentInfo;
+use cms::signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfos};
+use const_oid::db::{rfc3161, rfc5911, rfc5912};
+use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, Null, OctetString, SetOfVec};
-use der::{Any, Encode, Sequence};
+use der::{Any, Decode, Encode, Reader, Sequence, SliceReader};
 use sha2::{Digest, Sha256};
 use spki::{
     AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
     SignatureBitStringEncoding,
 };
 use x509_cert::attr::Attribute;
-use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::ext::pkix::CrlDistributionPoints;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::Certificate;
 
 use crate::error::{HsmError, SignError};
 use crate::hsm::{Hsm, KeyAlgorithm, SigningIdentity};
+use crate::tsp::Timestamper;
 
 /// Builds a DER `ContentInfo(SignedData)` over content whose SHA-256 is
 /// `content_digest`, with the signer certificate and chain embedded.
@@ -251,4 +259,167 @@ impl signature::Signer<HsmSignature> for HsmSigner<'_> {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Time-stamps (PAdES B-T, B-LTA) and reading embedded CMS back.
+
+/// Adds a signature time-stamp (ETSI EN 319 122-1 §5.3: unsigned attribute
+/// id-aa-timeStampToken over the SignerInfo's signature value) to the single
+/// SignerInfo of `cms_der`, asking `timestamper` for the token.
+///
+/// Any failure is an error: a B-T request never yields a B-B signature.
+pub(crate) fn add_signature_timestamp(
+    cms_der: &[u8],
+    timestamper: &dyn Timestamper,
+) -> Result<Vec<u8>, SignError> {
+    let content_info = ContentInfo::from_der(cms_der).map_err(cms_error)?;
+    let mut signed_data = content_info
+        .content
+        .decode_as::<SignedData>()
+        .map_err(cms_error)?;
+    let mut signer_infos = signed_data.signer_infos.0.into_vec();
+    let [signer_info] = &mut signer_infos[..] else {
+        return Err(SignError::Cms("expected exactly one SignerInfo".into()));
+    };
+
+    let digest: [u8; 32] = Sha256::digest(signer_info.signature.as_bytes()).into();
+    let token = timestamper.timestamp(&digest)?;
+    check_token(&token, &digest)?;
+
+    let mut values = SetOfVec::new();
+    values
+        .insert(Any::from_der(&token).map_err(cms_error)?)
+        .map_err(cms_error)?;
+    let mut unsigned = signer_info.unsigned_attrs.take().unwrap_or_default();
+    unsigned
+        .insert(Attribute {
+            oid: rfc3161::ID_AA_TIME_STAMP_TOKEN,
+            values,
+        })
+        .map_err(cms_error)?;
+    signer_info.unsigned_attrs = Some(unsigned);
+
+    signed_data.signer_infos = SignerInfos::try_from(signer_infos).map_err(cms_error)?;
+    ContentInfo {
+        content_type: rfc5911::ID_SIGNED_DATA,
+        content: Any::encode_from(&signed_data).map_err(cms_error)?,
+    }
+    .to_der()
+    .map_err(cms_error)
+}
+
+/// Room for one time-stamp token in a /Contents placeholder: a token holding the
+/// TSA certificate and its chain is typically 3–6 KiB; bigger ones are handled by
+/// the retry with the real size.
+pub(crate) const TIMESTAMP_TOKEN_ESTIMATE: usize = 8 * 1024;
+
+/// The timestamper promises a checked token; this is the cheap second look
+/// that keeps a wrong one out of a document whatever the TSA client does:
+/// a DER `ContentInfo(SignedData)` of `TSTInfo` whose message imprint is
+/// SHA-256 = `digest`.
+pub(crate) fn check_token(token: &[u8], digest: &[u8; 32]) -> Result<(), SignError> {
+    let bad = |what: &str| SignError::BadTimestamp(what.to_owned());
+    let content_info = ContentInfo::from_der(token).map_err(|_| bad("not a DER ContentInfo"))?;
+    if content_info.content_type != rfc5911::ID_SIGNED_DATA {
+        return Err(bad("not a SignedData"));
+    }
+    let signed_data = content_info
+        .content
+        .decode_as::<SignedData>()
+        .map_err(|_| bad("not a SignedData"))?;
+    let encapsulated = &signed_data.encap_content_info;
+    if encapsulated.econtent_type != rfc3161::ID_CT_TST_INFO {
+        return Err(bad("content is not a TSTInfo"));
+    }
+    let tst_info = encapsulated
+        .econtent
+        .as_ref()
+        .and_then(|any| any.decode_as::<OctetString>().ok())
+        .ok_or_else(|| bad("TSTInfo missing"))?;
+    let (algorithm, hashed) =
+        message_imprint(tst_info.as_bytes()).map_err(|_| bad("TSTInfo cannot be decoded"))?;
+    if algorithm.oid != rfc5912::ID_SHA_256 || hashed.as_bytes() != digest {
+        return Err(bad("message imprint is not the SHA-256 asked for"));
+    }
+    Ok(())
+}
+
+/// `TSTInfo.messageImprint`, reading only the fields before it (version,
+/// policy) and skipping the rest (RFC 3161 §2.4.2).
+fn message_imprint(tst_info: &[u8]) -> der::Result<(AlgorithmIdentifierOwned, OctetString)> {
+    let mut reader = SliceReader::new(tst_info)?;
+    let imprint = reader.sequence(|r| {
+        let _version: der::asn1::Int = r.decode()?;
+        let _policy: ObjectIdentifier = r.decode()?;
+        let imprint = r.sequence(|r| Ok::<_, der::Error>((r.decode()?, r.decode()?)))?;
+        let rest = r.remaining_len();
+        r.drain(rest)?;
+        Ok::<_, der::Error>(imprint)
+    })?;
+    reader.finish()?;
+    Ok(imprint)
+}
+
+/// Every certificate carried by a CMS `ContentInfo(SignedData)` (a signature or
+/// a time-stamp token), including those of signature time-stamp tokens in its
+/// unsigned attributes. `cms_der` may carry trailing padding (a /Contents string).
+pub(crate) fn embedded_certificates(cms_der: &[u8]) -> Result<Vec<Certificate>, SignError> {
+    let bad = |e: der::Error| SignError::EmbeddedSignature(e.to_string());
+    let tlv = SliceReader::new(cms_der)
+        .and_then(|mut r| r.tlv_bytes())
+        .map_err(bad)?;
+    let content_info = ContentInfo::from_der(tlv).map_err(bad)?;
+    if content_info.content_type != rfc5911::ID_SIGNED_DATA {
+        return Err(SignError::EmbeddedSignature(
+            "CMS content is not SignedData".into(),
+        ));
+    }
+    let signed_data = content_info
+        .content
+        .decode_as::<SignedData>()
+        .map_err(bad)?;
+    let mut found: Vec<Certificate> = signed_data
+        .certificates
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|choice| match choice {
+            CertificateChoices::Certificate(cert) => Some(cert.clone()),
+            CertificateChoices::Other(_) => None,
+        })
+        .collect();
+    for signer_info in signed_data.signer_infos.0.iter() {
+        for attribute in signer_info.unsigned_attrs.iter().flat_map(|a| a.iter()) {
+            if attribute.oid == rfc3161::ID_AA_TIME_STAMP_TOKEN {
+                for token in attribute.values.iter() {
+                    let token = token.to_der().map_err(bad)?;
+                    found.extend(embedded_certificates(&token)?);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The URIs of a certificate's CRL distribution points (RFC 5280 §4.2.1.13).
+pub(crate) fn crl_urls(certificate: &Certificate) -> Vec<String> {
+    let Ok(Some((_, points))) = certificate
+        .tbs_certificate()
+        .get_extension::<CrlDistributionPoints>()
+    else {
+        return Vec::new();
+    };
+    points
+        .0
+        .iter()
+        .filter_map(|point| match &point.distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|name| match name {
+            GeneralName::UniformResourceIdentifier(uri) => Some(uri.as_str().to_owned()),
+            _ => None,
+        })
+        .collect()
 }

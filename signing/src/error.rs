@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use crate::tsp::TimestampError;
+
 /// Failures talking to the PKCS#11 module or finding key material in it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -97,7 +99,8 @@ impl PdfError {
     }
 }
 
-/// Failure of [`sign_pdf`](crate::sign_pdf).
+/// Failure of [`sign_pdf`](crate::sign_pdf), [`timestamp_pdf`](crate::timestamp_pdf) and the
+/// validation-data helpers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignError {
@@ -115,6 +118,26 @@ pub enum SignError {
     /// Writing the incremental revision failed.
     #[error("cannot write signed PDF: {0}")]
     Write(String),
+
+    /// No usable time-stamp: the signature or document time-stamp was not made, because a
+    /// B-T or B-LTA request must never fall back to a level without its time-stamp. The TSA
+    /// may answer later, so the job is retried.
+    #[error("time-stamp failed: {0}")]
+    Timestamp(#[from] TimestampError),
+
+    /// The time-stamp token came back but does not fit the request (not a token, or its
+    /// message imprint is not the digest asked for). Another attempt asks again.
+    #[error("unusable time-stamp token: {0}")]
+    BadTimestamp(String),
+
+    /// A signature or time-stamp already in the document cannot be read while collecting
+    /// validation data; a property of the document.
+    #[error("cannot read embedded signature: {0}")]
+    EmbeddedSignature(String),
+
+    /// A CRL could not be fetched (unreachable, unsupported scheme) or is not a DER CRL.
+    #[error("cannot fetch CRL from {url}: {reason}")]
+    CrlFetch { url: String, reason: String },
 }
 
 impl SignError {
@@ -122,7 +145,8 @@ impl SignError {
         match self {
             Self::Hsm(e) => e.is_permanent(),
             Self::Pdf(e) => e.is_permanent(),
-            Self::Cms(_) | Self::Write(_) => true,
+            Self::Cms(_) | Self::Write(_) | Self::EmbeddedSignature(_) => true,
+            Self::Timestamp(_) | Self::BadTimestamp(_) | Self::CrlFetch { .. } => false,
         }
     }
 }

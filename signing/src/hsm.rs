@@ -33,6 +33,18 @@ pub struct HsmSettings {
     pub pool_size: u32,
 }
 
+impl HsmSettings {
+    /// The settings the process configuration names (`SHOMEI_HSM_*`).
+    pub fn from_config(config: &shomei_config::HsmConfig) -> Self {
+        Self {
+            module_path: config.module_path.clone(),
+            token_label: config.token_label.clone(),
+            user_pin: config.user_pin.clone(),
+            pool_size: config.pool_size,
+        }
+    }
+}
+
 impl fmt::Debug for HsmSettings {
     // Spelled out so that adding a field can never leak the PIN by accident.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

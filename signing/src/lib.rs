@@ -4,6 +4,7 @@ mod cms;
 mod error;
 mod hsm;
 mod pdf;
+mod tsa;
 mod tsp;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +12,13 @@ use chrono::{DateTime, Utc};
 pub use error::{HsmError, PdfError, SignError};
 pub use hsm::{Hsm, HsmSettings, KeyAlgorithm, SigningIdentity};
 pub use pdf::{inspect_pdf, PdfInfo};
-pub use tsp::{TimestampError, Timestamper};
+pub use tsa::{issue_token, reply_to_query, TokenIssue};
+pub use tsp::{
+    certificates_from_pem, positive_int, verify_response, verify_token, Accuracy, FailureInfo,
+    GenTime, MessageImprint, PkiFreeText, PkiStatusInfo, TimeStampReq, TimeStampResp,
+    TimestampError, Timestamper, TokenExpectations, TsaClient, TsaClientSettings, TstInfo,
+    VerifiedToken, ID_AA_SIGNING_CERTIFICATE_V2, ID_CT_TST_INFO, ID_KP_TIME_STAMPING,
+};
 
 /// Who signs, with which key, and what the signature dictionary shows.
 #[derive(Debug, Clone)]
@@ -24,16 +31,47 @@ pub struct SignatureRequest {
     pub signing_time: DateTime<Utc>,
 }
 
+/// Validation data for the document security store (DSS) written by
+/// [`timestamp_pdf`]: what a verifier needs to check the signatures later
+/// without asking the CA (PAdES B-LT / B-LTA).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationData {
+    /// DER X.509 certificates.
+    pub certificates: Vec<Vec<u8>>,
+    /// DER CRLs.
+    pub crls: Vec<Vec<u8>>,
+}
+
+/// What [`validation_material`] found in a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationMaterial {
+    /// Every certificate of every signature and document time-stamp,
+    /// including those inside signature time-stamp tokens, each once (DER).
+    pub certificates: Vec<Vec<u8>>,
+    /// The CRL distribution point URIs of those certificates, each once,
+    /// in the order first seen.
+    pub crl_urls: Vec<String>,
+}
+
 /// Extra room for the CMS beyond the estimate when the first attempt did not
-/// fit; generous because every retry costs an HSM signature.
+/// fit; generous because every retry costs an HSM signature (and a time-stamp).
 const PLACEHOLDER_RETRY_MARGIN: usize = 1024;
 
-/// Signs `pdf` (PAdES B-B, `ETSI.CAdES.detached`) as a new incremental
-/// revision: every byte of `pdf` is kept unchanged at the start of the output,
-/// so earlier signatures stay valid.
+/// Signs `pdf` as a new incremental revision: every byte of `pdf` is kept
+/// unchanged at the start of the output, so earlier signatures stay valid.
 ///
-/// Blocking (PDF parsing and PKCS#11 calls); run it on a blocking thread.
-pub fn sign_pdf(hsm: &Hsm, pdf: &[u8], request: &SignatureRequest) -> Result<Vec<u8>, SignError> {
+/// Without a `timestamper` the signature is PAdES B-B (`ETSI.CAdES.detached`).
+/// With one it is B-T: the token over SHA-256 of the signature value is added
+/// as the unsigned attribute id-aa-timeStampToken; if no token comes, nothing
+/// is produced ([`SignError::Timestamp`], transient).
+///
+/// Blocking (PDF parsing, PKCS#11 and TSA calls); run it on a blocking thread.
+pub fn sign_pdf(
+    hsm: &Hsm,
+    pdf: &[u8],
+    request: &SignatureRequest,
+    timestamper: Option<&dyn Timestamper>,
+) -> Result<Vec<u8>, SignError> {
     let doc = pdf::load(pdf)?;
     let identity = hsm.identity(&request.key_label)?;
     let fields = pdf::SignatureFields {
@@ -44,14 +82,9 @@ pub fn sign_pdf(hsm: &Hsm, pdf: &[u8], request: &SignatureRequest) -> Result<Vec
         signing_time: request.signing_time,
     };
 
-    sign_with_capacity(
-        hsm,
-        pdf,
-        doc,
-        &identity,
-        &fields,
-        cms::estimated_size(&identity),
-    )
+    let capacity =
+        cms::estimated_size(&identity) + timestamper.map_or(0, |_| cms::TIMESTAMP_TOKEN_ESTIMATE);
+    sign_with_capacity(hsm, pdf, doc, &identity, &fields, timestamper, capacity)
 }
 
 fn sign_with_capacity(
@@ -60,13 +93,19 @@ fn sign_with_capacity(
     doc: lopdf::Document,
     identity: &SigningIdentity,
     fields: &pdf::SignatureFields<'_>,
+    timestamper: Option<&dyn Timestamper>,
     mut capacity: usize,
 ) -> Result<Vec<u8>, SignError> {
     // The estimate is conservative, so the second round is for certificates
-    // with unusual extensions only; it always fits because it uses the real size.
+    // with unusual extensions or big time-stamp tokens only; it always fits
+    // because it uses the real size.
     for _ in 0..2 {
-        let revision = pdf::PreparedRevision::new(pdf, doc.clone(), fields, capacity)?;
-        let signed_data = cms::signed_data(hsm, identity, &revision.digest())?;
+        let kind = pdf::FieldKind::Signature(fields);
+        let revision = pdf::PreparedRevision::new(pdf, doc.clone(), &kind, None, capacity)?;
+        let mut signed_data = cms::signed_data(hsm, identity, &revision.digest())?;
+        if let Some(timestamper) = timestamper {
+            signed_data = cms::add_signature_timestamp(&signed_data, timestamper)?;
+        }
         match revision.embed(&signed_data) {
             Ok(signed) => {
                 tracing::debug!(
@@ -90,6 +129,135 @@ fn sign_with_capacity(
     Err(SignError::Cms(
         "CMS size kept growing between attempts".into(),
     ))
+}
+
+/// Adds a document time-stamp (PAdES B-LTA, ETSI EN 319 142-1 §5.4.3) as a
+/// new incremental revision: a field whose value is `/Type /DocTimeStamp`,
+/// `/SubFilter /ETSI.RFC3161`, with the time-stamp token over SHA-256 of the
+/// byte ranges as /Contents.
+///
+/// With `validation`, the same revision first merges it into the document
+/// security store (/DSS in the catalog), so the time-stamp covers it (B-LT
+/// data, then the archive time-stamp). Earlier DSS entries are kept.
+///
+/// Blocking (PDF parsing and TSA calls); run it on a blocking thread.
+pub fn timestamp_pdf(
+    pdf: &[u8],
+    timestamper: &dyn Timestamper,
+    validation: Option<&ValidationData>,
+) -> Result<Vec<u8>, SignError> {
+    let doc = pdf::load(pdf)?;
+    let mut capacity = cms::TIMESTAMP_TOKEN_ESTIMATE;
+    for _ in 0..2 {
+        let revision = pdf::PreparedRevision::new(
+            pdf,
+            doc.clone(),
+            &pdf::FieldKind::DocTimeStamp,
+            validation,
+            capacity,
+        )?;
+        let digest = revision.digest();
+        let token = timestamper.timestamp(&digest)?;
+        cms::check_token(&token, &digest)?;
+        match revision.embed(&token) {
+            Ok(stamped) => {
+                tracing::debug!(token_len = token.len(), capacity, "time-stamped PDF");
+                return Ok(stamped);
+            }
+            Err(needed) => {
+                tracing::warn!(
+                    needed,
+                    capacity,
+                    "time-stamp token larger than estimated; asking again with a larger placeholder"
+                );
+                capacity = needed + PLACEHOLDER_RETRY_MARGIN;
+            }
+        }
+    }
+    Err(SignError::BadTimestamp(
+        "token size kept growing between attempts".into(),
+    ))
+}
+
+/// Collects what a verifier needs to validate `pdf` later: every certificate
+/// of every signature and document time-stamp (with the certificates inside
+/// signature time-stamp tokens) and their CRL distribution points. Feed the
+/// URLs to [`fetch_crls`] and both into [`timestamp_pdf`] as [`ValidationData`].
+pub fn validation_material(pdf: &[u8]) -> Result<ValidationMaterial, SignError> {
+    let doc = pdf::load(pdf)?;
+    let mut material = ValidationMaterial::default();
+    for contents in pdf::signature_contents(&doc) {
+        for certificate in cms::embedded_certificates(&contents)? {
+            let der = der::Encode::to_der(&certificate)
+                .map_err(|e| SignError::EmbeddedSignature(e.to_string()))?;
+            if material.certificates.contains(&der) {
+                continue;
+            }
+            material.certificates.push(der);
+            for url in cms::crl_urls(&certificate) {
+                if !material.crl_urls.contains(&url) {
+                    material.crl_urls.push(url);
+                }
+            }
+        }
+    }
+    Ok(material)
+}
+
+/// Fetches each CRL (DER, checked to parse as a CRL) from `file:` (the dev CA
+/// publishes there) or `http:` URLs. CRLs are signed by their CA, so plain
+/// HTTP is the norm for distribution points (RFC 5280 §4.2.1.13).
+///
+/// Blocking (reqwest's blocking client: never call it on an async runtime
+/// thread); an unreachable CRL is a transient error.
+pub fn fetch_crls(urls: &[String]) -> Result<Vec<Vec<u8>>, SignError> {
+    urls.iter().map(|url| fetch_crl(url)).collect()
+}
+
+fn fetch_crl(url: &str) -> Result<Vec<u8>, SignError> {
+    let failed = |reason: String| SignError::CrlFetch {
+        url: url.to_owned(),
+        reason,
+    };
+    let bytes = if let Some(rest) = url.strip_prefix("file://") {
+        // file:///path and file://localhost/path (RFC 8089); no other host.
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        if !path.starts_with('/') {
+            return Err(failed("file: URL with a remote host".into()));
+        }
+        std::fs::read(path).map_err(|e| failed(e.to_string()))?
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        fetch_http(url).map_err(failed)?
+    } else {
+        return Err(failed("unsupported URL scheme".into()));
+    };
+    <x509_cert::crl::CertificateList as der::Decode>::from_der(&bytes)
+        .map_err(|e| failed(format!("not a DER CRL: {e}")))?;
+    Ok(bytes)
+}
+
+/// Largest CRL accepted; big public CAs publish a few MiB.
+const MAX_CRL_SIZE: u64 = 32 << 20;
+const CRL_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+
+    let response = reqwest::blocking::Client::builder()
+        .timeout(CRL_FETCH_TIMEOUT)
+        .build()
+        .and_then(|client| client.get(url).send())
+        .and_then(reqwest::blocking::Response::error_for_status)
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    response
+        .take(MAX_CRL_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CRL_SIZE {
+        return Err(format!("larger than {MAX_CRL_SIZE} bytes"));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -137,7 +305,8 @@ mod tests {
             location: None,
             signing_time: Utc::now(),
         };
-        let signed = sign_with_capacity(&hsm, &original, doc, &identity, &fields, 16).unwrap();
+        let signed =
+            sign_with_capacity(&hsm, &original, doc, &identity, &fields, None, 16).unwrap();
         assert!(signed.starts_with(&original));
         assert_eq!(inspect_pdf(&signed).unwrap().signatures, 1);
     }

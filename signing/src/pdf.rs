@@ -1,17 +1,21 @@
 //! PDF side of signing: intake checks, the incremental revision carrying the
-//! signature field with fixed-size placeholders, and patching the final
-//! /ByteRange and /Contents into the written bytes.
+//! signature (or document time-stamp) field with fixed-size placeholders, the
+//! document security store (DSS), and patching the final /ByteRange and
+//! /Contents into the written bytes.
+//!
+//! Never rewrites a byte of the input: everything goes into an appended revision.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use chrono::{DateTime, Utc};
 use lopdf::{
-    dictionary, Dictionary, Document, IncrementalDocument, Object, ObjectId, StringFormat,
+    dictionary, Dictionary, Document, IncrementalDocument, Object, ObjectId, Stream, StringFormat,
 };
 use sha2::{Digest, Sha256};
 
 use crate::error::{PdfError, SignError};
+use crate::ValidationData;
 
 /// What the intake check learned about a PDF.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +163,36 @@ pub(crate) struct SignatureFields<'a> {
     pub signing_time: DateTime<Utc>,
 }
 
+/// What the new field's value dictionary is.
+pub(crate) enum FieldKind<'a> {
+    /// `/Type /Sig`, `ETSI.CAdES.detached`: a signer's signature.
+    Signature(&'a SignatureFields<'a>),
+    /// `/Type /DocTimeStamp`, `ETSI.RFC3161`: /Contents is a time-stamp token
+    /// over the byte ranges (ETSI EN 319 142-1 §5.4, ISO 32000-2 §12.8.5).
+    DocTimeStamp,
+}
+
+/// The /Contents of every signature and document time-stamp in `doc`, as
+/// stored (a DER value possibly followed by zero padding).
+pub(crate) fn signature_contents(doc: &Document) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    for_each_field(doc, |field| {
+        let contents = field
+            .get(b"V")
+            .ok()
+            .and_then(|v| doc.dereference(v).ok())
+            .and_then(|(_, v)| v.as_dict().ok())
+            .filter(|v| v.has(b"ByteRange"))
+            .and_then(|v| v.get(b"Contents").ok())
+            .and_then(|c| doc.dereference(c).ok())
+            .and_then(|(_, c)| c.as_str().ok());
+        if let Some(contents) = contents {
+            found.push(contents.to_vec());
+        }
+    });
+    found
+}
+
 /// An incremental revision written out with placeholders, waiting for its CMS.
 pub(crate) struct PreparedRevision {
     bytes: Vec<u8>,
@@ -173,15 +207,22 @@ const BYTE_RANGE_SENTINEL: i64 = 9_999_999_999;
 
 impl PreparedRevision {
     /// Appends a revision with an invisible signature field on page 1 whose
-    /// /Contents can hold `capacity` bytes of DER.
+    /// /Contents can hold `capacity` bytes of DER, and first, if given, the
+    /// validation data merged into the document security store.
     pub(crate) fn new(
         original: &[u8],
         doc: Document,
-        fields: &SignatureFields<'_>,
+        kind: &FieldKind<'_>,
+        validation: Option<&ValidationData>,
         capacity: usize,
     ) -> Result<Self, SignError> {
         let mut revision = IncrementalDocument::create_from(original.to_vec(), doc);
-        guarded(|| add_signature_field(&mut revision, fields, capacity))?;
+        guarded(|| {
+            if let Some(validation) = validation {
+                add_to_dss(&mut revision, validation)?;
+            }
+            add_signature_field(&mut revision, kind, capacity)
+        })?;
 
         let mut bytes = Vec::with_capacity(original.len() + 2 * capacity + 4096);
         guarded(|| {
@@ -263,7 +304,7 @@ impl PreparedRevision {
 
 fn add_signature_field(
     revision: &mut IncrementalDocument,
-    fields: &SignatureFields<'_>,
+    kind: &FieldKind<'_>,
     capacity: usize,
 ) -> Result<(), PdfError> {
     let unreadable = |e: lopdf::Error| PdfError::Unreadable(e.to_string());
@@ -274,7 +315,13 @@ fn add_signature_field(
         .and_then(Object::as_reference)
         .map_err(unreadable)?;
     let page_id = *prev.get_pages().get(&1).ok_or(PdfError::NoPages)?;
-    let field_name = unused_field_name(prev);
+    let field_name = unused_field_name(
+        prev,
+        match kind {
+            FieldKind::Signature(_) => "Signature",
+            FieldKind::DocTimeStamp => "Timestamp",
+        },
+    );
 
     let doc = &mut revision.new_document;
     // A hybrid file's /XRefStm and an xref stream's decoding parameters
@@ -291,24 +338,44 @@ fn add_signature_field(
         doc.trailer.remove(key);
     }
 
-    let mut sig = dictionary! {
-        "Type" => "Sig",
-        "Filter" => "Adobe.PPKLite",
-        "SubFilter" => "ETSI.CAdES.detached",
-        "ByteRange" => vec![0.into(), BYTE_RANGE_SENTINEL.into(), BYTE_RANGE_SENTINEL.into(), BYTE_RANGE_SENTINEL.into()],
-        "Contents" => Object::String(vec![0; capacity], StringFormat::Hexadecimal),
-        "M" => Object::string_literal(pdf_date(fields.signing_time)),
-        "Name" => text_string(fields.name),
+    let byte_range: Vec<Object> = vec![
+        0.into(),
+        BYTE_RANGE_SENTINEL.into(),
+        BYTE_RANGE_SENTINEL.into(),
+        BYTE_RANGE_SENTINEL.into(),
+    ];
+    let contents = Object::String(vec![0; capacity], StringFormat::Hexadecimal);
+    let sig = match kind {
+        FieldKind::Signature(fields) => {
+            let mut sig = dictionary! {
+                "Type" => "Sig",
+                "Filter" => "Adobe.PPKLite",
+                "SubFilter" => "ETSI.CAdES.detached",
+                "ByteRange" => byte_range,
+                "Contents" => contents,
+                "M" => Object::string_literal(pdf_date(fields.signing_time)),
+                "Name" => text_string(fields.name),
+            };
+            if let Some(reason) = fields.reason {
+                sig.set("Reason", text_string(reason));
+            }
+            if let Some(location) = fields.location {
+                sig.set("Location", text_string(location));
+            }
+            if let Some(email) = fields.email {
+                sig.set("ContactInfo", text_string(email));
+            }
+            sig
+        }
+        // The time is the token's genTime; nothing else belongs here.
+        FieldKind::DocTimeStamp => dictionary! {
+            "Type" => "DocTimeStamp",
+            "Filter" => "Adobe.PPKLite",
+            "SubFilter" => "ETSI.RFC3161",
+            "ByteRange" => byte_range,
+            "Contents" => contents,
+        },
     };
-    if let Some(reason) = fields.reason {
-        sig.set("Reason", text_string(reason));
-    }
-    if let Some(location) = fields.location {
-        sig.set("Location", text_string(location));
-    }
-    if let Some(email) = fields.email {
-        sig.set("ContactInfo", text_string(email));
-    }
     let sig_id = doc.add_object(sig);
 
     let widget_id = doc.add_object(dictionary! {
@@ -434,8 +501,8 @@ fn add_to_acroform(
     set_in(revision, form_id, b"SigFlags", Object::Integer(3))
 }
 
-/// First `SignatureN` not already used as a field name (names must be unique).
-fn unused_field_name(doc: &Document) -> String {
+/// First `{prefix}N` not already used as a field name (names must be unique).
+fn unused_field_name(doc: &Document, prefix: &str) -> String {
     let mut taken = HashSet::new();
     for_each_field(doc, |field| {
         if let Ok(Object::String(name, _)) = field.get(b"T") {
@@ -443,9 +510,86 @@ fn unused_field_name(doc: &Document) -> String {
         }
     });
     (1..)
-        .map(|n| format!("Signature{n}"))
+        .map(|n| format!("{prefix}{n}"))
         .find(|name| !taken.contains(name.as_bytes()))
-        .unwrap_or_else(|| "Signature".into())
+        .unwrap_or_else(|| prefix.into())
+}
+
+/// Largest DSS entry read back for de-duplication; a CRL of a big CA is a few
+/// MiB, and a bigger (or a decompression bomb) is simply not matched.
+const MAX_DSS_ITEM: usize = 32 << 20;
+
+/// Merges `validation` into the catalog's /DSS (ETSI EN 319 142-1 §5.4.2,
+/// ISO 32000-2 §12.8.4.3): a new DSS object keeps every entry of an existing
+/// one (including /VRI) and appends to /Certs, /CRLs and /OCSPs one stream per
+/// value not already stored.
+fn add_to_dss(
+    revision: &mut IncrementalDocument,
+    validation: &ValidationData,
+) -> Result<(), PdfError> {
+    let unreadable = |e: lopdf::Error| PdfError::Unreadable(e.to_string());
+    let prev = revision.get_prev_documents();
+    let catalog_id = prev
+        .trailer
+        .get(b"Root")
+        .and_then(Object::as_reference)
+        .map_err(unreadable)?;
+    let catalog = if revision.new_document.has_object(catalog_id) {
+        revision.new_document.get_dictionary(catalog_id)
+    } else {
+        prev.get_dictionary(catalog_id)
+    }
+    .map_err(unreadable)?;
+    let mut dss = match catalog.get(b"DSS").ok() {
+        Some(dss) => match prev.dereference(dss).map_err(unreadable)?.1 {
+            Object::Dictionary(dss) => dss.clone(),
+            Object::Null => Dictionary::new(),
+            _ => return Err(PdfError::Unreadable("/DSS is not a dictionary".into())),
+        },
+        None => Dictionary::new(),
+    };
+
+    let no_ocsps: &[Vec<u8>] = &[];
+    let mut entries = Vec::new();
+    for (key, values) in [
+        (&b"Certs"[..], &validation.certificates[..]),
+        (b"CRLs", &validation.crls[..]),
+        (b"OCSPs", no_ocsps),
+    ] {
+        let items = match dss.get(key).ok() {
+            Some(items) => match prev.dereference(items).map_err(unreadable)?.1 {
+                Object::Array(items) => items.clone(),
+                _ => {
+                    return Err(PdfError::Unreadable(format!(
+                        "/DSS /{} is not an array",
+                        String::from_utf8_lossy(key)
+                    )))
+                }
+            },
+            None => Vec::new(),
+        };
+        let stored: HashSet<Vec<u8>> = items
+            .iter()
+            .filter_map(|item| prev.dereference(item).ok())
+            .filter_map(|(_, item)| item.as_stream().ok())
+            .filter_map(|stream| stream.get_plain_content_with_limit(MAX_DSS_ITEM).ok())
+            .collect();
+        entries.push((key, values, items, stored));
+    }
+    for (key, values, mut items, mut stored) in entries {
+        for value in values {
+            if stored.insert(value.clone()) {
+                let id = revision
+                    .new_document
+                    .add_object(Stream::new(Dictionary::new(), value.clone()));
+                items.push(id.into());
+            }
+        }
+        dss.set(key, Object::Array(items));
+    }
+    dss.set("Type", "DSS");
+    let dss_id = revision.new_document.add_object(dss);
+    set_in(revision, catalog_id, b"DSS", Object::Reference(dss_id))
 }
 
 /// PDF date string (ISO 32000-1 §7.9.4), always in UTC.

@@ -8,7 +8,7 @@ use shomei_signing::{inspect_pdf, sign_pdf, HsmError, KeyAlgorithm, PdfError, Si
 
 fn sign_and_check(sample_name: &str, key: &str) {
     let original = sample(sample_name);
-    let signed = sign_pdf(hsm(), &original, &request(key)).unwrap();
+    let signed = sign_pdf(hsm(), &original, &request(key), None).unwrap();
     assert!(signed.starts_with(&original), "original bytes must be kept");
     assert_externally_valid(&format!("{sample_name}-{key}"), &signed, 1);
     let info = inspect_pdf(&signed).unwrap();
@@ -59,8 +59,8 @@ fn second_signature_keeps_first_valid() {
         "contract-objstm.pdf",
         "contract-incremental.pdf",
     ] {
-        let first = sign_pdf(hsm(), &sample(name), &request(RSA_KEY)).unwrap();
-        let second = sign_pdf(hsm(), &first, &request(EC_KEY)).unwrap();
+        let first = sign_pdf(hsm(), &sample(name), &request(RSA_KEY), None).unwrap();
+        let second = sign_pdf(hsm(), &first, &request(EC_KEY), None).unwrap();
         assert!(second.starts_with(&first));
         assert_externally_valid(&format!("{name}-twice"), &second, 2);
         assert_eq!(inspect_pdf(&second).unwrap().signatures, 2);
@@ -69,7 +69,13 @@ fn second_signature_keeps_first_valid() {
 
 #[test]
 fn encrypted_sample_is_refused_permanently() {
-    let err = sign_pdf(hsm(), &sample("contract-encrypted.pdf"), &request(RSA_KEY)).unwrap_err();
+    let err = sign_pdf(
+        hsm(),
+        &sample("contract-encrypted.pdf"),
+        &request(RSA_KEY),
+        None,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, SignError::Pdf(PdfError::Encrypted)),
         "{err:?}"
@@ -79,7 +85,13 @@ fn encrypted_sample_is_refused_permanently() {
 
 #[test]
 fn unknown_key_is_permanent() {
-    let err = sign_pdf(hsm(), &sample("contract.pdf"), &request("no-such-key")).unwrap_err();
+    let err = sign_pdf(
+        hsm(),
+        &sample("contract.pdf"),
+        &request("no-such-key"),
+        None,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, SignError::Hsm(HsmError::KeyNotFound(_))),
         "{err:?}"
@@ -141,7 +153,7 @@ fn parallel_signing_shares_the_pool() {
                 let original = &original;
                 scope.spawn(move || {
                     let key = if i % 2 == 0 { RSA_KEY } else { EC_KEY };
-                    sign_pdf(hsm(), original, &request(key)).unwrap()
+                    sign_pdf(hsm(), original, &request(key), None).unwrap()
                 })
             })
             .collect();
@@ -171,9 +183,9 @@ fn signs_direct_acroform_and_indirect_annots() {
     let mut original = Vec::new();
     doc.save_to(&mut original).unwrap();
 
-    let signed = sign_pdf(hsm(), &original, &request(RSA_KEY)).unwrap();
+    let signed = sign_pdf(hsm(), &original, &request(RSA_KEY), None).unwrap();
     assert_externally_valid("direct-acroform", &signed, 1);
-    let twice = sign_pdf(hsm(), &signed, &request(EC_KEY)).unwrap();
+    let twice = sign_pdf(hsm(), &signed, &request(EC_KEY), None).unwrap();
     assert_externally_valid("direct-acroform-twice", &twice, 2);
 
     let reloaded = Document::load_mem(&twice).unwrap();

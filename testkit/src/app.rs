@@ -21,6 +21,8 @@ pub struct TestAppOptions {
     pub max_upload_bytes: Option<u64>,
     /// Extra environment for the worker processes only (e.g. a missing key label).
     pub worker_env: Vec<(String, String)>,
+    /// TSA URLs tried before the app's own `shomei-tsa` (e.g. one that is down).
+    pub tsa_urls_before: Vec<String>,
 }
 
 impl Default for TestAppOptions {
@@ -31,6 +33,7 @@ impl Default for TestAppOptions {
             concurrency: 4,
             max_upload_bytes: None,
             worker_env: vec![],
+            tsa_urls_before: vec![],
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct TestApp {
     namespace: String,
     dir: PathBuf,
     api: Child,
+    tsa: Option<Child>,
     workers: Vec<Option<Child>>,
 }
 
@@ -68,12 +72,11 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Distinct free ports (the listeners are held until all are picked, so no port repeats).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|l| l.local_addr().unwrap().port())
 }
 
 impl TestApp {
@@ -89,7 +92,13 @@ impl TestApp {
 
         let dir = workspace_root().join("target/tmp/apps").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
+        let [port, tsa_port] = free_ports();
+        let tsa_urls: Vec<String> = options
+            .tsa_urls_before
+            .iter()
+            .cloned()
+            .chain([format!("http://127.0.0.1:{tsa_port}/")])
+            .collect();
         let redis_url = format!("redis://127.0.0.1:6379/{}", options.redis_db);
         let namespace = format!("t{}", &id[..12]);
         let mut env: Vec<(String, String)> = vec![
@@ -121,6 +130,14 @@ impl TestApp {
             ("SHOMEI_RECONCILE_SECS".into(), "1".into()),
             ("SHOMEI_HEARTBEAT_SECS".into(), "1".into()),
             ("SHOMEI_JOB_MAX_ATTEMPTS".into(), "5".into()),
+            ("SHOMEI_TSA_ADDR".into(), format!("127.0.0.1:{tsa_port}")),
+            ("SHOMEI_TSA_URLS".into(), tsa_urls.join(",")),
+            (
+                "SHOMEI_TSA_TRUST_ANCHORS".into(),
+                hsm.join("ca/ca.pem").display().to_string(),
+            ),
+            ("SHOMEI_TSA_ATTEMPTS".into(), "2".into()),
+            ("SHOMEI_TSA_TIMEOUT_SECS".into(), "5".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
         if let Some(limit) = options.max_upload_bytes {
@@ -138,6 +155,13 @@ impl TestApp {
                 &[],
                 &dir.join("api.log"),
             ),
+            tsa: Some(spawn_logged(
+                &bin("shomei-tsa"),
+                &[],
+                &env,
+                &[],
+                &dir.join("tsa.log"),
+            )),
             options,
             env,
             db_name,
@@ -210,6 +234,14 @@ impl TestApp {
         );
         self.workers.push(Some(child));
         index
+    }
+
+    /// Takes the app's time-stamping authority down (SIGKILL).
+    pub fn stop_tsa(&mut self) {
+        if let Some(mut child) = self.tsa.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 
     /// SIGKILLs a worker: no shutdown, its running jobs are cut off mid-way.
@@ -342,6 +374,7 @@ impl Drop for TestApp {
             .workers
             .iter_mut()
             .flatten()
+            .chain(self.tsa.as_mut())
             .chain(std::iter::once(&mut self.api))
         {
             let _ = child.kill();

@@ -17,7 +17,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shomei_jobs::telemetry::init();
+    shomei_telemetry::init();
     let config = Config::from_env()?;
     let ctx = Arc::new(JobContext::open(&config).await?);
     let concurrency = config.worker.concurrency;
@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .shutdown_timeout(SHUTDOWN_GRACE)
         .run_with_signal(async {
-            shomei_jobs::telemetry::shutdown_signal().await;
+            shomei_telemetry::shutdown_signal().await;
             Ok(())
         })
         .await;

@@ -14,7 +14,7 @@ use warp::{Filter, Rejection};
 
 use shomei_jobs::sign::SignRequest;
 use shomei_schema::models::NewDocument;
-use shomei_schema::{interact, Document, JobKind, NewJob, Revision};
+use shomei_schema::{interact, Document, JobKind, NewJob, Revision, Tenant};
 
 use super::{respond, with_state};
 use crate::auth::{caller, Caller};
@@ -49,15 +49,30 @@ pub fn routes(
         .map(respond);
     let sign = warp::path!("v1" / "documents" / Uuid / "sign")
         .and(warp::post())
-        .and(auth)
-        .and(with_state(state))
+        .and(auth.clone())
+        .and(with_state(state.clone()))
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json())
         .then(sign)
         .map(respond);
+    let timestamp = warp::path!("v1" / "documents" / Uuid / "timestamp")
+        .and(warp::post())
+        .and(auth)
+        .and(with_state(state))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .then(timestamp)
+        .map(respond);
 
-    upload.or(show).unify().or(pdf).unify().or(sign).unify()
+    upload
+        .or(show)
+        .unify()
+        .or(pdf)
+        .unify()
+        .or(sign)
+        .unify()
+        .or(timestamp)
+        .unify()
 }
 
 /// The raw body, refused before it is read when its declared length exceeds `limit`.
@@ -208,9 +223,58 @@ async fn sign(
     caller: Caller,
     state: Arc<AppState>,
     idempotency_key: Option<String>,
-    request: SignRequest,
+    mut request: SignRequest,
 ) -> Result<Response, ApiError> {
     request.validate().map_err(ApiError::BadRequest)?;
+    let (doc, _) = find_document(&state, caller, id).await?;
+    if request.level.is_none() {
+        // Resolved now, so a later change of the tenant's default leaves queued jobs alone.
+        let tenant = interact(&state.db, move |conn| {
+            Ok(Tenant::get(conn, caller.tenant_id)?)
+        })
+        .await?;
+        request.level = Some(tenant.signature_level.parse().map_err(anyhow::Error::msg)?);
+    }
+    let payload = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
+    queue_job(
+        &state,
+        caller,
+        &doc,
+        JobKind::Sign,
+        payload,
+        idempotency_key,
+    )
+    .await
+}
+
+async fn timestamp(
+    id: Uuid,
+    caller: Caller,
+    state: Arc<AppState>,
+    idempotency_key: Option<String>,
+) -> Result<Response, ApiError> {
+    let (doc, _) = find_document(&state, caller, id).await?;
+    queue_job(
+        &state,
+        caller,
+        &doc,
+        JobKind::Timestamp,
+        json!({}),
+        idempotency_key,
+    )
+    .await
+}
+
+/// Records and queues a job on a document: `202` with the job id, or the job an earlier
+/// request with the same `Idempotency-Key` made.
+async fn queue_job(
+    state: &AppState,
+    caller: Caller,
+    doc: &Document,
+    kind: JobKind,
+    payload: serde_json::Value,
+    idempotency_key: Option<String>,
+) -> Result<Response, ApiError> {
     if idempotency_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.len() > 255)
@@ -219,11 +283,10 @@ async fn sign(
             "Idempotency-Key must be 1 to 255 characters".into(),
         ));
     }
-    let (doc, _) = find_document(&state, caller, id).await?;
-    let payload = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
     // The fingerprint covers what the job will do, so the same key with another body (or on
-    // another document) is told apart from a retry of the same request.
+    // another document, or for another kind of job) is told apart from a retry.
     let fingerprint: [u8; 32] = Sha256::new()
+        .chain_update(kind.as_str().as_bytes())
         .chain_update(doc.id.as_bytes())
         .chain_update(payload.to_string().as_bytes())
         .finalize()
@@ -231,17 +294,13 @@ async fn sign(
     let new = NewJob {
         id: Uuid::now_v7(),
         tenant_id: caller.tenant_id,
-        kind: JobKind::Sign.as_str(),
+        kind: kind.as_str(),
         document_id: Some(doc.id),
         payload,
         idempotency_key,
         request_sha256: Some(fingerprint.to_vec()),
     };
-    let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new)
-        .await
-        .map_err(|e| match e {
-            shomei_jobs::SubmitError::Db(db) => ApiError::from(db),
-        })?;
+    let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new).await?;
     if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {
         return Err(ApiError::IdempotencyKeyReused);
     }

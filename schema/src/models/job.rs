@@ -11,14 +11,16 @@ use crate::schema::jobs;
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Sign,
+    Timestamp,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 1] = [JobKind::Sign];
+    pub const ALL: [JobKind; 2] = [JobKind::Sign, JobKind::Timestamp];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Sign => "sign",
+            JobKind::Timestamp => "timestamp",
         }
     }
 

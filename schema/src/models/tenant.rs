@@ -4,20 +4,37 @@ use uuid::Uuid;
 
 use crate::schema::{api_keys, tenants};
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = tenants)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// `B-B` or `B-T`: the PAdES level of signatures whose request does not name one.
+    pub signature_level: String,
 }
 
 impl Tenant {
-    pub fn create(conn: &mut PgConnection, name: &str) -> QueryResult<Tenant> {
+    pub fn create(
+        conn: &mut PgConnection,
+        name: &str,
+        signature_level: &str,
+    ) -> QueryResult<Tenant> {
         diesel::insert_into(tenants::table)
-            .values((tenants::id.eq(Uuid::now_v7()), tenants::name.eq(name)))
+            .values((
+                tenants::id.eq(Uuid::now_v7()),
+                tenants::name.eq(name),
+                tenants::signature_level.eq(signature_level),
+            ))
             .returning(Tenant::as_returning())
             .get_result(conn)
+    }
+
+    pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Tenant> {
+        tenants::table
+            .find(id)
+            .select(Tenant::as_select())
+            .first(conn)
     }
 }
 

@@ -127,11 +127,18 @@ async fn redis_forgets_jobs_once_they_are_finished() {
     let key = app.queue_key("sign:data");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let held: i64 = redis::cmd("HLEN").arg(&key).query_async(&mut redis).await.unwrap();
+        let held: i64 = redis::cmd("HLEN")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
         if held == 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{held} finished tasks still in {key}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} finished tasks still in {key}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -89,7 +89,10 @@ async fn two_signatures_requested_at_once_on_one_document_both_land() {
     .await;
     let id = app.upload_ok(sample("contract.pdf")).await;
 
-    let (first, second) = tokio::join!(app.sign_ok(&id, "Taro Suzuki"), app.sign_ok(&id, "Hanako Yamada"));
+    let (first, second) = tokio::join!(
+        app.sign_ok(&id, "Taro Suzuki"),
+        app.sign_ok(&id, "Hanako Yamada")
+    );
     for job_id in [first, second] {
         let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
         assert_eq!(job["status"], "succeeded", "{job}");

@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+
 //! Logging set-up and the shutdown signal shared by every binary.
 
 use tracing_subscriber::EnvFilter;

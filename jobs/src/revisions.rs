@@ -1,0 +1,78 @@
+//! What every job that adds a document revision shares: where it starts from, and how its
+//! result is recorded so that running it again is a no-op.
+//!
+//! The revision a job adds carries the job id (unique in `document_revisions`). A job that runs
+//! again after a crash (even one that died after recording the revision but before the job was
+//! marked done) finds its revision and reports it instead of adding another. Two jobs racing on
+//! one document collide on `(document_id, revision)`; the loser's insert fails, a transient
+//! error, and its retry works on top of the winner's revision.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use shomei_schema::{interact, Job, Revision};
+
+use crate::context::JobContext;
+use crate::error::JobError;
+
+pub(crate) enum Start {
+    /// The job already made its revision; this is its result.
+    AlreadyDone(serde_json::Value),
+    /// The latest revision, to build on.
+    Work { latest: Revision, bytes: Bytes },
+}
+
+pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError> {
+    let document_id = job
+        .document_id
+        .ok_or_else(|| JobError::permanent(format!("{} job without a document", job.kind)))?;
+    let job_id = job.id;
+    let (done, latest) = interact(&ctx.db, move |conn| {
+        Ok((
+            Revision::made_by_job(conn, job_id)?,
+            Revision::latest(conn, document_id)?,
+        ))
+    })
+    .await?;
+    if let Some(revision) = done {
+        return Ok(Start::AlreadyDone(result(&revision)));
+    }
+    let bytes = ctx
+        .storage
+        .get_verified(&latest.storage_key, &latest.sha256)
+        .await?;
+    Ok(Start::Work { latest, bytes })
+}
+
+/// Stores `bytes` as the revision after `latest`, made by `job`, and returns the job's result.
+pub(crate) async fn record(
+    ctx: &JobContext,
+    job: &Job,
+    latest: &Revision,
+    bytes: Vec<u8>,
+) -> Result<serde_json::Value, JobError> {
+    let stored = ctx
+        .storage
+        .put_pdf(job.tenant_id, latest.document_id, Bytes::from(bytes))
+        .await?;
+    let revision = Revision {
+        document_id: latest.document_id,
+        revision: latest.revision + 1,
+        sha256: stored.sha256.to_vec(),
+        size_bytes: stored.size as i64,
+        storage_key: stored.key,
+        job_id: Some(job.id),
+        created_at: chrono::Utc::now(),
+    };
+    let outcome = result(&revision);
+    interact(&ctx.db, move |conn| Ok(revision.insert(conn)?)).await?;
+    Ok(outcome)
+}
+
+fn result(revision: &Revision) -> serde_json::Value {
+    json!({
+        "document_id": revision.document_id,
+        "revision": revision.revision,
+        "sha256": hex::encode(&revision.sha256),
+    })
+}

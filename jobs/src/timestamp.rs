@@ -1,0 +1,31 @@
+//! The **timestamp** job: concludes a contract. As one new revision it adds the validation
+//! data of every signature and time-stamp already in the file (a DSS dictionary with their
+//! certificates and CRLs: PAdES B-LT) and then a document time-stamp over everything
+//! (`/DocTimeStamp`, `ETSI.RFC3161`: B-LTA), so the file can be validated long after its
+//! certificates expire. Idempotent through [`crate::revisions`].
+
+use shomei_schema::Job;
+use shomei_signing::ValidationData;
+
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::revisions::{self, Start};
+
+pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
+    let timestamper = ctx.timestamper()?;
+    let (latest, bytes) = match revisions::begin(ctx, job).await? {
+        Start::AlreadyDone(result) => return Ok(result),
+        Start::Work { latest, bytes } => (latest, bytes),
+    };
+    let stamped = tokio::task::spawn_blocking(move || {
+        let material = shomei_signing::validation_material(&bytes)?;
+        let validation = ValidationData {
+            crls: shomei_signing::fetch_crls(&material.crl_urls)?,
+            certificates: material.certificates,
+        };
+        shomei_signing::timestamp_pdf(&bytes, timestamper.as_ref(), Some(&validation))
+    })
+    .await
+    .map_err(|e| JobError::transient(format!("time-stamping task failed: {e}")))??;
+    revisions::record(ctx, job, &latest, stamped).await
+}
