@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use secrecy::SecretString;
 use shomei_signing::{Hsm, HsmSettings, SignatureRequest};
-pub use shomei_testkit::validate::{assert_externally_valid, embedded_signatures};
+pub use shomei_testkit::validate::{assert_externally_valid, embedded_signatures, Expected};
 pub use shomei_testkit::{hsm_dir, sample, workspace_root};
 
 pub const RSA_KEY: &str = "shomei-dev-rsa";

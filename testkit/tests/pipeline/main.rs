@@ -4,6 +4,7 @@
 mod bad_input;
 mod reliability;
 mod signing_flow;
+mod timestamps;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use shomei_testkit::validate::{assert_externally_valid, embedded_signatures};
+use shomei_testkit::validate::{assert_externally_valid, embedded_signatures, Expected};
 use shomei_testkit::{sample, TestApp, TestAppOptions};
 
 use crate::JOB_TIMEOUT;
@@ -36,7 +36,11 @@ async fn assert_each_signed_once(app: &TestApp, batch: &[(String, String)]) {
         "one signed revision per document, no duplicates"
     );
     let (document, _) = &batch[0];
-    assert_externally_valid("e2e-batch", &app.download(document).await, 1);
+    assert_externally_valid(
+        "e2e-batch",
+        &app.download(document).await,
+        Expected::timestamped(1),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

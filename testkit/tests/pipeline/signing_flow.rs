@@ -1,5 +1,5 @@
 use serde_json::{json, Value};
-use shomei_testkit::validate::assert_externally_valid;
+use shomei_testkit::validate::{assert_externally_valid, Expected};
 use shomei_testkit::{sample, TestApp, TestAppOptions};
 
 use crate::{sha256_hex, JOB_TIMEOUT};
@@ -51,7 +51,7 @@ async fn an_uploaded_contract_signed_through_the_queue_validates_with_independen
         "an incremental update keeps every earlier byte"
     );
     assert_eq!(job["result"]["sha256"], sha256_hex(&signed));
-    let report = assert_externally_valid("e2e-one-signer", &signed, 1);
+    let report = assert_externally_valid("e2e-one-signer", &signed, Expected::timestamped(1));
     assert!(
         report.contains("山田 花子") || report.contains("Shomei Dev Signing"),
         "{report}"
@@ -77,7 +77,11 @@ async fn two_signers_in_turn_leave_two_valid_signatures() {
         let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
-    assert_externally_valid("e2e-two-signers", &app.download(&id).await, 2);
+    assert_externally_valid(
+        "e2e-two-signers",
+        &app.download(&id).await,
+        Expected::timestamped(2),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,7 +101,11 @@ async fn two_signatures_requested_at_once_on_one_document_both_land() {
         let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
-    assert_externally_valid("e2e-concurrent-signers", &app.download(&id).await, 2);
+    assert_externally_valid(
+        "e2e-concurrent-signers",
+        &app.download(&id).await,
+        Expected::timestamped(2),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,7 +151,11 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_body() {
         .wait_for_job(first["job_id"].as_str().unwrap(), JOB_TIMEOUT)
         .await;
     assert_eq!(job["status"], "succeeded");
-    assert_externally_valid("e2e-idempotent", &app.download(&id).await, 1);
+    assert_externally_valid(
+        "e2e-idempotent",
+        &app.download(&id).await,
+        Expected::timestamped(1),
+    );
     assert_eq!(app.sql_count("SELECT count(*) AS n FROM jobs"), 1);
 }
 
