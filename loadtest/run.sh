@@ -5,7 +5,7 @@
 #
 #   loadtest/run.sh WORKERS N [CONCURRENCY]
 #
-# Knobs (environment): SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (4),
+# Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (4),
 # LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage).
 set -euo pipefail
@@ -24,7 +24,7 @@ ROOT=$(pwd)
 source scripts/prepare-machine.sh
 
 echo "==> building release binaries"
-cargo build --release --bins -p shomei-api -p shomei-workers -p shomei-loadtest -q
+cargo build --release --bins -p shomei-api -p shomei-workers -p shomei-tsa -p shomei-loadtest -q
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 echo "==> dev HSM token (var/dev-hsm)"
@@ -47,6 +47,7 @@ free_port() {
     fi
 }
 PORT=$(free_port)
+TSA_PORT=$(free_port)
 
 PG=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
 export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
@@ -56,6 +57,10 @@ export SHOMEI_API_ADDR=127.0.0.1:$PORT
 export SHOMEI_WORKER_CONCURRENCY=${SHOMEI_WORKER_CONCURRENCY:-8}
 export SHOMEI_HSM_POOL_SIZE=${SHOMEI_HSM_POOL_SIZE:-4}
 export RUST_LOG=${RUST_LOG:-info}
+# Signatures are B-T by default: the workers time-stamp each one with this run's own TSA.
+export SHOMEI_TSA_ADDR=127.0.0.1:$TSA_PORT
+export SHOMEI_TSA_URLS=http://$SHOMEI_TSA_ADDR/
+export SHOMEI_TSA_TRUST_ANCHORS=$ROOT/var/dev-hsm/ca/ca.pem
 API=http://$SHOMEI_API_ADDR
 REDIS_URL=${SHOMEI_REDIS_URL:-redis://127.0.0.1:6379/0}
 
@@ -84,6 +89,8 @@ echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, API on $API"
 "${PG[@]}" -c "CREATE DATABASE $DB" >/dev/null
 
 echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool $SHOMEI_HSM_POOL_SIZE; logs in $RUN)"
+"$BIN/shomei-tsa" >"$RUN/tsa.log" 2>&1 &
+PIDS+=($!)
 "$BIN/shomei-api" serve >"$RUN/api.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 150); do curl -fs "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -102,7 +109,7 @@ done
 SETTLE=${LOADTEST_SETTLE_SECS:-$(( ${SHOMEI_HEARTBEAT_SECS:-3} + 1 ))}
 sleep "$SETTLE"
 
-SHOMEI_LOADTEST_KEY=$("$BIN/shomei-api" tenant create "Load test $ID" | sed -n 's/^api_key=//p')
+SHOMEI_LOADTEST_KEY=$("$BIN/shomei-api" tenant create "Load test $ID" --signature-level "${LOADTEST_SIGNATURE_LEVEL:-B-T}" | sed -n 's/^api_key=//p')
 export SHOMEI_LOADTEST_KEY
 [ -n "$SHOMEI_LOADTEST_KEY" ] || { echo "no API key from shomei-api tenant create" >&2; exit 1; }
 
