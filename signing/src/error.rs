@@ -146,6 +146,8 @@ impl SignError {
             Self::Hsm(e) => e.is_permanent(),
             Self::Pdf(e) => e.is_permanent(),
             Self::Cms(_) | Self::Write(_) | Self::EmbeddedSignature(_) => true,
+            // A misconfigured client stays misconfigured; a TSA that is down may come back.
+            Self::Timestamp(TimestampError::Config(_)) => true,
             Self::Timestamp(_) | Self::BadTimestamp(_) | Self::CrlFetch { .. } => false,
         }
     }
