@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use shomei_schema::{interact, Job, JobKind};
 
 use crate::context::JobContext;
@@ -38,28 +40,34 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
         Ok(Job::unfinished_enqueued_before(conn, cutoff, BATCH)?)
     })
     .await?;
-    let mut requeued = 0;
-    for job in candidates {
+    let mut missing = Vec::new();
+    for job in &candidates {
         let Some(kind) = job.kind() else { continue };
-        let present = ctx
+        if !ctx
             .queue
             .contains(kind, job.id)
             .await
-            .map_err(queue_error)?;
-        if !present {
-            ctx.queue.push(kind, job.id).await.map_err(queue_error)?;
-            requeued += 1;
+            .map_err(queue_error)?
+        {
+            missing.push((kind, job.id));
         }
-        let id = job.id;
-        interact(&ctx.db, move |conn| Ok(Job::mark_enqueued(conn, id)?)).await?;
     }
+    // A job can finish (and Redis forget it) between the query above and the look in Redis;
+    // only those PostgreSQL still holds as unfinished after the look are really lost.
+    let ids: Vec<Uuid> = missing.iter().map(|(_, id)| *id).collect();
+    let lost = interact(&ctx.db, move |conn| Ok(Job::still_unfinished(conn, &ids)?)).await?;
+    for (kind, id) in missing.iter().filter(|(_, id)| lost.contains(id)) {
+        ctx.queue.push(*kind, *id).await.map_err(queue_error)?;
+    }
+    let seen: Vec<Uuid> = candidates.iter().map(|job| job.id).collect();
+    interact(&ctx.db, move |conn| Ok(Job::mark_enqueued(conn, &seen)?)).await?;
     for kind in JobKind::ALL {
         ctx.queue
             .prune_finished(kind, PRUNE)
             .await
             .map_err(queue_error)?;
     }
-    Ok(requeued)
+    Ok(lost.len())
 }
 
 fn queue_error(e: crate::queue::QueueError) -> JobError {

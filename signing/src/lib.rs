@@ -6,6 +6,7 @@ mod hsm;
 mod pdf;
 mod tsa;
 mod tsp;
+mod verify;
 
 use chrono::{DateTime, Utc};
 
@@ -19,6 +20,7 @@ pub use tsp::{
     TimestampError, Timestamper, TokenExpectations, TsaClient, TsaClientSettings, TstInfo,
     VerifiedToken, ID_AA_SIGNING_CERTIFICATE_V2, ID_CT_TST_INFO, ID_KP_TIME_STAMPING,
 };
+pub use verify::{verify_pdf, SignatureKind, SignatureReport, TimestampReport, VerificationReport};
 
 /// Who signs, with which key, and what the signature dictionary shows.
 #[derive(Debug, Clone)]

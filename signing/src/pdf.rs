@@ -85,7 +85,7 @@ fn classify_load_error(error: lopdf::Error) -> PdfError {
 
 /// lopdf is not panic-free on hostile input; a panic must become an error,
 /// never take a worker thread down.
-fn guarded<T>(f: impl FnOnce() -> Result<T, PdfError>) -> Result<T, PdfError> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, PdfError>) -> Result<T, PdfError> {
     catch_unwind(AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(PdfError::Unreadable("PDF structure is malformed".into())))
 }
@@ -104,7 +104,7 @@ fn acroform(doc: &Document) -> Option<&Dictionary> {
 }
 
 /// Visits every terminal and intermediate field of the AcroForm.
-fn for_each_field(doc: &Document, mut visit: impl FnMut(&Dictionary)) {
+pub(crate) fn for_each_field(doc: &Document, mut visit: impl FnMut(&Dictionary)) {
     fn walk(
         doc: &Document,
         fields: &Object,

@@ -610,7 +610,7 @@ fn check_token(token: &[u8], expected: &TokenExpectations<'_>) -> Result<Verifie
     Ok(VerifiedToken { tst_info, signer })
 }
 
-fn identifies(sid: &SignerIdentifier, certificate: &Certificate) -> bool {
+pub(crate) fn identifies(sid: &SignerIdentifier, certificate: &Certificate) -> bool {
     let tbs = certificate.tbs_certificate();
     match sid {
         SignerIdentifier::IssuerAndSerialNumber(isn) => {
@@ -765,7 +765,7 @@ fn check_chain(
     Err("certificate chain too long".into())
 }
 
-fn is_ca(certificate: &Certificate) -> bool {
+pub(crate) fn is_ca(certificate: &Certificate) -> bool {
     matches!(
         certificate
             .tbs_certificate()

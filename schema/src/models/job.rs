@@ -143,12 +143,21 @@ impl Job {
             .optional()
     }
 
-    /// Records that the job was pushed to the queue again, or seen there.
-    pub fn mark_enqueued(conn: &mut PgConnection, id: Uuid) -> QueryResult<()> {
-        diesel::update(jobs::table.find(id))
+    /// Records that these jobs were pushed to the queue again, or seen there.
+    pub fn mark_enqueued(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<()> {
+        diesel::update(jobs::table.filter(jobs::id.eq_any(ids)))
             .set(jobs::enqueued_at.eq(diesel::dsl::now))
             .execute(conn)
             .map(|_| ())
+    }
+
+    /// Those of `ids` that are still unfinished now.
+    pub fn still_unfinished(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+        jobs::table
+            .filter(jobs::id.eq_any(ids))
+            .filter(jobs::status.eq_any(UNFINISHED))
+            .select(jobs::id)
+            .load(conn)
     }
 
     /// Claims an unfinished job for a run and counts the attempt. `None` when the job is
