@@ -34,6 +34,7 @@ export SHOMEI_API_ADDR=${SHOMEI_API_ADDR:-127.0.0.1:8080}
 export SHOMEI_TSA_ADDR=${SHOMEI_TSA_ADDR:-127.0.0.1:8318}
 export SHOMEI_TSA_URLS=${SHOMEI_TSA_URLS:-http://$SHOMEI_TSA_ADDR/}
 export SHOMEI_TSA_TRUST_ANCHORS=${SHOMEI_TSA_TRUST_ANCHORS:-$ROOT/var/dev-hsm/ca/ca.pem}
+export SHOMEI_TRUST_ANCHORS=${SHOMEI_TRUST_ANCHORS:-$ROOT/var/dev-hsm/ca/ca.pem}
 API=http://$SHOMEI_API_ADDR
 
 psql -h 127.0.0.1 -U postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'shomei'" | grep -q 1 ||
@@ -94,6 +95,10 @@ echo "$VERDICT" | sed 's/^/    /'
 echo "$VERDICT" | grep -q "Signature is Valid" || { echo "NOT VALID"; exit 1; }
 echo "(poppler 22.12 lists the document time-stamp but cannot verify ETSI.RFC3161 itself;"
 echo " openssl checks it and the signature's time-stamp in the test suite: scripts/test.sh)"
+echo
+echo "Shomei's own verification report (GET /v1/documents/$DOC/verification), in brief:"
+REPORT=$(curl -fsS "$API/v1/documents/$DOC/verification" -H "Authorization: Bearer $KEY")
+echo "    $(echo "$REPORT" | grep -o '"valid":[a-z]*' | head -1)  $(echo "$REPORT" | grep -o '"level":"[^"]*"')"
 cat <<TXT
 
 The API ($API) and two workers keep running. The demo tenant's API key is in var/demo/api-key:

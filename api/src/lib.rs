@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use shomei_config::Config;
 use shomei_jobs::Queue;
 use shomei_schema::DbPool;
-use shomei_signing::{Hsm, HsmSettings};
+use shomei_signing::{Certificate, Hsm, HsmSettings};
 use shomei_storage::Storage;
 
 /// What every request handler can reach. Built once at start-up.
@@ -26,6 +26,8 @@ pub struct AppState {
     /// Used only by `/readyz`: the API never signs.
     pub hsm: Hsm,
     pub max_upload_bytes: u64,
+    /// What verification reports count as a trusted chain.
+    pub trust_anchors: Vec<Certificate>,
 }
 
 impl AppState {
@@ -43,12 +45,21 @@ impl AppState {
         let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&hsm_settings))
             .await?
             .context("opening the HSM")?;
+        let trust_anchors = match &config.trust_anchors {
+            None => vec![],
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                shomei_signing::certificates_from_pem(&pem)?
+            }
+        };
         Ok(Self {
             db,
             storage,
             queue,
             hsm,
             max_upload_bytes: config.max_upload_bytes,
+            trust_anchors,
         })
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub storage_dir: PathBuf,
     pub api_addr: SocketAddr,
     pub max_upload_bytes: u64,
+    /// PEM file of the CA certificates signatures are verified against (none: no chain is trusted).
+    pub trust_anchors: Option<PathBuf>,
     pub hsm: HsmConfig,
     pub worker: WorkerConfig,
     pub tsa: TsaConfig,
@@ -101,6 +103,7 @@ impl Config {
             storage_dir: vars.string("SHOMEI_STORAGE_DIR", "var/storage").into(),
             api_addr: vars.parsed("SHOMEI_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             max_upload_bytes: vars.parsed("SHOMEI_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)?,
+            trust_anchors: vars.get("SHOMEI_TRUST_ANCHORS").map(PathBuf::from),
             hsm: HsmConfig {
                 module_path: vars
                     .string("SHOMEI_HSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")

@@ -21,6 +21,7 @@ pub use tsp::{
     VerifiedToken, ID_AA_SIGNING_CERTIFICATE_V2, ID_CT_TST_INFO, ID_KP_TIME_STAMPING,
 };
 pub use verify::{verify_pdf, SignatureKind, SignatureReport, TimestampReport, VerificationReport};
+pub use x509_cert::Certificate;
 
 /// Who signs, with which key, and what the signature dictionary shows.
 #[derive(Debug, Clone)]

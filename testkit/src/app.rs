@@ -130,6 +130,10 @@ impl TestApp {
             ("SHOMEI_RECONCILE_SECS".into(), "1".into()),
             ("SHOMEI_HEARTBEAT_SECS".into(), "1".into()),
             ("SHOMEI_JOB_MAX_ATTEMPTS".into(), "5".into()),
+            (
+                "SHOMEI_TRUST_ANCHORS".into(),
+                hsm.join("ca/ca.pem").display().to_string(),
+            ),
             ("SHOMEI_TSA_ADDR".into(), format!("127.0.0.1:{tsa_port}")),
             ("SHOMEI_TSA_URLS".into(), tsa_urls.join(",")),
             (

@@ -76,7 +76,9 @@ pub fn routes(
 }
 
 /// The raw body, refused before it is read when its declared length exceeds `limit`.
-fn body_within(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+pub(super) fn body_within(
+    limit: u64,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |length: Option<u64>| async move {
             match length {
@@ -170,7 +172,7 @@ async fn upload(
 }
 
 /// The document and its latest revision, if the caller's tenant owns it.
-async fn find_document(
+pub(super) async fn find_document(
     state: &AppState,
     caller: Caller,
     id: Uuid,

@@ -5,6 +5,7 @@
 mod documents;
 mod health;
 mod jobs;
+mod verification;
 
 use std::sync::Arc;
 
@@ -20,7 +21,9 @@ pub fn all(
     health::routes(state.clone())
         .or(documents::routes(state.clone()))
         .unify()
-        .or(jobs::routes(state))
+        .or(jobs::routes(state.clone()))
+        .unify()
+        .or(verification::routes(state))
         .unify()
         .recover(problem::recover)
         .unify()

@@ -5,6 +5,7 @@ mod bad_input;
 mod reliability;
 mod signing_flow;
 mod timestamps;
+mod verification;
 
 use std::time::Duration;
 

@@ -1,0 +1,78 @@
+//! Verification reports (R-VERIFY-1): `POST /v1/verify` checks a PDF given in the body,
+//! `GET /v1/documents/{id}/verification` the latest revision of a stored document. Each report
+//! covers every signature and document time-stamp: integrity, coverage and what later
+//! revisions changed, the chain to the configured trust anchors, time-stamps, and the PAdES level.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+use uuid::Uuid;
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use shomei_signing::VerificationReport;
+
+use super::documents::{body_within, find_document};
+use super::{respond, with_state};
+use crate::auth::{caller, Caller};
+use crate::problem::ApiError;
+use crate::AppState;
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let auth = caller(state.db.clone());
+    let upload = warp::path!("v1" / "verify")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state(state.clone()))
+        .and(body_within(state.max_upload_bytes))
+        .then(verify_upload)
+        .map(respond);
+    let stored = warp::path!("v1" / "documents" / Uuid / "verification")
+        .and(warp::get())
+        .and(auth)
+        .and(with_state(state))
+        .then(verify_stored)
+        .map(respond);
+    upload.or(stored).unify()
+}
+
+async fn verify(state: &AppState, pdf: Bytes) -> Result<VerificationReport, ApiError> {
+    let anchors = state.trust_anchors.clone();
+    let report = tokio::task::spawn_blocking(move || shomei_signing::verify_pdf(&pdf, &anchors))
+        .await
+        .map_err(anyhow::Error::from)??;
+    Ok(report)
+}
+
+async fn verify_upload(
+    _caller: Caller,
+    state: Arc<AppState>,
+    pdf: Bytes,
+) -> Result<Response, ApiError> {
+    let report = verify(&state, pdf).await?;
+    Ok(warp::reply::json(&report).into_response())
+}
+
+async fn verify_stored(
+    id: Uuid,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, ApiError> {
+    let (doc, latest) = find_document(&state, caller, id).await?;
+    let pdf = state
+        .storage
+        .get_verified(&latest.storage_key, &latest.sha256)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let report = verify(&state, pdf).await?;
+    Ok(warp::reply::json(&json!({
+        "document_id": doc.id,
+        "revision": latest.revision,
+        "sha256": hex::encode(&latest.sha256),
+        "report": report,
+    }))
+    .into_response())
+}
