@@ -22,10 +22,6 @@ impl JobError {
     pub fn transient(msg: impl Into<String>) -> Self {
         JobError::Transient(msg.into())
     }
-
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, JobError::Permanent(_))
-    }
 }
 
 /// Renders an error with its causes, the way it is stored in `jobs.error`.

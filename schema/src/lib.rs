@@ -24,24 +24,6 @@ pub enum DbError {
     Migration(String),
 }
 
-impl DbError {
-    /// Whether the same call may succeed later (connection trouble) rather than being wrong.
-    pub fn is_transient(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match self {
-            DbError::Unavailable(_) => true,
-            DbError::Query(Error::DatabaseError(kind, _)) => matches!(
-                kind,
-                DatabaseErrorKind::ClosedConnection
-                    | DatabaseErrorKind::SerializationFailure
-                    | DatabaseErrorKind::UniqueViolation
-            ),
-            DbError::Query(Error::BrokenTransactionManager) => true,
-            _ => false,
-        }
-    }
-}
-
 /// Opens a pool without waiting for a first connection, so a process can start (and report
 /// itself not ready) while PostgreSQL is still down.
 pub fn connect(database_url: &str, size: u32) -> DbPool {

@@ -135,14 +135,6 @@ impl Job {
             .optional()
     }
 
-    pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
-        jobs::table
-            .find(id)
-            .select(Job::as_select())
-            .first(conn)
-            .optional()
-    }
-
     /// Records that these jobs were pushed to the queue again, or seen there.
     pub fn mark_enqueued(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<()> {
         diesel::update(jobs::table.filter(jobs::id.eq_any(ids)))
