@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use shomei_config::{Config, TsaConfig};
 use shomei_schema::DbPool;
-use shomei_signing::{Hsm, HsmSettings, Timestamper, TsaClient, TsaClientSettings};
+use shomei_signing::{Certificate, Hsm, HsmSettings, Timestamper, TsaClient, TsaClientSettings};
 use shomei_storage::Storage;
 
 use crate::error::JobError;
@@ -21,6 +21,8 @@ pub struct JobContext {
     /// The service's own signing key (witness signatures).
     pub key_label: String,
     pub max_attempts: i32,
+    /// What verification reports count as a trusted chain (`SHOMEI_TRUST_ANCHORS`).
+    pub trust_anchors: Vec<Certificate>,
     /// The configured TSAs; `None` when `SHOMEI_TSA_URLS` is empty.
     timestamper: Option<Arc<dyn Timestamper>>,
 }
@@ -50,6 +52,7 @@ impl JobContext {
             key_label: config.hsm.key_label.clone(),
             max_attempts: config.worker.max_attempts,
             timestamper,
+            trust_anchors: trust_anchors(config.trust_anchors.as_deref())?,
         })
     }
 
@@ -59,6 +62,13 @@ impl JobContext {
             JobError::permanent("time-stamps are needed but no TSA is configured (SHOMEI_TSA_URLS)")
         })
     }
+}
+
+/// The certificates of the PEM file at `path` (none without a path).
+pub fn trust_anchors(path: Option<&std::path::Path>) -> anyhow::Result<Vec<Certificate>> {
+    let Some(path) = path else { return Ok(vec![]) };
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(shomei_signing::certificates_from_pem(&pem)?)
 }
 
 fn timestamper(config: &TsaConfig) -> anyhow::Result<Option<Arc<dyn Timestamper>>> {

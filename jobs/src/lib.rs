@@ -10,8 +10,9 @@ pub mod runner;
 pub mod sign;
 mod submit;
 pub mod timestamp;
+pub mod verify;
 
-pub use context::JobContext;
+pub use context::{trust_anchors, JobContext};
 pub use error::JobError;
 pub use queue::{JobMessage, Queue, QueueError};
 pub use submit::submit;

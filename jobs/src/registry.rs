@@ -5,7 +5,7 @@ use shomei_schema::{Job, JobKind};
 
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::{sign, timestamp};
+use crate::{sign, timestamp, verify};
 
 /// Runs the handler of `kind`; its `Ok` value is stored as the job's `result`.
 pub(crate) async fn dispatch(
@@ -16,5 +16,6 @@ pub(crate) async fn dispatch(
     match kind {
         JobKind::Sign => sign::run(ctx, job).await,
         JobKind::Timestamp => timestamp::run(ctx, job).await,
+        JobKind::Verify => verify::run(ctx, job).await,
     }
 }

@@ -54,6 +54,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    verification_reports (job_id, document_id) {
+        job_id -> Uuid,
+        document_id -> Uuid,
+        revision -> Int4,
+        valid -> Bool,
+        level -> Nullable<Text>,
+        report -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     tenants (id) {
         id -> Uuid,
         name -> Text,
@@ -67,6 +79,8 @@ diesel::joinable!(document_revisions -> documents (document_id));
 diesel::joinable!(documents -> tenants (tenant_id));
 diesel::joinable!(jobs -> documents (document_id));
 diesel::joinable!(jobs -> tenants (tenant_id));
+diesel::joinable!(verification_reports -> documents (document_id));
+diesel::joinable!(verification_reports -> jobs (job_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
@@ -74,4 +88,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     documents,
     jobs,
     tenants,
+    verification_reports,
 );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+
 use uuid::Uuid;
 use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
@@ -14,8 +14,9 @@ use warp::{Filter, Rejection};
 
 use shomei_jobs::sign::SignRequest;
 use shomei_schema::models::NewDocument;
-use shomei_schema::{interact, Document, JobKind, NewJob, Revision, Tenant};
+use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
 
+use super::jobs::queue_job;
 use super::{respond, with_state};
 use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
@@ -241,7 +242,7 @@ async fn sign(
     queue_job(
         &state,
         caller,
-        &doc,
+        Some(doc.id),
         JobKind::Sign,
         payload,
         idempotency_key,
@@ -259,7 +260,7 @@ async fn timestamp(
     queue_job(
         &state,
         caller,
-        &doc,
+        Some(doc.id),
         JobKind::Timestamp,
         json!({}),
         idempotency_key,
@@ -267,53 +268,7 @@ async fn timestamp(
     .await
 }
 
-/// Records and queues a job on a document: `202` with the job id, or the job an earlier
-/// request with the same `Idempotency-Key` made.
-async fn queue_job(
-    state: &AppState,
-    caller: Caller,
-    doc: &Document,
-    kind: JobKind,
-    payload: serde_json::Value,
-    idempotency_key: Option<String>,
-) -> Result<Response, ApiError> {
-    if idempotency_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > 255)
-    {
-        return Err(ApiError::BadRequest(
-            "Idempotency-Key must be 1 to 255 characters".into(),
-        ));
-    }
-    // The fingerprint covers what the job will do, so the same key with another body (or on
-    // another document, or for another kind of job) is told apart from a retry.
-    let fingerprint: [u8; 32] = Sha256::new()
-        .chain_update(kind.as_str().as_bytes())
-        .chain_update(doc.id.as_bytes())
-        .chain_update(payload.to_string().as_bytes())
-        .finalize()
-        .into();
-    let new = NewJob {
-        id: Uuid::now_v7(),
-        tenant_id: caller.tenant_id,
-        kind: kind.as_str(),
-        document_id: Some(doc.id),
-        payload,
-        idempotency_key,
-        request_sha256: Some(fingerprint.to_vec()),
-    };
-    let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new).await?;
-    if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
-    Ok(created(
-        &json!({"job_id": job.id}),
-        &format!("/v1/jobs/{}", job.id),
-        StatusCode::ACCEPTED,
-    ))
-}
-
-fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Response {
+pub(super) fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Response {
     warp::reply::with_header(
         warp::reply::with_status(warp::reply::json(body), status),
         header::LOCATION,

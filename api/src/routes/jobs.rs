@@ -7,8 +7,13 @@ use uuid::Uuid;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use shomei_schema::{interact, Job, JobStatus};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use warp::http::StatusCode;
 
+use shomei_schema::{interact, Job, JobKind, JobStatus, NewJob};
+
+use super::documents::created;
 use super::{respond, with_state};
 use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
@@ -56,4 +61,51 @@ async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response
         result: job.result,
     };
     Ok(warp::reply::json(&view).into_response())
+}
+
+/// Records and queues a job (on a document, or on the tenant's documents when `document_id`
+/// is `None`): `202` with the job id, or the job an earlier request with the same
+/// `Idempotency-Key` made.
+pub(super) async fn queue_job(
+    state: &AppState,
+    caller: Caller,
+    document_id: Option<Uuid>,
+    kind: JobKind,
+    payload: serde_json::Value,
+    idempotency_key: Option<String>,
+) -> Result<Response, ApiError> {
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 255)
+    {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 characters".into(),
+        ));
+    }
+    // The fingerprint covers what the job will do, so the same key with another body (or on
+    // another document, or for another kind of job) is told apart from a retry.
+    let fingerprint: [u8; 32] = Sha256::new()
+        .chain_update(kind.as_str().as_bytes())
+        .chain_update(document_id.map(|id| *id.as_bytes()).unwrap_or_default())
+        .chain_update(payload.to_string().as_bytes())
+        .finalize()
+        .into();
+    let new = NewJob {
+        id: Uuid::now_v7(),
+        tenant_id: caller.tenant_id,
+        kind: kind.as_str(),
+        document_id,
+        payload,
+        idempotency_key,
+        request_sha256: Some(fingerprint.to_vec()),
+    };
+    let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new).await?;
+    if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    Ok(created(
+        &json!({"job_id": job.id}),
+        &format!("/v1/jobs/{}", job.id),
+        StatusCode::ACCEPTED,
+    ))
 }

@@ -11,9 +11,11 @@ use uuid::Uuid;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use shomei_schema::JobKind;
 use shomei_signing::VerificationReport;
 
 use super::documents::{body_within, find_document};
+use super::jobs::queue_job;
 use super::{respond, with_state};
 use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
@@ -32,11 +34,36 @@ pub fn routes(
         .map(respond);
     let stored = warp::path!("v1" / "documents" / Uuid / "verification")
         .and(warp::get())
-        .and(auth)
-        .and(with_state(state))
+        .and(auth.clone())
+        .and(with_state(state.clone()))
         .then(verify_stored)
         .map(respond);
-    upload.or(stored).unify()
+    let bulk = warp::path!("v1" / "verifications")
+        .and(warp::post())
+        .and(auth)
+        .and(with_state(state))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .then(verify_all)
+        .map(respond);
+    upload.or(stored).unify().or(bulk).unify()
+}
+
+/// Queues a **verify** job over every document of the tenant; its result counts valid,
+/// invalid and changed documents, and a report per document is recorded.
+async fn verify_all(
+    caller: Caller,
+    state: Arc<AppState>,
+    idempotency_key: Option<String>,
+) -> Result<Response, ApiError> {
+    queue_job(
+        &state,
+        caller,
+        None,
+        JobKind::Verify,
+        json!({}),
+        idempotency_key,
+    )
+    .await
 }
 
 async fn verify(state: &AppState, pdf: Bytes) -> Result<VerificationReport, ApiError> {

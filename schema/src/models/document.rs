@@ -71,6 +71,62 @@ impl Document {
     }
 }
 
+impl Document {
+    /// A page of the tenant's documents with their latest revisions, by id after `after`.
+    pub fn page_with_latest(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> QueryResult<Vec<(Document, Revision)>> {
+        let mut query = documents::table
+            .filter(documents::tenant_id.eq(tenant_id))
+            .order(documents::id.asc())
+            .limit(limit)
+            .select(Document::as_select())
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(documents::id.gt(after));
+        }
+        query
+            .load(conn)?
+            .into_iter()
+            .map(|doc| Revision::latest(conn, doc.id).map(|latest| (doc, latest)))
+            .collect()
+    }
+}
+
+/// What a verify job found for one document.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = crate::schema::verification_reports)]
+pub struct NewVerificationReport {
+    pub job_id: Uuid,
+    pub document_id: Uuid,
+    pub revision: i32,
+    pub valid: bool,
+    pub level: Option<String>,
+    pub report: serde_json::Value,
+}
+
+impl NewVerificationReport {
+    /// Records the report; a re-run of the same job replaces what it wrote before.
+    pub fn upsert(&self, conn: &mut PgConnection) -> QueryResult<()> {
+        use crate::schema::verification_reports::dsl::*;
+        diesel::insert_into(verification_reports)
+            .values(self)
+            .on_conflict((job_id, document_id))
+            .do_update()
+            .set((
+                valid.eq(self.valid),
+                level.eq(&self.level),
+                report.eq(&self.report),
+                revision.eq(self.revision),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    }
+}
+
 impl Revision {
     pub fn latest(conn: &mut PgConnection, document_id: Uuid) -> QueryResult<Revision> {
         document_revisions::table

@@ -12,15 +12,17 @@ use crate::schema::jobs;
 pub enum JobKind {
     Sign,
     Timestamp,
+    Verify,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Sign, JobKind::Timestamp];
+    pub const ALL: [JobKind; 3] = [JobKind::Sign, JobKind::Timestamp, JobKind::Verify];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Sign => "sign",
             JobKind::Timestamp => "timestamp",
+            JobKind::Verify => "verify",
         }
     }
 

@@ -4,6 +4,6 @@ mod document;
 mod job;
 mod tenant;
 
-pub use document::{Document, NewDocument, Revision};
+pub use document::{Document, NewDocument, NewVerificationReport, Revision};
 pub use job::{Job, JobKind, JobStatus, NewJob};
 pub use tenant::{ApiKey, Tenant};

@@ -86,3 +86,67 @@ async fn a_concluded_contract_verifies_at_b_lta_and_a_tampered_copy_does_not() {
 
     assert_problem(verify_upload(&app, b"not a pdf".to_vec()).await, 422).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_verification_reports_a_document_whose_stored_bytes_changed() {
+    let app = TestApp::spawn().await;
+    let mut documents = Vec::new();
+    for signer in ["Taro Suzuki", "Hanako Yamada"] {
+        let document = app.upload_ok(sample("contract.pdf")).await;
+        let job = app
+            .wait_for_job(&app.sign_ok(&document, signer).await, JOB_TIMEOUT)
+            .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        documents.push(document);
+    }
+    // Someone with access to the storage alters the signed file of the second document.
+    let stored = crate::sha256_hex(&app.download(&documents[1]).await);
+    let path = find_file(&app.log_dir().join("storage"), &format!("{stored}.pdf"))
+        .expect("stored revision");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let response = app
+        .client
+        .post(app.url("/v1/verifications"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job_id = response.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["kind"], "verify");
+    let result = &job["result"];
+    assert_eq!(result["documents"], 2, "{job}");
+    assert_eq!(result["valid"], 1, "{job}");
+    assert_eq!(result["changed_since_stored"], 1, "{job}");
+    assert_eq!(
+        result["invalid_documents"],
+        serde_json::json!([documents[1]]),
+        "{job}"
+    );
+    let recorded = app.sql_count(&format!(
+        "SELECT count(*) AS n FROM verification_reports WHERE job_id = '{job_id}' AND valid"
+    ));
+    assert_eq!(recorded, 1);
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}
