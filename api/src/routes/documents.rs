@@ -17,7 +17,7 @@ use shomei_schema::models::NewDocument;
 use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
 
 use super::jobs::queue_job;
-use super::{respond, with_state};
+use super::{created, respond, with_state};
 use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
 use crate::AppState;
@@ -266,13 +266,4 @@ async fn timestamp(
         idempotency_key,
     )
     .await
-}
-
-pub(super) fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Response {
-    warp::reply::with_header(
-        warp::reply::with_status(warp::reply::json(body), status),
-        header::LOCATION,
-        location,
-    )
-    .into_response()
 }

@@ -1,20 +1,19 @@
-//! `GET /v1/jobs/{id}`: a job's state, read from PostgreSQL (the truth), never from Redis.
+//! Jobs: how every route queues one ([`queue_job`]), and `GET /v1/jobs/{id}`, a job's state
+//! read from PostgreSQL (the truth), never from Redis.
 
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use warp::http::StatusCode;
-
 use shomei_schema::{interact, Job, JobKind, JobStatus, NewJob};
 
-use super::documents::created;
-use super::{respond, with_state};
+use super::{created, respond, with_state};
 use crate::auth::{caller, Caller};
 use crate::problem::ApiError;
 use crate::AppState;

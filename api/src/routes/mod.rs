@@ -9,7 +9,9 @@ mod verification;
 
 use std::sync::Arc;
 
-use warp::reply::Response;
+use serde::Serialize;
+use warp::http::{header, StatusCode};
+use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::problem::{self, ApiError};
@@ -41,4 +43,14 @@ fn with_state(
 /// of travelling as rejections through the other routes.
 fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| e.to_response())
+}
+
+/// A JSON body with a `Location` header: `201` for a created resource, `202` for a queued job.
+fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Response {
+    warp::reply::with_header(
+        warp::reply::with_status(warp::reply::json(body), status),
+        header::LOCATION,
+        location,
+    )
+    .into_response()
 }
