@@ -114,10 +114,7 @@ impl TestApp {
                 dir.join("storage").display().to_string(),
             ),
             ("SHOMEI_API_ADDR".into(), format!("127.0.0.1:{port}")),
-            (
-                "SOFTHSM2_CONF".into(),
-                hsm.join("softhsm2.conf").display().to_string(),
-            ),
+            ("SOFTHSM2_CONF".into(), own_token_copy(hsm, &dir)),
             (
                 "SHOMEI_HSM_PIN_FILE".into(),
                 hsm.join("user-pin").display().to_string(),
@@ -400,6 +397,31 @@ impl Drop for TestApp {
             }
         }
     }
+}
+
+/// A copy of the dev token for one app, and the SoftHSM2 configuration pointing at it. SoftHSM2
+/// keeps a token in plain files that every process using it reads at start-up; dozens of
+/// processes of parallel tests opening one directory at once were seen to miss the token. An
+/// app's own copy isolates it like its own database does. Returns the configuration's path.
+fn own_token_copy(hsm: &Path, dir: &Path) -> String {
+    let tokens = dir.join("softhsm-tokens");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(hsm.join("tokens"))
+        .arg(&tokens)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying the dev token");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    conf.display().to_string()
 }
 
 fn admin_sql(statement: &str) {
