@@ -19,7 +19,9 @@ use der::{
     Tagged, Writer,
 };
 use sha2::{Digest, Sha256, Sha384, Sha512};
-use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use spki::AlgorithmIdentifierOwned;
+
+use crate::verify::{verify_certificate_signature, verify_signature};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectKeyIdentifier};
 use x509_cert::ext::Extensions;
@@ -81,8 +83,6 @@ pub(crate) const SHA256_WITH_RSA: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 pub(crate) const ECDSA_WITH_SHA256: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 
 // ---------------------------------------------------------------------------------------------
 // ASN.1 (RFC 3161 §2.4, RFC 5816)
@@ -602,6 +602,7 @@ fn check_token(token: &[u8], expected: &TokenExpectations<'_>) -> Result<Verifie
     verify_signature(
         signer.tbs_certificate().subject_public_key_info(),
         &signer_info.signature_algorithm,
+        Some(signer_info.digest_alg.oid),
         &signed_attrs,
         signer_info.signature.as_bytes(),
     )
@@ -772,90 +773,6 @@ pub(crate) fn is_ca(certificate: &Certificate) -> bool {
             .get_extension::<BasicConstraints>(),
         Ok(Some((_, BasicConstraints { ca: true, .. })))
     )
-}
-
-fn verify_certificate_signature(
-    certificate: &Certificate,
-    issuer: &Certificate,
-) -> Result<(), String> {
-    let tbs = certificate
-        .tbs_certificate()
-        .to_der()
-        .map_err(|e| e.to_string())?;
-    let algorithm = certificate.signature_algorithm();
-    let signature = certificate
-        .signature()
-        .as_bytes()
-        .ok_or("certificate signature has unused bits")?;
-    verify_signature(
-        issuer.tbs_certificate().subject_public_key_info(),
-        algorithm,
-        &tbs,
-        signature,
-    )
-}
-
-/// RSA PKCS#1 v1.5 with SHA-256, or ECDSA P-256 with SHA-256; nothing else.
-fn verify_signature(
-    key: &SubjectPublicKeyInfoOwned,
-    algorithm: &AlgorithmIdentifierOwned,
-    message: &[u8],
-    signature: &[u8],
-) -> Result<(), String> {
-    use signature::Verifier;
-
-    match (key.algorithm.oid, algorithm.oid) {
-        // CMS signers (OpenSSL among them) often name the key algorithm instead of the
-        // signature algorithm; with SHA-256 as digest both mean the same here.
-        (RSA_ENCRYPTION, SHA256_WITH_RSA | RSA_ENCRYPTION) => {
-            #[derive(Sequence)]
-            struct RsaPublicKey {
-                modulus: Uint,
-                public_exponent: Uint,
-            }
-            let raw = key
-                .subject_public_key
-                .as_bytes()
-                .ok_or("bad RSA key bit string")?;
-            let parsed = RsaPublicKey::from_der(raw).map_err(|e| format!("RSA key: {e}"))?;
-            let public = rsa::PublicKey::new(
-                rsa::BoxedUint::from_be_slice_vartime(parsed.modulus.as_bytes()),
-                rsa::BoxedUint::from_be_slice_vartime(parsed.public_exponent.as_bytes()),
-            )
-            .map_err(|e| format!("RSA key: {e}"))?;
-            public
-                .verify(
-                    rsa::Pkcs1v15Sign::new::<Sha256>(),
-                    &Sha256::digest(message),
-                    signature,
-                )
-                .map_err(|_| "RSA signature does not verify".to_string())
-        }
-        (ID_EC_PUBLIC_KEY, ECDSA_WITH_SHA256) => {
-            let curve = key
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
-            if curve != Some(SECP256R1) {
-                return Err("only P-256 EC keys are supported".into());
-            }
-            let raw = key
-                .subject_public_key
-                .as_bytes()
-                .ok_or("bad EC key bit string")?;
-            let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(raw)
-                .map_err(|_| "invalid P-256 public key".to_string())?;
-            let signature = p256::ecdsa::Signature::from_der(signature)
-                .map_err(|_| "malformed ECDSA signature".to_string())?;
-            verifying
-                .verify(message, &signature)
-                .map_err(|_| "ECDSA signature does not verify".to_string())
-        }
-        (key_alg, sig_alg) => Err(format!(
-            "signature algorithm {sig_alg} with key algorithm {key_alg} is not supported"
-        )),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

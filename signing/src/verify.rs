@@ -743,7 +743,7 @@ fn hash(algorithm: ObjectIdentifier, parts: &[&[u8]]) -> Option<Vec<u8>> {
 
 /// RSA PKCS#1 v1.5 with SHA-256/384/512, ECDSA P-256/P-384 with SHA-256/384. `digest_hint` is
 /// the SignerInfo's digest algorithm, for signers that name only the key algorithm.
-fn verify_signature(
+pub(crate) fn verify_signature(
     key: &SubjectPublicKeyInfoOwned,
     algorithm: &AlgorithmIdentifierOwned,
     digest_hint: Option<ObjectIdentifier>,
@@ -821,7 +821,7 @@ fn verify_signature(
     }
 }
 
-fn verify_certificate_signature(
+pub(crate) fn verify_certificate_signature(
     certificate: &Certificate,
     issuer: &Certificate,
 ) -> Result<(), String> {
