@@ -4,17 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 
 use cms::content_info::ContentInfo;
 use cms::signed_data::SignedData;
 use common::{
     assert_externally_valid, embedded_signatures, hsm, hsm_dir, request, sample, Expected,
 };
-use common::{EC_KEY, RSA_KEY};
+use common::{ca_dir, pem_file_der, run, scratch_dir, OpenSslTsa, TsaKey, EC_KEY, RSA_KEY};
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use shomei_signing::{
@@ -25,191 +25,10 @@ use shomei_signing::{
 /// id-aa-timeStampToken (RFC 3161 appendix A).
 const ID_AA_TIME_STAMP_TOKEN: &str = "1.2.840.113549.1.9.16.2.14";
 
-/// A fresh directory for one test's files, kept for inspection after a failure.
-fn scratch_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = common::workspace_root()
-        .join("target/tmp/pades")
-        .join(format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn ca_dir() -> PathBuf {
-    std::fs::canonicalize(hsm_dir()).unwrap().join("ca")
-}
-
-/// A TSA run by `openssl ts -reply`, with a throw-away key and a certificate issued by the dev
-/// CA (critical EKU timeStamping, CRL distribution point of the dev CA).
-struct OpenSslTsa {
-    dir: PathBuf,
-    /// `openssl ts -reply` keeps its serial number in a file.
-    serial_lock: Mutex<()>,
-    calls: AtomicUsize,
-}
-
-impl OpenSslTsa {
-    /// `padding_names` subject alternative names make the certificate (and so every token)
-    /// as large as wanted.
-    fn new(name: &str, padding_names: usize) -> Self {
-        let dir = scratch_dir(name);
-        let ca = ca_dir();
-        let mut extensions = format!(
-            "[v3_tsa]\n\
-             basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature, nonRepudiation\n\
-             extendedKeyUsage = critical, timeStamping\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid\n\
-             crlDistributionPoints = URI:file://{}\n",
-            ca.join("dev-ca.crl").display()
-        );
-        if padding_names > 0 {
-            extensions.push_str("subjectAltName = @names\n[names]\n");
-            for i in 0..padding_names {
-                extensions.push_str(&format!("DNS.{i} = tsa-{i:05}.padding.shomei.invalid\n"));
-            }
-        }
-        std::fs::write(dir.join("ext.cnf"), extensions).unwrap();
-        run(Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-            ])
-            .arg(dir.join("tsa.key")));
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-subj",
-                "/CN=Shomei Test TSA (OpenSSL)/O=Shomei Dev",
-                "-key",
-            ])
-            .arg(dir.join("tsa.key"))
-            .arg("-out")
-            .arg(dir.join("tsa.csr")));
-        let serial = format!(
-            "0x{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        run(Command::new("openssl")
-            .args([
-                "x509",
-                "-req",
-                "-sha256",
-                "-days",
-                "30",
-                "-set_serial",
-                &serial,
-            ])
-            .arg("-in")
-            .arg(dir.join("tsa.csr"))
-            .arg("-CA")
-            .arg(ca.join("ca.pem"))
-            .arg("-CAkey")
-            .arg(ca.join("ca.key"))
-            .arg("-extfile")
-            .arg(dir.join("ext.cnf"))
-            .args(["-extensions", "v3_tsa", "-out"])
-            .arg(dir.join("tsa.pem")));
-        std::fs::write(dir.join("serial"), "01\n").unwrap();
-        std::fs::write(
-            dir.join("ts.cnf"),
-            format!(
-                "[tsa]\n\
-                 default_tsa = test_tsa\n\
-                 [test_tsa]\n\
-                 dir = {dir}\n\
-                 serial = $dir/serial\n\
-                 crypto_device = builtin\n\
-                 signer_cert = $dir/tsa.pem\n\
-                 certs = {ca}\n\
-                 signer_key = $dir/tsa.key\n\
-                 signer_digest = sha256\n\
-                 default_policy = 1.3.6.1.4.1.55555.1.1\n\
-                 digests = sha256\n\
-                 accuracy = secs:1\n\
-                 clock_precision_digits = 0\n\
-                 ordering = no\n\
-                 tsa_name = yes\n\
-                 ess_cert_id_chain = no\n\
-                 ess_cert_id_alg = sha256\n",
-                dir = dir.display(),
-                ca = ca.join("ca.pem").display()
-            ),
-        )
-        .unwrap();
-        Self {
-            dir,
-            serial_lock: Mutex::new(()),
-            calls: AtomicUsize::new(0),
-        }
-    }
-
-    fn certificate_pem(&self) -> PathBuf {
-        self.dir.join("tsa.pem")
-    }
-
-    fn certificate_der(&self) -> Vec<u8> {
-        pem_file_der(&self.certificate_pem())
-    }
-}
-
-impl Timestamper for OpenSslTsa {
-    fn timestamp(&self, sha256_digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let query = self.dir.join(format!("query{n}.tsq"));
-        let token = self.dir.join(format!("token{n}.der"));
-        run(Command::new("openssl")
-            .args(["ts", "-query", "-sha256", "-cert", "-digest"])
-            .arg(hex::encode(sha256_digest))
-            .arg("-out")
-            .arg(&query));
-        let _serial = self.serial_lock.lock().unwrap();
-        let reply = Command::new("openssl")
-            .args(["ts", "-reply", "-token_out", "-queryfile"])
-            .arg(&query)
-            .arg("-config")
-            .arg(self.dir.join("ts.cnf"))
-            .arg("-out")
-            .arg(&token)
-            .output()
-            .unwrap();
-        if !reply.status.success() {
-            return Err(TimestampError::Unavailable(
-                String::from_utf8_lossy(&reply.stderr).into_owned(),
-            ));
-        }
-        Ok(std::fs::read(token).unwrap())
-    }
-}
-
 /// The TSA shared by the tests of this binary.
 fn tsa() -> &'static OpenSslTsa {
     static TSA: OnceLock<OpenSslTsa> = OnceLock::new();
-    TSA.get_or_init(|| OpenSslTsa::new("tsa", 0))
+    TSA.get_or_init(|| OpenSslTsa::new("tsa", TsaKey::Rsa, 0))
 }
 
 /// A TSA that is down.
@@ -228,22 +47,6 @@ impl Timestamper for WrongDigestTsa {
     fn timestamp(&self, _: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
         tsa().timestamp(&[0x42; 32])
     }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 fn signed_data(cms_der: &[u8]) -> SignedData {
@@ -303,13 +106,6 @@ fn pdfsig(name: &str, pdf: &[u8]) -> String {
         .arg("-nssdir")
         .arg(format!("sql:{}", hsm_dir().join("nssdb").display()))
         .arg(&path))
-}
-
-/// The DER of a PEM file holding one certificate.
-fn pem_file_der(path: &Path) -> Vec<u8> {
-    let pem = std::fs::read_to_string(path).unwrap();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64_decode(&body)
 }
 
 fn is_timestamp_token(cms_der: &[u8]) -> bool {
@@ -785,7 +581,7 @@ fn token_for_another_digest_is_refused() {
 #[test]
 fn token_larger_than_the_estimate_is_retried_with_the_real_size() {
     // ~600 padding names make a ~25 KB TSA certificate, far past the 8 KiB token estimate.
-    let big = OpenSslTsa::new("big-tsa", 600);
+    let big = OpenSslTsa::new("big-tsa", TsaKey::Rsa, 600);
     let original = sample("contract.pdf");
     let signed = sign_pdf(hsm(), &original, &request(EC_KEY), Some(&big)).unwrap();
     assert_eq!(

@@ -3,173 +3,25 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use common::{hsm, hsm_dir, request, sample, EC_KEY, RSA_KEY};
+use common::{ca_dir, hsm, request, run, sample, scratch_dir, OpenSslTsa, TsaKey, EC_KEY, RSA_KEY};
 use lopdf::{dictionary, IncrementalDocument, Object, Stream};
 use shomei_signing::{
     certificates_from_pem, fetch_crls, sign_pdf, timestamp_pdf, validation_material, verify_pdf,
-    SignatureKind, TimestampError, Timestamper, ValidationData, VerificationReport,
+    SignatureKind, ValidationData, VerificationReport,
 };
 use x509_cert::Certificate;
-
-fn scratch_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = common::workspace_root()
-        .join("target/tmp/verify")
-        .join(format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn ca_dir() -> PathBuf {
-    std::fs::canonicalize(hsm_dir()).unwrap().join("ca")
-}
 
 fn dev_ca() -> Vec<Certificate> {
     certificates_from_pem(&std::fs::read(ca_dir().join("ca.pem")).unwrap()).unwrap()
 }
 
-/// `openssl ts -reply` with a throw-away key certified by the dev CA (as in pades_levels.rs).
-struct OpenSslTsa {
-    dir: PathBuf,
-    serial_lock: Mutex<()>,
-    calls: AtomicUsize,
-}
-
+/// `openssl ts -reply` with a throw-away EC key certified by the dev CA.
 fn tsa() -> &'static OpenSslTsa {
     static TSA: OnceLock<OpenSslTsa> = OnceLock::new();
-    TSA.get_or_init(|| {
-        let dir = scratch_dir("tsa");
-        let ca = ca_dir();
-        std::fs::write(
-            dir.join("ext.cnf"),
-            format!(
-                "[v3_tsa]\n\
-                 basicConstraints = critical, CA:FALSE\n\
-                 keyUsage = critical, digitalSignature, nonRepudiation\n\
-                 extendedKeyUsage = critical, timeStamping\n\
-                 subjectKeyIdentifier = hash\n\
-                 authorityKeyIdentifier = keyid\n\
-                 crlDistributionPoints = URI:file://{}\n",
-                ca.join("dev-ca.crl").display()
-            ),
-        )
-        .unwrap();
-        run(Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(dir.join("tsa.key")));
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-subj",
-                "/CN=Shomei Test TSA (verify)/O=Shomei Dev",
-                "-key",
-            ])
-            .arg(dir.join("tsa.key"))
-            .arg("-out")
-            .arg(dir.join("tsa.csr")));
-        let serial = format!(
-            "0x{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        run(Command::new("openssl")
-            .args([
-                "x509",
-                "-req",
-                "-sha256",
-                "-days",
-                "30",
-                "-set_serial",
-                &serial,
-                "-in",
-            ])
-            .arg(dir.join("tsa.csr"))
-            .arg("-CA")
-            .arg(ca.join("ca.pem"))
-            .arg("-CAkey")
-            .arg(ca.join("ca.key"))
-            .arg("-extfile")
-            .arg(dir.join("ext.cnf"))
-            .args(["-extensions", "v3_tsa", "-out"])
-            .arg(dir.join("tsa.pem")));
-        std::fs::write(dir.join("serial"), "01\n").unwrap();
-        std::fs::write(
-            dir.join("ts.cnf"),
-            format!(
-                "[tsa]\ndefault_tsa = test_tsa\n[test_tsa]\ndir = {dir}\nserial = $dir/serial\n\
-                 crypto_device = builtin\nsigner_cert = $dir/tsa.pem\ncerts = {ca}\n\
-                 signer_key = $dir/tsa.key\nsigner_digest = sha256\n\
-                 default_policy = 1.3.6.1.4.1.55555.1.1\ndigests = sha256\naccuracy = secs:1\n\
-                 clock_precision_digits = 0\nordering = no\ntsa_name = yes\n\
-                 ess_cert_id_chain = no\ness_cert_id_alg = sha256\n",
-                dir = dir.display(),
-                ca = ca.join("ca.pem").display()
-            ),
-        )
-        .unwrap();
-        OpenSslTsa {
-            dir,
-            serial_lock: Mutex::new(()),
-            calls: AtomicUsize::new(0),
-        }
-    })
-}
-
-impl Timestamper for OpenSslTsa {
-    fn timestamp(&self, sha256_digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let query = self.dir.join(format!("query{n}.tsq"));
-        let token = self.dir.join(format!("token{n}.der"));
-        run(Command::new("openssl")
-            .args(["ts", "-query", "-sha256", "-cert", "-digest"])
-            .arg(hex::encode(sha256_digest))
-            .arg("-out")
-            .arg(&query));
-        let _serial = self.serial_lock.lock().unwrap();
-        let reply = Command::new("openssl")
-            .args(["ts", "-reply", "-token_out", "-queryfile"])
-            .arg(&query)
-            .arg("-config")
-            .arg(self.dir.join("ts.cnf"))
-            .arg("-out")
-            .arg(&token)
-            .output()
-            .unwrap();
-        if !reply.status.success() {
-            return Err(TimestampError::Unavailable(
-                String::from_utf8_lossy(&reply.stderr).into_owned(),
-            ));
-        }
-        Ok(std::fs::read(token).unwrap())
-    }
+    TSA.get_or_init(|| OpenSslTsa::new("verify-tsa", TsaKey::EcP256, 0))
 }
 
 fn b_b(key: &str) -> Vec<u8> {
