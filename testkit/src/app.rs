@@ -310,6 +310,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs to a route that queues a job (no body needed), asserts `202` and returns the job id.
+    pub async fn queue_job(&self, path: &str) -> String {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "POST {path}");
+        let body: Value = response.json().await.unwrap();
+        body["job_id"].as_str().unwrap().to_owned()
+    }
+
     /// Polls a job until it finishes (or `timeout` passes) and returns its last state.
     pub async fn wait_for_job(&self, job_id: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;

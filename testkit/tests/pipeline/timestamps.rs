@@ -58,18 +58,9 @@ async fn a_contract_concluded_by_a_document_time_stamp_carries_its_validation_da
         assert_eq!(job["status"], "succeeded", "{job}");
     }
 
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/documents/{document}/timestamp")))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job_id = response.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = app
+        .queue_job(&format!("/v1/documents/{document}/timestamp"))
+        .await;
     let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["kind"], "timestamp");

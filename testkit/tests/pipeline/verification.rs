@@ -37,17 +37,9 @@ async fn a_concluded_contract_verifies_at_b_lta_and_a_tampered_copy_does_not() {
     assert_eq!(signed["report"]["level"], "B-T", "{signed}");
     assert_eq!(signed["revision"], 1);
 
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/documents/{document}/timestamp")))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
-    let job_id = response.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = app
+        .queue_job(&format!("/v1/documents/{document}/timestamp"))
+        .await;
     assert_eq!(
         app.wait_for_job(&job_id, JOB_TIMEOUT).await["status"],
         "succeeded"
@@ -107,18 +99,7 @@ async fn a_bulk_verification_reports_a_document_whose_stored_bytes_changed() {
     bytes[100] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
 
-    let response = app
-        .client
-        .post(app.url("/v1/verifications"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job_id = response.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = app.queue_job("/v1/verifications").await;
     let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["kind"], "verify");
