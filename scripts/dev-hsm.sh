@@ -42,7 +42,7 @@ trust_store() {
 }
 
 # Bump when the script makes something new, so older dev directories are made again.
-FORMAT=2
+FORMAT=3
 if [[ "$(cat "$DIR/.done" 2>/dev/null)" == "$FORMAT" ]]; then
     trust_store
     print_env
@@ -51,7 +51,7 @@ fi
 
 # A previous run may have died half-way; start from a clean slate rather than
 # guessing which steps already happened.
-rm -rf "$DIR/tokens" "$DIR/ca" "$DIR/work" "$DIR/user-pin" "$DIR/so-pin" "$DIR/nssdb"
+rm -rf "$DIR/tokens" "$DIR/ca" "$DIR/tls" "$DIR/work" "$DIR/user-pin" "$DIR/so-pin" "$DIR/nssdb"
 mkdir -p "$DIR/tokens" "$DIR/ca" "$DIR/work"
 chmod 700 "$DIR/work" "$DIR/ca"
 WORK="$DIR/work"
@@ -109,6 +109,13 @@ extendedKeyUsage = critical, timeStamping
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 crlDistributionPoints = URI:$CRL_URL
+[v3_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 CNF
 
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$DIR/ca/ca.key" 2>/dev/null
@@ -148,7 +155,19 @@ issue() {
 issue shomei-dev-rsa 01 "Shomei Dev Signing (RSA)" v3_signer -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 issue shomei-dev-ec 02 "Shomei Dev Signing (EC)" v3_signer -algorithm EC -pkeyopt ec_paramgen_curve:P-256
 issue shomei-dev-tsa 03 "Shomei Dev TSA" v3_tsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
+# A signer's own key (certified signatures, R-SIGN-6): in production each signer enrolls one.
+issue shomei-dev-signer-1 04 "Hanako Yamada (Dev Signer)" v3_signer -algorithm EC -pkeyopt ec_paramgen_curve:P-256
 p11 --write-object "$WORK/ca.der" --type cert --label shomei-dev-ca --id ca
+
+# A TLS server certificate for localhost (the test SMTP server's STARTTLS and implicit TLS).
+# Not a signing key, so it stays a file.
+mkdir -p "$DIR/tls"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$DIR/tls/localhost.key" 2>/dev/null
+openssl req -new -key "$DIR/tls/localhost.key" -subj "/CN=localhost/O=Shomei Dev" -out "$WORK/localhost.csr"
+openssl x509 -req -sha256 -days 825 -in "$WORK/localhost.csr" \
+    -CA "$DIR/ca/ca.pem" -CAkey "$DIR/ca/ca.key" -set_serial "0x$(openssl rand -hex 12)" \
+    -extfile "$DIR/ca/ca.cnf" -extensions v3_server -out "$DIR/tls/localhost.pem" 2>/dev/null
+chmod 644 "$DIR/tls/localhost.pem"
 
 # The CA's (empty) CRL, in DER at the distribution point named in every certificate.
 touch "$DIR/ca/index.txt"

@@ -1,0 +1,5 @@
+#![doc = include_str!("../README.md")]
+
+pub mod mail;
+pub mod templates;
+pub mod webhook;
