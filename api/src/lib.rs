@@ -28,6 +28,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// What verification reports count as a trusted chain.
     pub trust_anchors: Vec<Certificate>,
+    /// Webhook endpoints may be on loopback or private addresses.
+    pub allow_private_webhooks: bool,
 }
 
 impl AppState {
@@ -60,6 +62,7 @@ impl AppState {
             hsm,
             max_upload_bytes: config.max_upload_bytes,
             trust_anchors,
+            allow_private_webhooks: config.webhooks.allow_private,
         })
     }
 }

@@ -26,6 +26,18 @@ pub enum ApiError {
     LengthRequired,
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    TooManyAttempts(String),
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
     #[error("{0} is unavailable; try again shortly")]
@@ -72,6 +84,20 @@ impl ApiError {
                 "Length required",
             ),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Gone(_) => (StatusCode::GONE, "gone", "Gone"),
+            Locked(_) => (StatusCode::LOCKED, "locked", "Locked"),
+            TooManyAttempts(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-attempts",
+                "Too many attempts",
+            ),
+            Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "Unprocessable request",
+            ),
             IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

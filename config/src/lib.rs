@@ -26,6 +26,43 @@ pub struct Config {
     pub hsm: HsmConfig,
     pub worker: WorkerConfig,
     pub tsa: TsaConfig,
+    /// The address signers reach the API at; e-mailed links start with it.
+    pub public_url: String,
+    pub requests: RequestConfig,
+    pub mail: MailConfig,
+    pub webhooks: WebhookConfig,
+}
+
+/// Signature requests: how long a signer's link and one-time code stay good.
+#[derive(Debug, Clone)]
+pub struct RequestConfig {
+    pub link_ttl: Duration,
+    pub code_ttl: Duration,
+}
+
+/// Outgoing e-mail. Without an SMTP URL, messages are written to `mail_dir` as `.eml` files.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required` (STARTTLS) or
+    /// `smtps://user:pass@host:465` (implicit TLS). Holds credentials, hence secret.
+    pub smtp_url: Option<SecretString>,
+    /// PEM of an extra CA the SMTP server's certificate may chain to.
+    pub smtp_ca: Option<PathBuf>,
+    pub mail_dir: PathBuf,
+    pub from: String,
+    pub timeout: Duration,
+    /// Delays between attempts, e.g. `10s,1m,5m` (parsed by the worker at start).
+    pub retry_schedule: String,
+}
+
+/// Outgoing webhooks (Standard Webhooks).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Allow endpoints on loopback and private addresses (tests, on-premises receivers).
+    pub allow_private: bool,
+    pub timeout: Duration,
+    /// Delays between attempts, e.g. `5s,5m,30m` (parsed by the worker at start).
+    pub retry_schedule: String,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +129,7 @@ impl Config {
     /// Reads configuration through `lookup` (the environment in production, a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(&lookup);
+        let api_addr = vars.parsed("SHOMEI_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
         Ok(Self {
             database_url: vars.string(
                 "SHOMEI_DATABASE_URL",
@@ -101,7 +139,7 @@ impl Config {
             redis_url: vars.string("SHOMEI_REDIS_URL", "redis://127.0.0.1:6379/0"),
             queue_namespace: vars.string("SHOMEI_QUEUE_NAMESPACE", "shomei"),
             storage_dir: vars.string("SHOMEI_STORAGE_DIR", "var/storage").into(),
-            api_addr: vars.parsed("SHOMEI_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            api_addr,
             max_upload_bytes: vars.parsed("SHOMEI_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)?,
             trust_anchors: vars.get("SHOMEI_TRUST_ANCHORS").map(PathBuf::from),
             hsm: HsmConfig {
@@ -134,6 +172,30 @@ impl Config {
                 key_label: vars.string("SHOMEI_TSA_KEY_LABEL", "shomei-dev-tsa"),
                 policy_oid: vars.string("SHOMEI_TSA_POLICY_OID", DEV_TSA_POLICY),
                 required_policy: vars.get("SHOMEI_TSA_REQUIRED_POLICY"),
+            },
+            public_url: vars
+                .string("SHOMEI_PUBLIC_URL", &format!("http://{api_addr}"))
+                .trim_end_matches('/')
+                .to_owned(),
+            requests: RequestConfig {
+                link_ttl: Duration::from_secs(3600 * vars.parsed("SHOMEI_LINK_TTL_HOURS", 14 * 24)?),
+                code_ttl: Duration::from_secs(vars.parsed("SHOMEI_CODE_TTL_SECS", 600)?),
+            },
+            mail: MailConfig {
+                smtp_url: vars.optional_secret("SHOMEI_SMTP_URL", "SHOMEI_SMTP_URL_FILE")?,
+                smtp_ca: vars.get("SHOMEI_SMTP_CA").map(PathBuf::from),
+                mail_dir: vars.string("SHOMEI_MAIL_DIR", "var/mail").into(),
+                from: vars.string("SHOMEI_MAIL_FROM", "Shomei <no-reply@shomei.localhost>"),
+                timeout: Duration::from_secs(vars.parsed("SHOMEI_SMTP_TIMEOUT_SECS", 30)?),
+                retry_schedule: vars.string("SHOMEI_MAIL_RETRY_SCHEDULE", "10s,1m,5m,30m,2h,6h"),
+            },
+            webhooks: WebhookConfig {
+                allow_private: vars.parsed("SHOMEI_WEBHOOK_ALLOW_PRIVATE", false)?,
+                timeout: Duration::from_secs(vars.parsed("SHOMEI_WEBHOOK_TIMEOUT_SECS", 15)?),
+                retry_schedule: vars.string(
+                    "SHOMEI_WEBHOOK_RETRY_SCHEDULE",
+                    "5s,5m,30m,2h,5h,10h,14h,20h,24h",
+                ),
             },
         })
     }
@@ -174,16 +236,27 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         name: &'static str,
         file_name: &'static str,
     ) -> Result<SecretString, ConfigError> {
+        self.optional_secret(name, file_name)?
+            .ok_or(ConfigError::Missing { name })
+    }
+
+    fn optional_secret(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+    ) -> Result<Option<SecretString>, ConfigError> {
         if let Some(value) = self.get(name) {
-            return Ok(SecretString::from(value));
+            return Ok(Some(SecretString::from(value)));
         }
-        let path = self.get(file_name).ok_or(ConfigError::Missing { name })?;
+        let Some(path) = self.get(file_name) else {
+            return Ok(None);
+        };
         let content = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
             name: file_name,
             path: path.clone(),
             source,
         })?;
-        Ok(SecretString::from(content.trim().to_owned()))
+        Ok(Some(SecretString::from(content.trim().to_owned())))
     }
 }
 
@@ -212,6 +285,17 @@ mod tests {
     fn the_pin_never_shows_in_debug_output() {
         let c = config(&[("SHOMEI_HSM_PIN", "s3cr3t-pin-4711")]).unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t-pin-4711"));
+    }
+
+    #[test]
+    fn smtp_credentials_never_show_in_debug_output() {
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_SMTP_URL", "smtp://mailer:hunter2-smtp@mail.example:587?tls=required"),
+        ])
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2-smtp"));
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
     }
 
     #[test]

@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use std::time::Duration;
+
 use shomei_config::{Config, TsaConfig};
+use shomei_notify::mail::{MailSettings, Mailer};
+use shomei_notify::webhook::{WebhookSender, WebhookSettings};
+use shomei_schema::JobKind;
 use shomei_schema::DbPool;
 use shomei_signing::{Certificate, Hsm, HsmSettings, Timestamper, TsaClient, TsaClientSettings};
 use shomei_storage::Storage;
@@ -25,6 +30,14 @@ pub struct JobContext {
     pub trust_anchors: Vec<Certificate>,
     /// The configured TSAs; `None` when `SHOMEI_TSA_URLS` is empty.
     timestamper: Option<Arc<dyn Timestamper>>,
+    pub mailer: Mailer,
+    pub mail_schedule: Vec<Duration>,
+    pub webhooks: WebhookSender,
+    pub webhook_schedule: Vec<Duration>,
+    /// Where signers reach the API (links in e-mails).
+    pub public_url: String,
+    pub link_ttl: Duration,
+    pub code_ttl: Duration,
 }
 
 impl JobContext {
@@ -44,7 +57,35 @@ impl JobContext {
             anyhow::Ok((hsm, timestamper))
         })
         .await??;
+        let mailer = Mailer::new(&MailSettings {
+            smtp_url: config.mail.smtp_url.clone(),
+            smtp_ca: config.mail.smtp_ca.clone(),
+            mail_dir: config.mail.mail_dir.clone(),
+            from: config.mail.from.clone(),
+            timeout: config.mail.timeout,
+        })
+        .context("setting up e-mail")?;
+        tracing::info!(mail = %mailer.describe(), "e-mail transport");
+        let webhooks = WebhookSender::new(&WebhookSettings {
+            timeout: config.webhooks.timeout,
+            allow_private: config.webhooks.allow_private,
+        })
+        .context("setting up the webhook client")?;
+        let schedule = |name: &str, value: &str| {
+            shomei_notify::webhook::parse_schedule(value)
+                .map_err(|e| anyhow::anyhow!("{name} {value:?}: {e}"))
+        };
         Ok(Self {
+            mailer,
+            mail_schedule: schedule("SHOMEI_MAIL_RETRY_SCHEDULE", &config.mail.retry_schedule)?,
+            webhooks,
+            webhook_schedule: schedule(
+                "SHOMEI_WEBHOOK_RETRY_SCHEDULE",
+                &config.webhooks.retry_schedule,
+            )?,
+            public_url: config.public_url.clone(),
+            link_ttl: config.requests.link_ttl,
+            code_ttl: config.requests.code_ttl,
             db,
             storage,
             queue,
@@ -54,6 +95,22 @@ impl JobContext {
             timestamper,
             trust_anchors: trust_anchors(config.trust_anchors.as_deref())?,
         })
+    }
+
+    /// Runs after which a job is failed without running again: the configured maximum, or
+    /// for notifications their schedule's length (plus the maximum, for runs a crash cut short).
+    pub fn attempt_cap(&self, kind: JobKind) -> i32 {
+        let schedule = match kind {
+            JobKind::NotifyEmail => self.mail_schedule.len(),
+            JobKind::NotifyWebhook => self.webhook_schedule.len(),
+            _ => 0,
+        };
+        self.max_attempts + schedule as i32
+    }
+
+    /// Whether signature requests are concluded with a document time-stamp.
+    pub fn concludes_with_timestamp(&self) -> bool {
+        self.timestamper.is_some()
     }
 
     /// The time-stamp source, for jobs that must not go on without one.

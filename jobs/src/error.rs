@@ -1,6 +1,8 @@
 //! The job layer's one error type. Every failure is either *permanent* (the job can never
 //! succeed: bad payload, unreadable PDF, unknown key; it fails once, with its reason) or
 //! *transient* (database, storage, Redis or HSM trouble; the job is retried with backoff).
+//! A transient failure may also name its own wait ([`JobError::Later`]: a webhook's or an
+//! e-mail's retry schedule, a `Retry-After`).
 
 use shomei_schema::DbError;
 use shomei_signing::SignError;
@@ -12,6 +14,12 @@ pub enum JobError {
     Permanent(String),
     #[error("{0}")]
     Transient(String),
+    /// Transient, and the next attempt must wait `after`.
+    #[error("{reason}")]
+    Later {
+        reason: String,
+        after: std::time::Duration,
+    },
 }
 
 impl JobError {
@@ -21,6 +29,13 @@ impl JobError {
 
     pub fn transient(msg: impl Into<String>) -> Self {
         JobError::Transient(msg.into())
+    }
+
+    pub fn later(msg: impl Into<String>, after: std::time::Duration) -> Self {
+        JobError::Later {
+            reason: msg.into(),
+            after,
+        }
     }
 }
 

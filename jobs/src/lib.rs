@@ -2,9 +2,13 @@
 
 pub mod context;
 pub mod error;
+pub mod events;
+pub mod notify_email;
+pub mod notify_webhook;
 pub mod queue;
 pub mod reconciler;
 mod registry;
+pub mod requests;
 mod revisions;
 pub mod runner;
 pub mod sign;
@@ -14,5 +18,6 @@ pub mod verify;
 
 pub use context::{trust_anchors, JobContext};
 pub use error::JobError;
+pub use events::Pending;
 pub use queue::{JobMessage, Queue, QueueError};
 pub use submit::submit;

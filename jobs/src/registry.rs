@@ -1,11 +1,16 @@
 //! The explicit list of job kinds and their handlers. A new kind gets a file of its own and
-//! one line here; its name (`JobKind::as_str`) must be unique for the whole application.
+//! one line in each match here; its name (`JobKind::as_str`) must be unique for the whole
+//! application.
+
+use diesel::PgConnection;
+use serde_json::json;
 
 use shomei_schema::{Job, JobKind};
 
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::{sign, timestamp, verify};
+use crate::events::{self, kind, NewEvent, Pending};
+use crate::{notify_email, notify_webhook, requests, sign, timestamp, verify};
 
 /// Runs the handler of `kind`; its `Ok` value is stored as the job's `result`.
 pub(crate) async fn dispatch(
@@ -17,5 +22,38 @@ pub(crate) async fn dispatch(
         JobKind::Sign => sign::run(ctx, job).await,
         JobKind::Timestamp => timestamp::run(ctx, job).await,
         JobKind::Verify => verify::run(ctx, job).await,
+        JobKind::NotifyEmail => notify_email::run(ctx, job).await,
+        JobKind::NotifyWebhook => notify_webhook::run(ctx, job).await,
     }
+}
+
+/// Runs in the transaction that fails a job for good: a sign job of a signature request gives
+/// the signer back their turn, and every job but a notification emits `job.failed` (a failed
+/// notification announced by notifications could loop).
+pub(crate) fn on_failed(
+    conn: &mut PgConnection,
+    job: &Job,
+    reason: &str,
+) -> diesel::QueryResult<Pending> {
+    if matches!(
+        job.kind(),
+        Some(JobKind::NotifyEmail | JobKind::NotifyWebhook)
+    ) {
+        return Ok(Pending::default());
+    }
+    if let Some(step) = sign::step_of(job) {
+        requests::sign_failed(conn, &step)?;
+    }
+    events::emit(
+        conn,
+        NewEvent {
+            tenant_id: job.tenant_id,
+            kind: kind::JOB_FAILED,
+            document_id: job.document_id,
+            request_id: sign::step_of(job).map(|s| s.request_id),
+            actor: format!("job:{}", job.id),
+            ip: None,
+            data: json!({"job_id": job.id, "job_kind": job.kind, "error": reason}),
+        },
+    )
 }

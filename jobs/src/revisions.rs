@@ -10,10 +10,13 @@
 use bytes::Bytes;
 use serde_json::json;
 
+use diesel::{Connection, PgConnection, QueryResult};
+
 use shomei_schema::{interact, Job, Revision};
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::events::Pending;
 
 pub(crate) enum Start {
     /// The job already made its revision; this is its result.
@@ -45,12 +48,18 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
 }
 
 /// Stores `bytes` as the revision after `latest`, made by `job`, and returns the job's result.
-pub(crate) async fn record(
+/// `then` runs in the transaction that records the revision (the state changes and events the
+/// revision brings), so it happens exactly once however often the job runs.
+pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     latest: &Revision,
     bytes: Vec<u8>,
-) -> Result<serde_json::Value, JobError> {
+    then: F,
+) -> Result<serde_json::Value, JobError>
+where
+    F: FnOnce(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
+{
     let stored = ctx
         .storage
         .put_pdf(job.tenant_id, latest.document_id, Bytes::from(bytes))
@@ -65,7 +74,14 @@ pub(crate) async fn record(
         created_at: chrono::Utc::now(),
     };
     let outcome = result(&revision);
-    interact(&ctx.db, move |conn| Ok(revision.insert(conn)?)).await?;
+    let pending = interact(&ctx.db, move |conn| {
+        Ok(conn.transaction(|conn| {
+            revision.insert(conn)?;
+            then(conn, &revision)
+        })?)
+    })
+    .await?;
+    pending.push(&ctx.queue).await;
     Ok(outcome)
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use apalis::prelude::{AbortError, BoxDynError, Data};
+use diesel::Connection;
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -36,10 +37,10 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     let Some(kind) = job.kind() else {
         return finish_failed(&ctx, &job, format!("unknown job kind {:?}", job.kind)).await;
     };
-    if job.attempts > ctx.max_attempts {
+    if job.attempts > ctx.attempt_cap(kind) {
         let reason = format!(
             "gave up after {} attempts; last error: {}",
-            ctx.max_attempts,
+            job.attempts - 1,
             job.error
                 .as_deref()
                 .unwrap_or("the worker stopped while running it")
@@ -71,6 +72,18 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
             )
             .await
         }
+        Err(JobError::Later { reason, after }) => {
+            // Not pushed again now: the reconciler pushes the job once `run_after` has come,
+            // so the wait survives restarts and Redis losing everything.
+            tracing::warn!(job.attempts = job.attempts, error = %reason, retry_in = ?after, "job failed; will retry later");
+            let run_after = chrono::Utc::now()
+                + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::days(1));
+            interact(&ctx.db, move |conn| {
+                Ok(Job::release_until(conn, job_id, &reason, run_after)?)
+            })
+            .await?;
+            Ok(())
+        }
         Err(JobError::Transient(reason)) => {
             tracing::warn!(job.attempts = job.attempts, error = %reason, "job failed; will retry");
             let recorded = reason.clone();
@@ -83,11 +96,19 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     }
 }
 
-/// Marks the job failed for good and tells apalis not to retry it.
+/// Marks the job failed for good (with its `job.failed` event, in one transaction) and tells
+/// apalis not to retry it.
 async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<(), BoxDynError> {
     tracing::error!(job.attempts = job.attempts, error = %reason, "job failed permanently");
-    let job_id = job.id;
+    let failed = job.clone();
     let recorded = reason.clone();
-    interact(&ctx.db, move |conn| Ok(Job::fail(conn, job_id, &recorded)?)).await?;
+    let pending = interact(&ctx.db, move |conn| {
+        Ok(conn.transaction(|conn| {
+            Job::fail(conn, failed.id, &recorded)?;
+            crate::registry::on_failed(conn, &failed, &recorded)
+        })?)
+    })
+    .await?;
+    pending.push(&ctx.queue).await;
     Err(AbortError::new(JobError::Permanent(reason)).into())
 }

@@ -1,14 +1,21 @@
-//! The **sign** job: adds one PAdES signature, made with the service's key in the HSM, to the
-//! latest revision of a document, as a new revision: B-B, or B-T with a signature time-stamp
-//! from the configured TSAs. Idempotent through [`crate::revisions`].
+//! The **sign** job: adds one PAdES signature, made in the HSM, to the latest revision of a
+//! document, as a new revision: B-B, or B-T with a signature time-stamp from the configured
+//! TSAs. Idempotent through [`crate::revisions`]; records `document.signed`.
+//!
+//! A job made for a signature request (its payload has a [`RequestStep`]) signs with the
+//! service's key as witness, or with the signer's own key (certified) once the API has checked
+//! the signer's PIN, and then moves the request on ([`crate::requests::signed`]).
 
 use serde::{Deserialize, Serialize};
 
-use shomei_schema::Job;
+use serde_json::json;
+use shomei_schema::{interact, Job, RequestSigner};
 use shomei_signing::SignatureRequest;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::events::{self, kind, NewEvent};
+use crate::requests::{self, RequestStep, SignerState, SignerStatus};
 use crate::revisions::{self, Start};
 
 /// The PAdES baseline level of one signature (ETSI EN 319 142-1).
@@ -55,6 +62,9 @@ pub struct SignRequest {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Set only by the signature-request flow; the sign route refuses it from callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<RequestStep>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,14 +83,7 @@ impl SignRequest {
             return Err("signer.name must be 1 to 200 characters".into());
         }
         if let Some(email) = &self.signer.email {
-            let (local, domain) = email.split_once('@').unwrap_or(("", ""));
-            if local.is_empty()
-                || !domain.contains('.')
-                || email.len() > 254
-                || email.contains(char::is_whitespace)
-            {
-                return Err(format!("signer.email {email:?} is not an e-mail address"));
-            }
+            check_email("signer.email", email)?;
         }
         for (field, value) in [("reason", &self.reason), ("location", &self.location)] {
             if value.as_ref().is_some_and(|v| v.chars().count() > 500) {
@@ -89,6 +92,22 @@ impl SignRequest {
         }
         Ok(())
     }
+}
+
+/// A plausible e-mail address (the mail server has the last word); the error names `field`.
+pub fn check_email(field: &str, email: &str) -> Result<(), String> {
+    let (local, domain) = email.split_once('@').unwrap_or(("", ""));
+    if local.is_empty()
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || email.len() > 254
+        || email.contains(char::is_whitespace)
+        || email.matches('@').count() != 1
+    {
+        return Err(format!("{field} {email:?} is not an e-mail address"));
+    }
+    Ok(())
 }
 
 pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
@@ -102,9 +121,21 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         Start::AlreadyDone(result) => return Ok(result),
         Start::Work { latest, bytes } => (latest, bytes),
     };
+    if let Some(step) = &request.step {
+        still_signing(ctx, job, step).await?;
+    }
 
+    let key_label = request
+        .step
+        .as_ref()
+        .and_then(|s| s.key_label.clone())
+        .unwrap_or_else(|| ctx.key_label.clone());
+    let mut data = json!({
+        "signer": {"name": request.signer.name, "email": request.signer.email},
+        "level": request.level.map(SignatureLevel::as_str),
+    });
     let signature = SignatureRequest {
-        key_label: ctx.key_label.clone(),
+        key_label,
         signer_name: request.signer.name,
         signer_email: request.signer.email,
         reason: request.reason,
@@ -117,5 +148,52 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     })
     .await
     .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
-    revisions::record(ctx, job, &latest, signed).await
+
+    let step = request.step;
+    let conclude = ctx.concludes_with_timestamp();
+    let done = job.clone();
+    revisions::record(ctx, job, &latest, signed, move |conn, revision| {
+        data["revision"] = json!(revision.revision);
+        if let Some(step) = &step {
+            data["signer_id"] = json!(step.signer_id);
+            data["method"] = json!(step.method);
+        }
+        let mut pending = events::emit(
+            conn,
+            NewEvent {
+                tenant_id: done.tenant_id,
+                kind: kind::DOCUMENT_SIGNED,
+                document_id: Some(revision.document_id),
+                request_id: step.as_ref().map(|s| s.request_id),
+                actor: format!("job:{}", done.id),
+                ip: step.as_ref().and_then(|s| s.ip.clone()),
+                data,
+            },
+        )?;
+        if let Some(step) = &step {
+            pending.add(requests::signed(conn, &done, step, conclude)?);
+        }
+        Ok(pending)
+    })
+    .await
+}
+
+/// The request step of a sign job, if it was made for a signature request.
+pub(crate) fn step_of(job: &Job) -> Option<RequestStep> {
+    let step = job.payload.get("step")?;
+    serde_json::from_value(step.clone()).ok()
+}
+
+/// A request's signer may have been cancelled (or the request declined) since the job was
+/// queued: then the document is not signed for them.
+async fn still_signing(ctx: &JobContext, job: &Job, step: &RequestStep) -> Result<(), JobError> {
+    let signer_id = step.signer_id;
+    let signer = interact(&ctx.db, move |conn| Ok(RequestSigner::get(conn, signer_id)?)).await?;
+    if signer.status() != SignerStatus::Signing || signer.sign_job_id != Some(job.id) {
+        return Err(JobError::permanent(format!(
+            "the signer is no longer waiting for this signature (status {})",
+            signer.status
+        )));
+    }
+    Ok(())
 }

@@ -2,13 +2,16 @@
 //! data of every signature and time-stamp already in the file (a DSS dictionary with their
 //! certificates and CRLs: PAdES B-LT) and then a document time-stamp over everything
 //! (`/DocTimeStamp`, `ETSI.RFC3161`: B-LTA), so the file can be validated long after its
-//! certificates expire. Idempotent through [`crate::revisions`].
+//! certificates expire. Idempotent through [`crate::revisions`]. The time-stamp that concludes
+//! a signature request also completes it (`document.completed`).
 
 use shomei_schema::Job;
 use shomei_signing::ValidationData;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::events::Pending;
+use crate::requests;
 use crate::revisions::{self, Start};
 
 pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
@@ -27,5 +30,20 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     })
     .await
     .map_err(|e| JobError::transient(format!("time-stamping task failed: {e}")))??;
-    revisions::record(ctx, job, &latest, stamped).await
+    let concludes = concluded_request(job);
+    let concluding = job.clone();
+    revisions::record(ctx, job, &latest, stamped, move |conn, _| match concludes {
+        Some(request_id) => requests::concluded(conn, &concluding, request_id),
+        None => Ok(Pending::default()),
+    })
+    .await
+}
+
+/// The signature request this time-stamp concludes, when it was made for one.
+fn concluded_request(job: &Job) -> Option<uuid::Uuid> {
+    job.payload
+        .get("concludes_request")?
+        .as_str()?
+        .parse()
+        .ok()
 }

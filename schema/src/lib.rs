@@ -7,7 +7,10 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-pub use models::{ApiKey, Document, Job, JobKind, JobStatus, NewJob, Revision, Tenant};
+pub use models::{
+    ApiKey, Document, Event, Job, JobKind, JobStatus, NewJob, RequestSigner, Revision,
+    SignatureRequest, SignerIdentity, Tenant, WebhookAttempt, WebhookEndpoint,
+};
 
 pub type DbPool = Pool<ConnectionManager<PgConnection>>;
 pub type DbConn = PooledConnection<ConnectionManager<PgConnection>>;

@@ -50,6 +50,7 @@ diesel::table! {
         enqueued_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        run_after -> Nullable<Timestamptz>,
     }
 }
 
@@ -71,6 +72,106 @@ diesel::table! {
         name -> Text,
         created_at -> Timestamptz,
         signature_level -> Text,
+        access_codes -> Bool,
+    }
+}
+
+diesel::table! {
+    signer_identities (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        email -> Text,
+        key_label -> Text,
+        pin_hash -> Text,
+        pin_failures -> Int4,
+        locked_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    signature_requests (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        document_id -> Uuid,
+        status -> Text,
+        owner_name -> Text,
+        owner_email -> Text,
+        locale -> Text,
+        message -> Nullable<Text>,
+        created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    request_signers (id) {
+        id -> Uuid,
+        request_id -> Uuid,
+        position -> Int4,
+        name -> Text,
+        email -> Text,
+        locale -> Text,
+        method -> Text,
+        identity_id -> Nullable<Uuid>,
+        access_code_hash -> Nullable<Text>,
+        status -> Text,
+        link_sha256 -> Nullable<Bytea>,
+        link_expires_at -> Nullable<Timestamptz>,
+        otp_sha256 -> Nullable<Bytea>,
+        otp_expires_at -> Nullable<Timestamptz>,
+        otp_failures -> Int4,
+        codes_sent -> Int4,
+        sign_job_id -> Nullable<Uuid>,
+        signed_ip -> Nullable<Text>,
+        signed_at -> Nullable<Timestamptz>,
+        decline_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        kind -> Text,
+        document_id -> Nullable<Uuid>,
+        request_id -> Nullable<Uuid>,
+        actor -> Text,
+        ip -> Nullable<Text>,
+        data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        url -> Text,
+        description -> Nullable<Text>,
+        secret -> Text,
+        event_kinds -> Nullable<Array<Text>>,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (id) {
+        id -> Uuid,
+        endpoint_id -> Uuid,
+        event_id -> Uuid,
+        job_id -> Uuid,
+        attempt -> Int4,
+        outcome -> Text,
+        status_code -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        response_excerpt -> Nullable<Text>,
+        duration_ms -> Int4,
+        created_at -> Timestamptz,
     }
 }
 
@@ -81,12 +182,26 @@ diesel::joinable!(jobs -> documents (document_id));
 diesel::joinable!(jobs -> tenants (tenant_id));
 diesel::joinable!(verification_reports -> documents (document_id));
 diesel::joinable!(verification_reports -> jobs (job_id));
+diesel::joinable!(signer_identities -> tenants (tenant_id));
+diesel::joinable!(signature_requests -> documents (document_id));
+diesel::joinable!(request_signers -> signature_requests (request_id));
+diesel::joinable!(request_signers -> signer_identities (identity_id));
+diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(webhook_endpoints -> tenants (tenant_id));
+diesel::joinable!(webhook_attempts -> webhook_endpoints (endpoint_id));
+diesel::joinable!(webhook_attempts -> events (event_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     document_revisions,
     documents,
+    events,
     jobs,
+    request_signers,
+    signature_requests,
+    signer_identities,
     tenants,
     verification_reports,
+    webhook_attempts,
+    webhook_endpoints,
 );

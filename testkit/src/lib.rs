@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 mod app;
+pub mod smtp;
 pub mod validate;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

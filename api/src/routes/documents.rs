@@ -12,6 +12,8 @@ use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use diesel::Connection;
+use shomei_jobs::events::{self, kind, NewEvent};
 use shomei_jobs::sign::SignRequest;
 use shomei_schema::models::NewDocument;
 use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
@@ -32,6 +34,7 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and(with_state(state.clone()))
+        .and(warp::addr::remote())
         .and(warp::query::<UploadQuery>())
         .and(body_within(limit))
         .then(upload)
@@ -123,6 +126,7 @@ impl DocumentView {
 async fn upload(
     caller: Caller,
     state: Arc<AppState>,
+    remote: Option<std::net::SocketAddr>,
     query: UploadQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -153,16 +157,32 @@ async fn upload(
         created_at: chrono::Utc::now(),
     };
     let pages = i32::try_from(info.pages).unwrap_or(i32::MAX);
-    let (doc, first) = interact(&state.db, move |conn| {
+    let (doc, first, pending) = interact(&state.db, move |conn| {
         let new = NewDocument {
             id: document_id,
             tenant_id: caller.tenant_id,
             title: title.as_deref(),
             pages,
         };
-        Ok((Document::create(conn, &new, &first)?, first))
+        Ok(conn.transaction(|conn| {
+            let doc = Document::create(conn, &new, &first)?;
+            let pending = events::emit(
+                conn,
+                NewEvent {
+                    tenant_id: caller.tenant_id,
+                    kind: kind::DOCUMENT_UPLOADED,
+                    document_id: Some(doc.id),
+                    request_id: None,
+                    actor: format!("api_key:{}", caller.key_id),
+                    ip: super::client_ip(remote),
+                    data: json!({"title": doc.title, "pages": doc.pages, "sha256": hex::encode(&first.sha256)}),
+                },
+            )?;
+            diesel::QueryResult::Ok((doc, first, pending))
+        })?)
     })
     .await?;
+    pending.push(&state.queue).await;
     tracing::info!(doc.id = %doc.id, doc.pages = pages, "document uploaded");
     let view = DocumentView::new(doc, &first);
     Ok(created(
@@ -195,7 +215,12 @@ async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response
 }
 
 async fn download(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let (doc, latest) = find_document(&state, caller, id).await?;
+    let (_, latest) = find_document(&state, caller, id).await?;
+    pdf_response(&state, &latest).await
+}
+
+/// A revision's bytes (checked against their SHA-256) as a PDF download.
+pub(super) async fn pdf_response(state: &AppState, latest: &Revision) -> Result<Response, ApiError> {
     let bytes = state
         .storage
         .get_verified(&latest.storage_key, &latest.sha256)
@@ -210,7 +235,7 @@ async fn download(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Resp
     let etag = format!("\"{}\"", hex::encode(&latest.sha256));
     let disposition = format!(
         "attachment; filename=\"{}-r{}.pdf\"",
-        doc.id, latest.revision
+        latest.document_id, latest.revision
     );
     for (name, value) in [
         (header::ETAG, etag),
@@ -229,6 +254,9 @@ async fn sign(
     mut request: SignRequest,
 ) -> Result<Response, ApiError> {
     request.validate().map_err(ApiError::BadRequest)?;
+    if request.step.is_some() {
+        return Err(ApiError::BadRequest("unknown field `step`".into()));
+    }
     let (doc, _) = find_document(&state, caller, id).await?;
     if request.level.is_none() {
         // Resolved now, so a later change of the tenant's default leaves queued jobs alone.

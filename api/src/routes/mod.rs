@@ -5,7 +5,11 @@
 mod documents;
 mod health;
 mod jobs;
+mod requests;
+mod signer_identities;
+mod signing;
 mod verification;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,7 +29,15 @@ pub fn all(
         .unify()
         .or(jobs::routes(state.clone()))
         .unify()
-        .or(verification::routes(state))
+        .or(verification::routes(state.clone()))
+        .unify()
+        .or(requests::routes(state.clone()))
+        .unify()
+        .or(signing::routes(state.clone()))
+        .unify()
+        .or(signer_identities::routes(state.clone()))
+        .unify()
+        .or(webhooks::routes(state))
         .unify()
         .recover(problem::recover)
         .unify()
@@ -53,4 +65,10 @@ fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Respons
         location,
     )
     .into_response()
+}
+
+/// The caller's address as the audit trail records it: the peer of the connection (a proxy in
+/// front must be trusted explicitly before `X-Forwarded-For` could count).
+fn client_ip(remote: Option<std::net::SocketAddr>) -> Option<String> {
+    remote.map(|addr| addr.ip().to_string())
 }

@@ -69,6 +69,14 @@ impl Document {
             .first(conn)
             .optional()
     }
+
+    /// The document by id alone, for workers acting on a job or request that already names it.
+    pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Document> {
+        documents::table
+            .find(id)
+            .select(Document::as_select())
+            .first(conn)
+    }
 }
 
 impl Document {

@@ -13,16 +13,28 @@ pub enum JobKind {
     Sign,
     Timestamp,
     Verify,
+    /// One e-mail to one recipient.
+    NotifyEmail,
+    /// One event to one webhook endpoint.
+    NotifyWebhook,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Sign, JobKind::Timestamp, JobKind::Verify];
+    pub const ALL: [JobKind; 5] = [
+        JobKind::Sign,
+        JobKind::Timestamp,
+        JobKind::Verify,
+        JobKind::NotifyEmail,
+        JobKind::NotifyWebhook,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Sign => "sign",
             JobKind::Timestamp => "timestamp",
             JobKind::Verify => "verify",
+            JobKind::NotifyEmail => "notify_email",
+            JobKind::NotifyWebhook => "notify_webhook",
         }
     }
 
@@ -73,6 +85,8 @@ pub struct Job {
     pub enqueued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set while a retry waits for its time; the job is not run before it.
+    pub run_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -154,10 +168,16 @@ impl Job {
             .load(conn)
     }
 
-    /// Claims an unfinished job for a run and counts the attempt. `None` when the job is
-    /// already finished: a duplicate delivery, which the caller acknowledges without work.
+    /// Claims an unfinished, due job for a run and counts the attempt. `None` when the job is
+    /// already finished or waits for a later retry: a duplicate delivery, which the caller
+    /// acknowledges without work (the reconciler pushes a waiting job when it is due).
     pub fn start(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
-        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
+        diesel::update(
+            jobs::table
+                .find(id)
+                .filter(jobs::status.eq_any(UNFINISHED))
+                .filter(jobs::run_after.is_null().or(jobs::run_after.le(diesel::dsl::now))),
+        )
             .set((
                 jobs::status.eq(JobStatus::Running.as_str()),
                 jobs::attempts.eq(jobs::attempts + 1),
@@ -207,7 +227,35 @@ impl Job {
             .map(|_| ())
     }
 
-    /// Unfinished jobs last pushed to (or seen in) the queue before `cutoff`, oldest first:
+    /// A transient failure whose retry must wait until `run_after`: the job goes back to
+    /// `queued` but is not pushed; the reconciler pushes it once it is due.
+    pub fn release_until(
+        conn: &mut PgConnection,
+        id: Uuid,
+        error: &str,
+        run_after: DateTime<Utc>,
+    ) -> QueryResult<()> {
+        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
+            .set((
+                jobs::status.eq(JobStatus::Queued.as_str()),
+                jobs::error.eq(error),
+                jobs::run_after.eq(run_after),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// Inserts jobs made together with another change (in its transaction); the caller pushes
+    /// them once the transaction has committed.
+    pub fn insert_all(conn: &mut PgConnection, new: &[NewJob]) -> QueryResult<Vec<(JobKind, Uuid)>> {
+        diesel::insert_into(jobs::table).values(new).execute(conn)?;
+        Ok(new
+            .iter()
+            .filter_map(|job| JobKind::parse(job.kind).map(|kind| (kind, job.id)))
+            .collect())
+    }
+
+    /// Unfinished, due jobs last pushed to (or seen in) the queue before `cutoff`, oldest first:
     /// the reconciler's candidates for re-queueing.
     pub fn unfinished_enqueued_before(
         conn: &mut PgConnection,
@@ -217,6 +265,7 @@ impl Job {
         jobs::table
             .filter(jobs::status.eq_any(UNFINISHED))
             .filter(jobs::enqueued_at.lt(cutoff))
+            .filter(jobs::run_after.is_null().or(jobs::run_after.le(diesel::dsl::now)))
             .order(jobs::enqueued_at.asc())
             .limit(limit)
             .select(Job::as_select())

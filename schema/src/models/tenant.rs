@@ -12,6 +12,8 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     /// `B-B` or `B-T`: the PAdES level of signatures whose request does not name one.
     pub signature_level: String,
+    /// Every signer of this tenant's requests must also give an access code.
+    pub access_codes: bool,
 }
 
 impl Tenant {

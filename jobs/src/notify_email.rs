@@ -1,0 +1,186 @@
+//! The **notify_email** job: one e-mail to one recipient of a signature request (the owner or
+//! a signer), rendered in the recipient's language when it is sent.
+//!
+//! An invitation carries the signer's link token and a verification-code e-mail its one-time
+//! code. Neither exists anywhere but in the e-mail: the job makes it, stores only its SHA-256
+//! and sends it. A retry makes a new one (the earlier one, never delivered or not, stops
+//! working), so a repeated e-mail never leaves two good tokens.
+
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use shomei_notify::mail::{Email, MailError};
+use shomei_notify::templates::{self, Locale, Message};
+use shomei_schema::{interact, Document, Job, RequestSigner, SignatureRequest, Tenant};
+
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::requests::{self, SignerState, SignerStatus};
+
+/// The payload of a notify_email job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmailJob {
+    pub template: Template,
+    pub request_id: Uuid,
+    pub to: Recipient,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Template {
+    Invitation,
+    VerificationCode,
+    Completed,
+    Declined { signer_id: Uuid },
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipient {
+    Owner,
+    Signer(Uuid),
+}
+
+pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
+    let payload: EmailJob = serde_json::from_value(job.payload.clone())
+        .map_err(|e| JobError::permanent(format!("unreadable notify_email payload: {e}")))?;
+    let link_ttl = ctx.link_ttl;
+    let code_ttl = ctx.code_ttl;
+    let public_url = ctx.public_url.clone();
+    let template = payload.template.clone();
+    let prepared = interact(&ctx.db, move |conn| {
+        Ok(conn.transaction(|conn| prepare(conn, &payload, &public_url, link_ttl, code_ttl))?)
+    })
+    .await?;
+    let Some((email, locale)) = prepared else {
+        return Ok(serde_json::json!({"skipped": "the request moved on; nothing to send"}));
+    };
+    let rendered = templates::render(&email.1, locale);
+    let message = Email {
+        to_name: email.0.name,
+        to_address: email.0.address,
+        subject: rendered.subject,
+        text: rendered.text,
+        html: rendered.html,
+    };
+    ctx.mailer.send(&message).await.map_err(|e| mail_error(ctx, job, e))?;
+    Ok(serde_json::json!({"sent": template_name(&template)}))
+}
+
+struct To {
+    name: String,
+    address: String,
+}
+
+fn template_name(t: &Template) -> &'static str {
+    match t {
+        Template::Invitation => "invitation",
+        Template::VerificationCode => "verification_code",
+        Template::Completed => "completed",
+        Template::Declined { .. } => "declined",
+        Template::Cancelled => "cancelled",
+    }
+}
+
+/// Builds the message, making (and storing the hash of) a link token or code when it carries
+/// one. `None` when the e-mail no longer makes sense (the signer signed or the request ended).
+fn prepare(
+    conn: &mut PgConnection,
+    job: &EmailJob,
+    public_url: &str,
+    link_ttl: std::time::Duration,
+    code_ttl: std::time::Duration,
+) -> QueryResult<Option<((To, Message), Locale)>> {
+    let request = SignatureRequest::lock(conn, job.request_id)?;
+    let document = Document::get(conn, request.document_id)?;
+    let title = document.title.clone().unwrap_or_else(|| document.id.to_string());
+    let (to, locale, mut signer) = match job.to {
+        Recipient::Owner => (
+            To {
+                name: request.owner_name.clone(),
+                address: request.owner_email.clone(),
+            },
+            request.locale.clone(),
+            None,
+        ),
+        Recipient::Signer(id) => {
+            let signer = RequestSigner::get(conn, id)?;
+            (
+                To {
+                    name: signer.name.clone(),
+                    address: signer.email.clone(),
+                },
+                signer.locale.clone(),
+                Some(signer),
+            )
+        }
+    };
+    let locale: Locale = locale.parse().unwrap_or_default();
+    let message = match &job.template {
+        Template::Invitation | Template::VerificationCode => {
+            let Some(signer) = signer.as_mut() else {
+                return Ok(None);
+            };
+            if request.status != "in_progress" || signer.status() != SignerStatus::Invited {
+                return Ok(None);
+            }
+            if matches!(job.template, Template::Invitation) {
+                let tenant = Tenant::get(conn, request.tenant_id)?;
+                let (token, expires_at) = requests::issue_link(signer, link_ttl);
+                signer.save(conn)?;
+                Message::Invitation {
+                    signer_name: signer.name.clone(),
+                    document_title: title,
+                    sender_name: format!("{} ({})", request.owner_name, tenant.name),
+                    link: format!("{public_url}/v1/signing/{token}"),
+                    expires_at,
+                    access_code_required: signer.access_code_hash.is_some(),
+                }
+            } else {
+                let code = requests::issue_code(signer, code_ttl);
+                signer.save(conn)?;
+                Message::VerificationCode {
+                    signer_name: signer.name.clone(),
+                    document_title: title,
+                    code,
+                    valid_minutes: (code_ttl.as_secs() / 60).max(1) as u32,
+                }
+            }
+        }
+        Template::Completed => Message::Completed {
+            recipient_name: to.name.clone(),
+            document_title: title,
+        },
+        Template::Declined { signer_id } => {
+            let decliner = RequestSigner::get(conn, *signer_id)?;
+            Message::Declined {
+                recipient_name: to.name.clone(),
+                document_title: title,
+                signer_name: decliner.name,
+                reason: decliner.decline_reason,
+            }
+        }
+        Template::Cancelled => Message::Cancelled {
+            recipient_name: to.name.clone(),
+            document_title: title,
+        },
+    };
+    Ok(Some(((to, message), locale)))
+}
+
+/// A refused address or a 5xx reply fails the job once; anything else waits and tries again
+/// on the e-mail schedule.
+fn mail_error(ctx: &JobContext, job: &Job, e: MailError) -> JobError {
+    if e.is_permanent() {
+        return JobError::permanent(format!("the mail server refused the message: {e}"));
+    }
+    match shomei_notify::webhook::next_delay(&ctx.mail_schedule, job.attempts as u32, None) {
+        Some(after) => JobError::later(format!("sending the e-mail failed: {e}"), after),
+        None => JobError::permanent(format!(
+            "gave up after {} attempts; last error: {e}",
+            job.attempts
+        )),
+    }
+}

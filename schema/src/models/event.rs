@@ -1,0 +1,187 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::{events, webhook_attempts, webhook_endpoints};
+
+/// A state change, as the audit trail keeps it and notifications carry it.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = events)]
+pub struct Event {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// `document.uploaded`, `request.sent`, `document.signed`, ... (see `shomei_jobs::events`).
+    pub kind: String,
+    pub document_id: Option<Uuid>,
+    pub request_id: Option<Uuid>,
+    /// Who made the change: `api_key:<prefix>`, `signer:<id>`, `worker`.
+    pub actor: String,
+    pub ip: Option<String>,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {
+        diesel::insert_into(events::table)
+            .values(self)
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Event> {
+        events::table
+            .find(id)
+            .select(Event::as_select())
+            .first(conn)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = webhook_endpoints)]
+pub struct WebhookEndpoint {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub url: String,
+    pub description: Option<String>,
+    /// `whsec_...`; shown to the tenant once, when the endpoint is made.
+    pub secret: String,
+    /// The event kinds sent here; `None`: all.
+    pub event_kinds: Option<Vec<String>>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl WebhookEndpoint {
+    pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {
+        diesel::insert_into(webhook_endpoints::table)
+            .values(self)
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// The tenant's endpoints that are not deleted, oldest first.
+    pub fn list(conn: &mut PgConnection, tenant_id: Uuid) -> QueryResult<Vec<WebhookEndpoint>> {
+        webhook_endpoints::table
+            .filter(webhook_endpoints::tenant_id.eq(tenant_id))
+            .filter(webhook_endpoints::deleted_at.is_null())
+            .order(webhook_endpoints::created_at.asc())
+            .select(WebhookEndpoint::as_select())
+            .load(conn)
+    }
+
+    /// The enabled endpoints that want events of `kind`.
+    pub fn subscribed(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        kind: &str,
+    ) -> QueryResult<Vec<WebhookEndpoint>> {
+        Ok(Self::list(conn, tenant_id)?
+            .into_iter()
+            .filter(|e| e.enabled)
+            .filter(|e| e.event_kinds.as_ref().is_none_or(|k| k.iter().any(|k| k == kind)))
+            .collect())
+    }
+
+    pub fn find(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> QueryResult<Option<WebhookEndpoint>> {
+        webhook_endpoints::table
+            .filter(webhook_endpoints::id.eq(id))
+            .filter(webhook_endpoints::tenant_id.eq(tenant_id))
+            .filter(webhook_endpoints::deleted_at.is_null())
+            .select(WebhookEndpoint::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    /// The endpoint even when deleted (a delivery job must learn that it was).
+    pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<WebhookEndpoint> {
+        webhook_endpoints::table
+            .find(id)
+            .select(WebhookEndpoint::as_select())
+            .first(conn)
+    }
+
+    pub fn delete(conn: &mut PgConnection, tenant_id: Uuid, id: Uuid) -> QueryResult<bool> {
+        diesel::update(
+            webhook_endpoints::table
+                .filter(webhook_endpoints::id.eq(id))
+                .filter(webhook_endpoints::tenant_id.eq(tenant_id))
+                .filter(webhook_endpoints::deleted_at.is_null()),
+        )
+        .set(webhook_endpoints::deleted_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .map(|n| n > 0)
+    }
+
+    /// Turns deliveries to the endpoint on again, or off with a reason.
+    pub fn set_enabled(
+        conn: &mut PgConnection,
+        id: Uuid,
+        enabled: bool,
+        reason: Option<&str>,
+    ) -> QueryResult<()> {
+        diesel::update(webhook_endpoints::table.find(id))
+            .set((
+                webhook_endpoints::enabled.eq(enabled),
+                webhook_endpoints::disabled_reason.eq(reason),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    }
+}
+
+/// One HTTP attempt to deliver an event to an endpoint: the delivery log.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = webhook_attempts)]
+pub struct WebhookAttempt {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub attempt: i32,
+    /// `delivered`, `failed`, `retry_after`, `gone` or `refused`.
+    pub outcome: String,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub duration_ms: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl WebhookAttempt {
+    pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {
+        diesel::insert_into(webhook_attempts::table)
+            .values(self)
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// The newest attempts to one endpoint.
+    pub fn list(conn: &mut PgConnection, endpoint_id: Uuid, limit: i64) -> QueryResult<Vec<WebhookAttempt>> {
+        webhook_attempts::table
+            .filter(webhook_attempts::endpoint_id.eq(endpoint_id))
+            .order((webhook_attempts::created_at.desc(), webhook_attempts::id.desc()))
+            .limit(limit)
+            .select(WebhookAttempt::as_select())
+            .load(conn)
+    }
+
+    pub fn find(
+        conn: &mut PgConnection,
+        endpoint_id: Uuid,
+        id: Uuid,
+    ) -> QueryResult<Option<WebhookAttempt>> {
+        webhook_attempts::table
+            .filter(webhook_attempts::id.eq(id))
+            .filter(webhook_attempts::endpoint_id.eq(endpoint_id))
+            .select(WebhookAttempt::as_select())
+            .first(conn)
+            .optional()
+    }
+}
