@@ -342,7 +342,6 @@ pub fn decline(
 ) -> QueryResult<Pending> {
     signer.set_status(SignerStatus::Declined);
     signer.decline_reason = reason.clone();
-    signer.link_sha256 = None;
     signer.save(conn)?;
     request.finish(conn, "declined")?;
     events::emit(
@@ -359,7 +358,8 @@ pub fn decline(
     )
 }
 
-/// The sender cancels: links stop working and the signer whose turn it was is told.
+/// The sender cancels: links stop working (they answer that the request was cancelled) and
+/// the signer whose turn it was is told.
 pub fn cancel(
     conn: &mut PgConnection,
     request: &mut SignatureRequest,
@@ -376,7 +376,6 @@ pub fn cancel(
                 notified = Some(signer.id.to_string());
             }
             signer.set_status(SignerStatus::Cancelled);
-            signer.link_sha256 = None;
             signer.save(conn)?;
         }
     }

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lettre::address::AddressError;
@@ -18,6 +19,7 @@ use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -60,8 +62,32 @@ pub struct Mailer {
 
 #[derive(Clone)]
 enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Arc<SmtpPool>),
     File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+}
+
+/// lettre's async client bounds only the TCP connect by its timeout, so `send` puts its own
+/// around the whole conversation. A send cut off that way hands its connection back to the pool
+/// in the middle of a transaction (lettre does not mark it broken), where the next send would
+/// read the stale reply; so after a time-out the pool is replaced, and the old one closes its
+/// connections once the sends still using it are done.
+struct SmtpPool {
+    builder: AsyncSmtpTransportBuilder,
+    current: Mutex<AsyncSmtpTransport<Tokio1Executor>>,
+}
+
+impl SmtpPool {
+    fn get(&self) -> AsyncSmtpTransport<Tokio1Executor> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self) {
+        let fresh = self.builder.clone().build();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +181,12 @@ impl Mailer {
         let (transport, description) = match &settings.smtp_url {
             Some(url) => {
                 let smtp = SmtpUrl::parse(url.expose_secret())?;
-                let transport = smtp.transport(settings.smtp_ca.as_deref(), settings.timeout)?;
-                (Transport::Smtp(transport), smtp.describe())
+                let builder = smtp.builder(settings.smtp_ca.as_deref(), settings.timeout)?;
+                let pool = SmtpPool {
+                    current: Mutex::new(builder.clone().build()),
+                    builder,
+                };
+                (Transport::Smtp(Arc::new(pool)), smtp.describe())
             }
             None => {
                 let dir = &settings.mail_dir;
@@ -213,17 +243,20 @@ impl Mailer {
             .map_err(MailError::Message)?;
 
         match &self.transport {
-            Transport::Smtp(smtp) => {
-                match tokio::time::timeout(self.timeout, smtp.send(message)).await {
+            Transport::Smtp(pool) => {
+                match tokio::time::timeout(self.timeout, pool.get().send(message)).await {
                     Ok(Ok(_response)) => Ok(()),
                     Ok(Err(source)) => Err(MailError::Smtp {
                         server: self.description.clone(),
                         source,
                     }),
-                    Err(_elapsed) => Err(MailError::Timeout {
-                        server: self.description.clone(),
-                        timeout: self.timeout,
-                    }),
+                    Err(_elapsed) => {
+                        pool.replace();
+                        Err(MailError::Timeout {
+                            server: self.description.clone(),
+                            timeout: self.timeout,
+                        })
+                    }
                 }
             }
             Transport::File(file, dir) => match file.send(message).await {
@@ -329,11 +362,11 @@ impl SmtpUrl {
         })
     }
 
-    fn transport(
+    fn builder(
         &self,
         ca: Option<&Path>,
         timeout: Duration,
-    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailError> {
+    ) -> Result<AsyncSmtpTransportBuilder, MailError> {
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
             .port(self.port)
             .timeout(Some(timeout));
@@ -366,7 +399,7 @@ impl SmtpUrl {
                 password.expose_secret().to_owned(),
             ));
         }
-        Ok(builder.build())
+        Ok(builder)
     }
 
     fn describe(&self) -> String {

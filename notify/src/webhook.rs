@@ -119,7 +119,7 @@ pub fn signature(secret: &WebhookSecret, msg_id: &str, timestamp: i64, body: &[u
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("webhook URL is not a valid absolute URL: {0}")]
-    InvalidUrl(#[from] url::ParseError),
+    InvalidUrl(String),
     #[error("webhook URL must use http or https, not {0:?}")]
     Scheme(String),
     #[error("webhook URL must not contain a user name or password")]
@@ -143,7 +143,7 @@ pub enum TargetError {
 /// (fc00::/7), CGNAT 100.64/10, unspecified, multicast, broadcast, documentation, IPv4-mapped
 /// forms of those, etc.
 pub async fn check_target(url: &str, allow_private: bool) -> Result<(), TargetError> {
-    let url = Url::parse(url)?;
+    let url = Url::parse(url).map_err(|e| TargetError::InvalidUrl(e.to_string()))?;
     let host = checked_host(&url, allow_private)?;
     let HostKind::Name(name) = host else {
         return Ok(());
@@ -191,11 +191,14 @@ fn checked_host(url: &Url, allow_private: bool) -> Result<HostKind, TargetError>
     if !url.username().is_empty() || url.password().is_some() {
         return Err(TargetError::UserInfo);
     }
-    let ip = match url.host() {
+    let ip: IpAddr = match url.host_str() {
         None => return Err(TargetError::NoHost),
-        Some(url::Host::Domain(name)) => return Ok(HostKind::Name(name.to_owned())),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        // The URL parser has already normalised IP literals (`0x7f.1` is `127.0.0.1`, IPv6 is
+        // bracketed), so a host that parses as an address is one, and no domain does.
+        Some(host) => match host.trim_start_matches('[').trim_end_matches(']').parse() {
+            Ok(ip) => ip,
+            Err(_) => return Ok(HostKind::Name(host.to_owned())),
+        },
     };
     match forbidden_kind(ip, allow_private) {
         Some(kind) => Err(TargetError::ForbiddenAddress { addr: ip, kind }),
@@ -401,7 +404,7 @@ impl WebhookSender {
         // IP literals never reach the resolver, so they are checked here.
         let url = match Url::parse(url) {
             Ok(url) => url,
-            Err(e) => return refused(TargetError::from(e).to_string()),
+            Err(e) => return refused(TargetError::InvalidUrl(e.to_string()).to_string()),
         };
         if let Err(e) = checked_host(&url, self.allow_private) {
             return refused(e.to_string());

@@ -266,6 +266,35 @@ async fn a_server_that_never_answers_times_out_transiently() {
 }
 
 #[tokio::test]
+async fn a_server_that_hangs_mid_transaction_times_out_and_the_next_send_uses_a_fresh_connection() {
+    let server = SmtpServer::start_stalling_recipients(SmtpOptions::default(), "stuck");
+    let mut s = settings(Some(server.url()), None);
+    s.timeout = Duration::from_secs(1);
+    let mailer = Mailer::new(&s).unwrap();
+    mailer
+        .send(&email("taro@example.test", "before"))
+        .await
+        .unwrap();
+
+    let err = mailer
+        .send(&email("stuck@example.test", "hangs"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MailError::Timeout { .. }), "{err:?}");
+    assert!(!err.is_permanent());
+
+    // The connection cut off in the middle of RCPT must not be reused: this would then wait
+    // behind the stalled command and time out too. (The pause lets the cut-off send's
+    // connection get back to the pool first, as it would in production.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mailer
+        .send(&email("hanako@example.test", "after"))
+        .await
+        .unwrap();
+    server.wait_for("hanako@example.test", "after", WAIT).await;
+}
+
+#[tokio::test]
 async fn an_unreadable_ca_file_is_a_config_error() {
     let err = Mailer::new(&settings(
         Some("smtps://localhost".into()),

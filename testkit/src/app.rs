@@ -19,6 +19,8 @@ pub struct TestAppOptions {
     pub redis_db: u8,
     pub concurrency: usize,
     pub max_upload_bytes: Option<u64>,
+    /// Extra environment for every process (after the defaults, so it overrides them).
+    pub env: Vec<(String, String)>,
     /// Extra environment for the worker processes only (e.g. a missing key label).
     pub worker_env: Vec<(String, String)>,
     /// TSA URLs tried before the app's own `shomei-tsa` (e.g. one that is down).
@@ -32,6 +34,7 @@ impl Default for TestAppOptions {
             redis_db: 0,
             concurrency: 4,
             max_upload_bytes: None,
+            env: vec![],
             worker_env: vec![],
             tsa_urls_before: vec![],
         }
@@ -140,10 +143,22 @@ impl TestApp {
             ("SHOMEI_TSA_ATTEMPTS".into(), "2".into()),
             ("SHOMEI_TSA_TIMEOUT_SECS".into(), "5".into()),
             ("RUST_LOG".into(), "info".into()),
+            ("SHOMEI_PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")),
+            (
+                "SHOMEI_MAIL_DIR".into(),
+                dir.join("mail").display().to_string(),
+            ),
+            // Test receivers listen on loopback; retries come quickly.
+            ("SHOMEI_WEBHOOK_ALLOW_PRIVATE".into(), "true".into()),
+            ("SHOMEI_WEBHOOK_RETRY_SCHEDULE".into(), "1s,1s,1s,1s".into()),
+            ("SHOMEI_MAIL_RETRY_SCHEDULE".into(), "1s,1s,1s".into()),
+            ("SHOMEI_WEBHOOK_TIMEOUT_SECS".into(), "5".into()),
+            ("SHOMEI_SMTP_TIMEOUT_SECS".into(), "10".into()),
         ];
         if let Some(limit) = options.max_upload_bytes {
             env.push(("SHOMEI_MAX_UPLOAD_BYTES".into(), limit.to_string()));
         }
+        env.extend(options.env.iter().cloned());
 
         let mut app = TestApp {
             base_url: format!("http://127.0.0.1:{port}"),
@@ -255,6 +270,22 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// `POST path` with a JSON body, as the test tenant (`Some(key)`) or as nobody (`None`,
+    /// the signer's side).
+    pub async fn post_json(&self, key: Option<&str>, path: &str, body: &Value) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Runs a statement against the app's database (e.g. to age a code past its expiry).
+    pub fn sql_execute(&self, statement: &str) -> usize {
+        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        diesel::sql_query(statement).execute(&mut conn).unwrap()
     }
 
     pub async fn upload(&self, key: &str, pdf: Vec<u8>, title: Option<&str>) -> reqwest::Response {

@@ -78,6 +78,16 @@ pub struct ReceivedMail {
 impl SmtpServer {
     /// Starts a server and returns once its port accepts connections.
     pub fn start(options: SmtpOptions) -> SmtpServer {
+        Self::start_inner(options, None)
+    }
+
+    /// [`SmtpServer::start`], but recipients whose address contains `containing` get no answer
+    /// to `RCPT TO` for two minutes: a server that hangs mid-transaction, for time-out tests.
+    pub fn start_stalling_recipients(options: SmtpOptions, containing: &str) -> SmtpServer {
+        Self::start_inner(options, Some(containing))
+    }
+
+    fn start_inner(options: SmtpOptions, stall_recipients_containing: Option<&str>) -> SmtpServer {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = workspace_root().join("target/tmp/smtp").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
@@ -108,6 +118,9 @@ impl SmtpServer {
         }
         if let Some(pattern) = &options.reject_recipients_containing {
             command.args(["--reject-rcpt", pattern]);
+        }
+        if let Some(pattern) = stall_recipients_containing {
+            command.args(["--stall-rcpt", pattern]);
         }
         let mut child = command
             .spawn()

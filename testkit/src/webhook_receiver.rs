@@ -112,6 +112,13 @@ impl WebhookReceiver {
         self.lock().script = responses.into();
     }
 
+    /// Verifies with another secret from now on: the one Shomei issued when the receiver's
+    /// URL was registered (the URL is known only once the receiver listens).
+    pub fn set_secret(&self, secret: &str) {
+        self.lock().verifier =
+            standardwebhooks::Webhook::new(secret).expect("receiver: invalid whsec_ secret");
+    }
+
     /// Waits this long before answering each following request (to provoke client timeouts).
     pub fn set_delay(&self, delay: Duration) {
         self.lock().delay = delay;

@@ -207,6 +207,7 @@ async fn create(
     let owner = body.owner;
     let message = body.message;
 
+    let new_locale = request_locale.clone();
     let result = interact(&state.db, move |conn| {
         let tenant = Tenant::get(conn, tenant_id)?;
         let mut signers = Vec::new();
@@ -231,7 +232,10 @@ async fn create(
             let code = s.access_code.or(made.clone());
             made_codes.push(made);
             signers.push(NewSigner {
-                locale: match locale(s.locale, &format!("signers[{i}].locale")) {
+                locale: match locale(
+                    s.locale.or(Some(new_locale.clone())),
+                    &format!("signers[{i}].locale"),
+                ) {
                     Ok(l) => l,
                     Err(e) => return Ok(Err(e)),
                 },

@@ -2,10 +2,12 @@
 //! PostgreSQL, Redis and SoftHSM2. One test binary, one module per concern.
 
 mod bad_input;
+mod requests;
 mod reliability;
 mod signing_flow;
 mod timestamps;
 mod verification;
+mod webhooks;
 
 use std::time::Duration;
 
