@@ -34,6 +34,10 @@ enum TenantCommand {
         /// PAdES level of signatures whose request names none: B-T (time-stamped) or B-B.
         #[arg(long, default_value = "B-T")]
         signature_level: SignatureLevel,
+        /// Every signer of this tenant's signature requests also needs an access code, shared
+        /// by the sender by other means (one is made when the request gives none).
+        #[arg(long)]
+        access_codes: bool,
     },
 }
 
@@ -50,10 +54,12 @@ fn main() -> anyhow::Result<()> {
                 TenantCommand::Create {
                     name,
                     signature_level,
+                    access_codes,
                 },
         } => {
             let db = migrate(&config)?;
-            let created = shomei_api::tenants::create(&db, &name, signature_level)?;
+            let created =
+                shomei_api::tenants::create(&db, &name, signature_level, access_codes)?;
             // The one place a key is printed: to the operator who asked for it.
             #[allow(clippy::print_stdout)]
             {

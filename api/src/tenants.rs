@@ -15,12 +15,13 @@ pub fn create(
     db: &DbPool,
     name: &str,
     signature_level: SignatureLevel,
+    access_codes: bool,
 ) -> Result<CreatedTenant, DbError> {
     use diesel::Connection;
     let mut conn = db.get()?;
     let key = generate_key();
     let tenant = conn.transaction(|conn| {
-        let tenant = Tenant::create(conn, name, signature_level.as_str())?;
+        let tenant = Tenant::create(conn, name, signature_level.as_str(), access_codes)?;
         ApiKey::create(conn, tenant.id, &key.prefix, &key.sha256)?;
         Ok::<_, diesel::result::Error>(tenant)
     })?;

@@ -219,8 +219,14 @@ impl TestApp {
 
     /// Creates a tenant with `shomei-api tenant create` and returns its API key.
     pub async fn create_tenant(&self, name: &str) -> String {
+        self.create_tenant_with(name, &[]).await
+    }
+
+    /// Creates a tenant with extra `tenant create` options (e.g. `--access-codes`).
+    pub async fn create_tenant_with(&self, name: &str, options: &[&str]) -> String {
         let output = Command::new(bin("shomei-api"))
             .args(["tenant", "create", name])
+            .args(options)
             .envs(self.env.iter().cloned())
             .output()
             .unwrap();
@@ -407,6 +413,20 @@ impl TestApp {
     /// A Redis key of this app's queues, e.g. `queue_key("sign:data")`.
     pub fn queue_key(&self, suffix: &str) -> String {
         format!("{}_{suffix}", self.namespace)
+    }
+
+    /// The e-mails written to the app's mail directory (no SMTP server configured), oldest
+    /// first, parsed with the same MIME parser as the SMTP fixture's.
+    pub fn mail_files(&self) -> Vec<crate::smtp::ReceivedMail> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.join("mail"))
+            .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        files
+            .iter()
+            .map(|p| crate::smtp::ReceivedMail::parse(&std::fs::read(p).unwrap()))
+            .collect()
     }
 
     pub fn log_dir(&self) -> &Path {

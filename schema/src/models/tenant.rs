@@ -21,12 +21,14 @@ impl Tenant {
         conn: &mut PgConnection,
         name: &str,
         signature_level: &str,
+        access_codes: bool,
     ) -> QueryResult<Tenant> {
         diesel::insert_into(tenants::table)
             .values((
                 tenants::id.eq(Uuid::now_v7()),
                 tenants::name.eq(name),
                 tenants::signature_level.eq(signature_level),
+                tenants::access_codes.eq(access_codes),
             ))
             .returning(Tenant::as_returning())
             .get_result(conn)

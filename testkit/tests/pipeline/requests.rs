@@ -420,3 +420,69 @@ async fn bad_request_bodies_get_problems() {
     let (status, problem) = json_of(app.get("", &format!("/v1/signing/{}", "ab".repeat(32))).await).await;
     assert_eq!(status, 404, "{problem}");
 }
+
+#[tokio::test]
+async fn a_tenant_that_wants_access_codes_gets_one_per_signer_and_mail_goes_to_files() {
+    // No SMTP server: the default transport writes each e-mail to the mail directory.
+    let app = TestApp::spawn().await;
+    let key = app
+        .create_tenant_with("Careful tenant", &["--access-codes"])
+        .await;
+    let response = app.upload(&key, sample("contract.pdf"), Some("NDA")).await;
+    let doc: Value = response.json().await.unwrap();
+    let (status, request) = json_of(
+        app.post_json(
+            Some(&key),
+            &format!("/v1/documents/{}/requests", doc["id"].as_str().unwrap()),
+            &json!({"owner": {"name": "O", "email": "owner@example.com"}, "locale": "en",
+                    "signers": [{"name": "Aki", "email": "aki@example.com", "method": "witness"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{request}");
+    let access_code = request["signers"][0]["access_code"]
+        .as_str()
+        .expect("a made access code, shown once")
+        .to_owned();
+    assert_eq!(access_code.len(), 8);
+    let (_, shown) = json_of(
+        app.get(&key, &format!("/v1/requests/{}", request["id"].as_str().unwrap()))
+            .await,
+    )
+    .await;
+    assert!(shown["signers"][0].get("access_code").is_none(), "{shown}");
+
+    let invitation = wait_for_file_mail(&app, "aki@example.com", "Please sign").await;
+    assert!(invitation.text.contains("access code"), "{}", invitation.text);
+    let token = link_token(&invitation);
+    let response = app
+        .post_json(None, &format!("/v1/signing/{token}/code"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let code = one_time_code(&wait_for_file_mail(&app, "aki@example.com", "verification code").await);
+    let (status, problem) = sign_as(&app, &token, json!({"code": code})).await;
+    assert_eq!(status, 400, "{problem}");
+    let (status, problem) =
+        sign_as(&app, &token, json!({"code": code, "access_code": "00000000"})).await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("wrong access code"));
+    let (status, queued) =
+        sign_as(&app, &token, json!({"code": code, "access_code": access_code})).await;
+    assert_eq!(status, 202, "{queued}");
+}
+
+async fn wait_for_file_mail(app: &TestApp, to: &str, subject: &str) -> ReceivedMail {
+    let deadline = std::time::Instant::now() + MAIL_TIMEOUT;
+    loop {
+        if let Some(mail) = app
+            .mail_files()
+            .into_iter()
+            .find(|m| m.to_header.contains(to) && m.subject.contains(subject))
+        {
+            return mail;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {subject:?} file for {to}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
