@@ -91,6 +91,23 @@ async fn send_request(app: &TestApp, title: &str, signers: Value) -> (String, St
     (doc_id, body["id"].as_str().unwrap().to_owned())
 }
 
+/// Enrolls Hanako as a certified signer with the dev token's own key for her, PIN 246810.
+async fn enroll_hanako(app: &TestApp) -> Value {
+    let (status, identity) = json_of(
+        app.post_json(
+            Some(&app.api_key),
+            "/v1/signer-identities",
+            &json!({"name": "Hanako Yamada", "email": "hanako@example.jp",
+                    "key_label": "shomei-dev-signer-1", "pin": "246810"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{identity}");
+    assert!(identity.get("pin").is_none() && identity.get("pin_hash").is_none());
+    identity
+}
+
 async fn request_code(app: &TestApp, smtp: &SmtpServer, token: &str, to: &str) -> String {
     let before = smtp.messages().len();
     let response = app
@@ -124,18 +141,7 @@ async fn sign_as(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
 async fn a_witness_and_a_certified_signer_sign_in_order_and_the_contract_concludes() {
     let smtp = mail_server();
     let app = app_with_mail(&smtp).await;
-    let (status, identity) = json_of(
-        app.post_json(
-            Some(&app.api_key),
-            "/v1/signer-identities",
-            &json!({"name": "Hanako Yamada", "email": "hanako@example.jp",
-                    "key_label": "shomei-dev-signer-1", "pin": "246810"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 201, "{identity}");
-    assert!(identity.get("pin").is_none() && identity.get("pin_hash").is_none());
+    enroll_hanako(&app).await;
 
     let (doc_id, request_id) = send_request(
         &app,
@@ -485,4 +491,57 @@ async fn wait_for_file_mail(app: &TestApp, to: &str, subject: &str) -> ReceivedM
         assert!(std::time::Instant::now() < deadline, "no {subject:?} file for {to}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn repeated_wrong_pins_lock_a_certified_signer_until_unlocked() {
+    let app = TestApp::spawn().await;
+    let identity = enroll_hanako(&app).await;
+    send_request(
+        &app,
+        "Locked out",
+        json!([{"name": "Hanako Yamada", "email": "hanako@example.jp", "method": "certified"}]),
+    )
+    .await;
+    let token = link_token(&wait_for_file_mail(&app, "hanako@example.jp", "Please sign").await);
+    let response = app
+        .post_json(None, &format!("/v1/signing/{token}/code"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 409, "no e-mailed code for a certified signature");
+
+    for left in (1..=4).rev() {
+        let (status, problem) = sign_as(&app, &token, json!({"pin": "000000"})).await;
+        assert_eq!(status, 403, "{problem}");
+        assert!(problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{left} attempts left")));
+    }
+    let (status, problem) = sign_as(&app, &token, json!({"pin": "000000"})).await;
+    assert_eq!(status, 423, "{problem}");
+    let (status, _) = sign_as(&app, &token, json!({"pin": "246810"})).await;
+    assert_eq!(status, 423, "locked even for the right PIN");
+    // The PIN is kept as Argon2id only.
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM signer_identities \
+             WHERE pin_hash LIKE '$argon2id$%' AND position('246810' in pin_hash) = 0"
+        ),
+        1
+    );
+
+    let response = app
+        .post_json(
+            Some(&app.api_key),
+            &format!("/v1/signer-identities/{}/unlock", identity["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let (status, queued) = sign_as(&app, &token, json!({"pin": "246810"})).await;
+    assert_eq!(status, 202, "{queued}");
+    let job = app
+        .wait_for_job(queued["job_id"].as_str().unwrap(), JOB_TIMEOUT)
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
 }
