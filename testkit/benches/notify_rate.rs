@@ -12,6 +12,8 @@
 //! ```
 //! Arguments: backlog size (default 1000), worker concurrency (default 16).
 
+#![allow(clippy::print_stdout)] // reporting the figures is the point of a benchmark
+
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
