@@ -19,6 +19,62 @@ const KEY_PREFIX: &str = "shk_";
 pub struct Caller {
     pub tenant_id: Uuid,
     pub key_id: Uuid,
+    pub role: Role,
+}
+
+/// What a key may do. `owner` and `admin` everything; `member` works with documents and
+/// requests; `viewer` only reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    fn parse(s: &str) -> Role {
+        match s {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            "member" => Role::Member,
+            // An unknown role (written by a newer release) gets the least.
+            _ => Role::Viewer,
+        }
+    }
+
+    /// Bulk exports, operation logs, statements and the accounts list.
+    pub fn may_export(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+impl Caller {
+    /// `Ok` when the caller's role may export; a 403 problem naming the role otherwise.
+    pub fn require_export(&self) -> Result<(), ApiError> {
+        if self.role.may_export() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "a {} key may not export; an owner or admin key may",
+                self.role.as_str()
+            )))
+        }
+    }
+
+    /// How the audit trail names this caller.
+    pub fn actor(&self) -> String {
+        format!("api_key:{}", self.key_id)
+    }
 }
 
 /// A fresh API key: the secret to hand to the user once, and what is stored.
@@ -60,6 +116,7 @@ pub fn caller(db: DbPool) -> impl Filter<Extract = (Caller,), Error = warp::Reje
                 .map(|k| Caller {
                     tenant_id: k.tenant_id,
                     key_id: k.id,
+                    role: Role::parse(&k.role),
                 })
                 .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized))
         }

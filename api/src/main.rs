@@ -24,6 +24,25 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Manage a tenant's API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a further API key for a tenant and print it (shown only this once).
+    Create {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        #[arg(long, value_enum, default_value = "member")]
+        role: shomei_api::auth::Role,
+        /// A name to tell keys apart in the accounts list.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,6 +84,19 @@ fn main() -> anyhow::Result<()> {
             {
                 println!("tenant_id={}", created.tenant.id);
                 println!("api_key={}", created.api_key);
+            }
+            Ok(())
+        }
+        Command::Key {
+            command: KeyCommand::Create { tenant, role, name },
+        } => {
+            let db = migrate(&config)?;
+            let (key, secret) =
+                shomei_api::tenants::create_key(&db, tenant, role, name.as_deref())?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("key_id={}", key.id);
+                println!("api_key={secret}");
             }
             Ok(())
         }

@@ -1,9 +1,12 @@
-//! Administration of tenants from the command line (`shomei-api tenant create NAME`).
+//! Administration of tenants and their API keys from the command line
+//! (`shomei-api tenant create NAME`, `shomei-api key create --tenant ID --role ROLE`).
 
 use shomei_jobs::sign::SignatureLevel;
 use shomei_schema::{ApiKey, DbError, DbPool, Tenant};
 
-use crate::auth::generate_key;
+use uuid::Uuid;
+
+use crate::auth::{generate_key, Role};
 
 pub struct CreatedTenant {
     pub tenant: Tenant,
@@ -22,11 +25,39 @@ pub fn create(
     let key = generate_key();
     let tenant = conn.transaction(|conn| {
         let tenant = Tenant::create(conn, name, signature_level.as_str(), access_codes)?;
-        ApiKey::create(conn, tenant.id, &key.prefix, &key.sha256)?;
+        ApiKey::create(
+            conn,
+            tenant.id,
+            &key.prefix,
+            &key.sha256,
+            Role::Owner.as_str(),
+            Some("owner"),
+        )?;
         Ok::<_, diesel::result::Error>(tenant)
     })?;
     Ok(CreatedTenant {
         tenant,
         api_key: key.secret,
     })
+}
+
+/// A further API key for an existing tenant; the secret is returned once.
+pub fn create_key(
+    db: &DbPool,
+    tenant_id: Uuid,
+    role: Role,
+    name: Option<&str>,
+) -> Result<(ApiKey, String), DbError> {
+    let mut conn = db.get()?;
+    Tenant::get(&mut conn, tenant_id)?;
+    let key = generate_key();
+    let created = ApiKey::create(
+        &mut conn,
+        tenant_id,
+        &key.prefix,
+        &key.sha256,
+        role.as_str(),
+        name,
+    )?;
+    Ok((created, key.secret))
 }

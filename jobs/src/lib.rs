@@ -8,6 +8,7 @@ pub mod notify_webhook;
 pub mod queue;
 pub mod reconciler;
 mod registry;
+pub mod reports;
 pub mod requests;
 mod revisions;
 pub mod runner;

@@ -8,6 +8,25 @@ diesel::table! {
         key_sha256 -> Bytea,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
+        role -> Text,
+        name -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    exports (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        job_id -> Uuid,
+        filter -> Jsonb,
+        status -> Text,
+        total -> Int4,
+        done -> Int4,
+        parts -> Jsonb,
+        expires_at -> Nullable<Timestamptz>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -183,6 +202,8 @@ diesel::joinable!(jobs -> tenants (tenant_id));
 diesel::joinable!(verification_reports -> documents (document_id));
 diesel::joinable!(verification_reports -> jobs (job_id));
 diesel::joinable!(signer_identities -> tenants (tenant_id));
+diesel::joinable!(exports -> tenants (tenant_id));
+diesel::joinable!(exports -> jobs (job_id));
 diesel::joinable!(signature_requests -> documents (document_id));
 diesel::joinable!(request_signers -> signature_requests (request_id));
 diesel::joinable!(request_signers -> signer_identities (identity_id));
@@ -196,6 +217,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     document_revisions,
     documents,
     events,
+    exports,
     jobs,
     request_signers,
     signature_requests,

@@ -44,8 +44,10 @@ impl Default for TestAppOptions {
 pub struct TestApp {
     pub base_url: String,
     pub client: reqwest::Client,
-    /// The API key of a tenant created at start.
+    /// The API key (role `owner`) of a tenant created at start.
     pub api_key: String,
+    /// That tenant's id.
+    pub tenant_id: String,
     options: TestAppOptions,
     env: Vec<(String, String)>,
     db_name: String,
@@ -164,6 +166,7 @@ impl TestApp {
             base_url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             api_key: String::new(),
+            tenant_id: String::new(),
             api: spawn_logged(
                 &bin("shomei-api"),
                 &["serve"],
@@ -187,7 +190,7 @@ impl TestApp {
             workers: vec![],
         };
         app.wait_until_ready().await;
-        app.api_key = app.create_tenant("Test tenant").await;
+        (app.api_key, app.tenant_id) = app.create_tenant_with_id("Test tenant", &[]).await;
         for _ in 0..app.options.workers {
             app.start_worker();
         }
@@ -224,23 +227,42 @@ impl TestApp {
 
     /// Creates a tenant with extra `tenant create` options (e.g. `--access-codes`).
     pub async fn create_tenant_with(&self, name: &str, options: &[&str]) -> String {
+        self.create_tenant_with_id(name, options).await.0
+    }
+
+    /// Creates a tenant; returns its owner key and its id.
+    pub async fn create_tenant_with_id(&self, name: &str, options: &[&str]) -> (String, String) {
+        let mut args = vec!["tenant", "create", name];
+        args.extend(options);
+        let out = self.cli(&args);
+        (out["api_key"].clone(), out["tenant_id"].clone())
+    }
+
+    /// Another API key of the test tenant with `role` (`owner`, `admin`, `member`, `viewer`).
+    pub async fn create_key(&self, role: &str) -> String {
+        let tenant = self.tenant_id.clone();
+        let out = self.cli(&["key", "create", "--tenant", &tenant, "--role", role]);
+        out["api_key"].clone()
+    }
+
+    /// Runs `shomei-api ARGS` with the app's environment; returns its `name=value` lines.
+    fn cli(&self, args: &[&str]) -> std::collections::HashMap<String, String> {
         let output = Command::new(bin("shomei-api"))
-            .args(["tenant", "create", name])
-            .args(options)
+            .args(args)
             .envs(self.env.iter().cloned())
             .output()
             .unwrap();
         assert!(
             output.status.success(),
-            "tenant create: {}",
+            "shomei-api {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout)
             .unwrap()
             .lines()
-            .find_map(|l| l.strip_prefix("api_key="))
-            .expect("api_key in output")
-            .to_owned()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 
     /// Starts one more worker process; returns its index.

@@ -173,7 +173,7 @@ async fn upload(
                     kind: kind::DOCUMENT_UPLOADED,
                     document_id: Some(doc.id),
                     request_id: None,
-                    actor: format!("api_key:{}", caller.key_id),
+                    actor: caller.actor(),
                     ip: super::client_ip(remote),
                     data: json!({"title": doc.title, "pages": doc.pages, "sha256": hex::encode(&first.sha256)}),
                 },

@@ -4,7 +4,9 @@
 
 mod documents;
 mod health;
+mod exports;
 mod jobs;
+mod reports;
 mod requests;
 mod signer_identities;
 mod signing;
@@ -37,7 +39,11 @@ pub fn all(
         .unify()
         .or(signer_identities::routes(state.clone()))
         .unify()
-        .or(webhooks::routes(state))
+        .or(webhooks::routes(state.clone()))
+        .unify()
+        .or(reports::routes(state.clone()))
+        .unify()
+        .or(exports::routes(state))
         .unify()
         .recover(problem::recover)
         .unify()

@@ -256,7 +256,7 @@ async fn create(
             signers,
         };
         let created = conn.transaction(|conn| {
-            requests::create(conn, new, format!("api_key:{}", caller.key_id), ip)
+            requests::create(conn, new, caller.actor(), ip)
         });
         match created {
             Ok((request, signers, pending)) => Ok(Ok((request, signers, pending, made_codes))),
@@ -333,7 +333,7 @@ async fn cancel(
                 )));
             }
             let pending =
-                requests::cancel(conn, &mut request, format!("api_key:{}", caller.key_id), ip)?;
+                requests::cancel(conn, &mut request, caller.actor(), ip)?;
             let signers = request.signers(conn)?;
             Ok::<_, diesel::result::Error>(Ok((request, signers, pending)))
         })?)

@@ -2,12 +2,16 @@
 
 mod document;
 mod event;
+mod export;
 mod job;
+mod listing;
 mod request;
 mod tenant;
 
 pub use document::{Document, NewDocument, NewVerificationReport, Revision};
 pub use event::{Event, WebhookAttempt, WebhookEndpoint};
+pub use export::Export;
 pub use job::{Job, JobKind, JobStatus, NewJob};
+pub use listing::{DocumentFilter, DocumentRow, STATUSES as DOCUMENT_STATUSES};
 pub use request::{RequestSigner, SignatureRequest, SignerIdentity};
 pub use tenant::{ApiKey, Tenant};

@@ -51,6 +51,9 @@ pub struct ApiKey {
     pub prefix: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// `owner`, `admin`, `member` or `viewer`.
+    pub role: String,
+    pub name: Option<String>,
 }
 
 impl ApiKey {
@@ -59,6 +62,8 @@ impl ApiKey {
         tenant_id: Uuid,
         prefix: &str,
         key_sha256: &[u8],
+        role: &str,
+        name: Option<&str>,
     ) -> QueryResult<ApiKey> {
         diesel::insert_into(api_keys::table)
             .values((
@@ -66,9 +71,20 @@ impl ApiKey {
                 api_keys::tenant_id.eq(tenant_id),
                 api_keys::prefix.eq(prefix),
                 api_keys::key_sha256.eq(key_sha256),
+                api_keys::role.eq(role),
+                api_keys::name.eq(name),
             ))
             .returning(ApiKey::as_returning())
             .get_result(conn)
+    }
+
+    /// Every key of the tenant, revoked ones too, oldest first.
+    pub fn list(conn: &mut PgConnection, tenant_id: Uuid) -> QueryResult<Vec<ApiKey>> {
+        api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant_id))
+            .order(api_keys::created_at.asc())
+            .select(ApiKey::as_select())
+            .load(conn)
     }
 
     /// The live (not revoked) key with this hash.

@@ -1,0 +1,1 @@
+//! CSV reports end to end (see api/src/routes/reports.rs).
