@@ -30,6 +30,7 @@ export SOFTHSM2_CONF=$DIR/softhsm2.conf
 export SHOMEI_HSM_MODULE=$MODULE
 export SHOMEI_HSM_TOKEN_LABEL=$TOKEN_LABEL
 export SHOMEI_HSM_PIN_FILE=$DIR/user-pin
+export SHOMEI_LINK_KEY_FILE=$DIR/link-key
 ENV
 }
 
@@ -42,7 +43,7 @@ trust_store() {
 }
 
 # Bump when the script makes something new, so older dev directories are made again.
-FORMAT=3
+FORMAT=4
 if [[ "$(cat "$DIR/.done" 2>/dev/null)" == "$FORMAT" ]]; then
     trust_store
     print_env
@@ -51,7 +52,7 @@ fi
 
 # A previous run may have died half-way; start from a clean slate rather than
 # guessing which steps already happened.
-rm -rf "$DIR/tokens" "$DIR/ca" "$DIR/tls" "$DIR/work" "$DIR/user-pin" "$DIR/so-pin" "$DIR/nssdb"
+rm -rf "$DIR/tokens" "$DIR/ca" "$DIR/tls" "$DIR/work" "$DIR/user-pin" "$DIR/so-pin" "$DIR/link-key" "$DIR/nssdb"
 mkdir -p "$DIR/tokens" "$DIR/ca" "$DIR/work"
 chmod 700 "$DIR/work" "$DIR/ca"
 WORK="$DIR/work"
@@ -67,7 +68,9 @@ CONF
 umask 077
 openssl rand -hex 16 >"$DIR/user-pin"
 openssl rand -hex 16 >"$DIR/so-pin"
-chmod 600 "$DIR/user-pin" "$DIR/so-pin"
+# The key that signs download links (every API process of a deployment shares it).
+openssl rand -hex 32 >"$DIR/link-key"
+chmod 600 "$DIR/user-pin" "$DIR/so-pin" "$DIR/link-key"
 USER_PIN="$(cat "$DIR/user-pin")"
 SO_PIN="$(cat "$DIR/so-pin")"
 

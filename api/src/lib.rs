@@ -30,6 +30,10 @@ pub struct AppState {
     pub trust_anchors: Vec<Certificate>,
     /// Webhook endpoints may be on loopback or private addresses.
     pub allow_private_webhooks: bool,
+    /// Signs export download links.
+    pub link_key: secrecy::SecretSlice<u8>,
+    /// Where clients reach the API (download links start with it).
+    pub public_url: String,
 }
 
 impl AppState {
@@ -63,7 +67,27 @@ impl AppState {
             max_upload_bytes: config.max_upload_bytes,
             trust_anchors,
             allow_private_webhooks: config.webhooks.allow_private,
+            link_key: link_key(config),
+            public_url: config.public_url.clone(),
         })
+    }
+}
+
+/// The configured link key, or a random one for this process (with a warning: links made here
+/// will not work on another API process or after a restart).
+fn link_key(config: &Config) -> secrecy::SecretSlice<u8> {
+    use secrecy::ExposeSecret;
+    match &config.exports.link_key {
+        Some(key) => key.expose_secret().as_bytes().to_vec().into(),
+        None => {
+            tracing::warn!(
+                "SHOMEI_LINK_KEY is not set: download links are signed with a key of this \
+                 process only"
+            );
+            let mut key = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            key.into()
+        }
     }
 }
 

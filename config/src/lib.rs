@@ -31,6 +31,19 @@ pub struct Config {
     pub requests: RequestConfig,
     pub mail: MailConfig,
     pub webhooks: WebhookConfig,
+    pub exports: ExportConfig,
+}
+
+/// Bulk downloads.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// An archive larger than this is split into parts (each a complete ZIP).
+    pub part_bytes: u64,
+    /// How long download links stay good.
+    pub link_ttl: Duration,
+    /// Signs download links (HMAC-SHA256); every API process must share it. `None`: each
+    /// process makes a random one at start, and links work only on the process that made them.
+    pub link_key: Option<SecretString>,
 }
 
 /// Signature requests: how long a signer's link and one-time code stay good.
@@ -188,6 +201,13 @@ impl Config {
                 from: vars.string("SHOMEI_MAIL_FROM", "Shomei <no-reply@shomei.localhost>"),
                 timeout: Duration::from_secs(vars.parsed("SHOMEI_SMTP_TIMEOUT_SECS", 30)?),
                 retry_schedule: vars.string("SHOMEI_MAIL_RETRY_SCHEDULE", "10s,1m,5m,30m,2h,6h"),
+            },
+            exports: ExportConfig {
+                part_bytes: vars.parsed("SHOMEI_EXPORT_PART_BYTES", 2 * 1024 * 1024 * 1024)?,
+                link_ttl: Duration::from_secs(
+                    24 * 3600 * vars.parsed::<u64>("SHOMEI_EXPORT_LINK_DAYS", 7)?,
+                ),
+                link_key: vars.optional_secret("SHOMEI_LINK_KEY", "SHOMEI_LINK_KEY_FILE")?,
             },
             webhooks: WebhookConfig {
                 allow_private: vars.parsed("SHOMEI_WEBHOOK_ALLOW_PRIVATE", false)?,

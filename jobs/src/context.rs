@@ -38,6 +38,8 @@ pub struct JobContext {
     pub public_url: String,
     pub link_ttl: Duration,
     pub code_ttl: Duration,
+    pub export_part_bytes: u64,
+    pub export_link_ttl: Duration,
 }
 
 impl JobContext {
@@ -86,6 +88,8 @@ impl JobContext {
             public_url: config.public_url.clone(),
             link_ttl: config.requests.link_ttl,
             code_ttl: config.requests.code_ttl,
+            export_part_bytes: config.exports.part_bytes,
+            export_link_ttl: config.exports.link_ttl,
             db,
             storage,
             queue,

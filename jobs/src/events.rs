@@ -28,6 +28,7 @@ pub mod kind {
     pub const SIGNER_CODE_SENT: &str = "signer.code_sent";
     pub const SIGNER_AUTHENTICATED: &str = "signer.authenticated";
     pub const JOB_FAILED: &str = "job.failed";
+    pub const EXPORT_READY: &str = "export.ready";
 }
 
 /// What happened; [`emit`] adds the id and time.

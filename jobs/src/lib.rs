@@ -3,6 +3,7 @@
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod notify_email;
 pub mod notify_webhook;
 pub mod queue;

@@ -10,7 +10,7 @@ use shomei_schema::{Job, JobKind};
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::{self, kind, NewEvent, Pending};
-use crate::{notify_email, notify_webhook, requests, sign, timestamp, verify};
+use crate::{export, notify_email, notify_webhook, requests, sign, timestamp, verify};
 
 /// Runs the handler of `kind`; its `Ok` value is stored as the job's `result`.
 pub(crate) async fn dispatch(
@@ -24,6 +24,7 @@ pub(crate) async fn dispatch(
         JobKind::Verify => verify::run(ctx, job).await,
         JobKind::NotifyEmail => notify_email::run(ctx, job).await,
         JobKind::NotifyWebhook => notify_webhook::run(ctx, job).await,
+        JobKind::BulkDownload => export::run(ctx, job).await,
     }
 }
 
@@ -43,6 +44,9 @@ pub(crate) fn on_failed(
     }
     if let Some(step) = sign::step_of(job) {
         requests::sign_failed(conn, &step)?;
+    }
+    if job.kind() == Some(JobKind::BulkDownload) {
+        shomei_schema::Export::fail(conn, job.id)?;
     }
     events::emit(
         conn,

@@ -32,6 +32,9 @@ pub struct StoredObject {
     pub size: u64,
 }
 
+/// Bytes an object writer buffers before it sends a part.
+const WRITE_BUFFER: usize = 5 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
@@ -70,6 +73,38 @@ impl Storage {
             )
             .await?;
         Ok(StoredObject { key, sha256, size })
+    }
+
+    /// A writer that streams a new object to `key` as it is written (multipart, a few MiB
+    /// buffered at a time): for archives too large to hold in memory. The object appears only
+    /// once the writer is shut down (`AsyncWriteExt::shutdown`).
+    pub fn writer(&self, key: &str) -> object_store::buffered::BufWriter {
+        object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            ObjectPath::from(key),
+            WRITE_BUFFER,
+        )
+        .with_max_concurrency(2)
+    }
+
+    /// An object's bytes as a stream of chunks (for downloads of any size).
+    pub async fn stream(
+        &self,
+        key: &str,
+    ) -> Result<
+        (
+            u64,
+            impl futures::Stream<Item = Result<Bytes, object_store::Error>> + Send + 'static,
+        ),
+        StorageError,
+    > {
+        let found = self.store.get(&ObjectPath::from(key)).await?;
+        Ok((found.meta.size, found.into_stream()))
+    }
+
+    /// Where an export's archive part is stored.
+    pub fn export_key(tenant_id: Uuid, export_id: Uuid, part: u32) -> String {
+        format!("tenants/{tenant_id}/exports/{export_id}/part-{part}.zip")
     }
 
     /// Reads an object back and checks it against the digest recorded when it was written.

@@ -124,6 +124,10 @@ impl TestApp {
                 "SHOMEI_HSM_PIN_FILE".into(),
                 hsm.join("user-pin").display().to_string(),
             ),
+            (
+                "SHOMEI_LINK_KEY_FILE".into(),
+                hsm.join("link-key").display().to_string(),
+            ),
             ("SHOMEI_HSM_POOL_SIZE".into(), "2".into()),
             (
                 "SHOMEI_WORKER_CONCURRENCY".into(),

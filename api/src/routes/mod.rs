@@ -78,3 +78,39 @@ fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Respons
 fn client_ip(remote: Option<std::net::SocketAddr>) -> Option<String> {
     remote.map(|addr| addr.ip().to_string())
 }
+
+/// A response body from any stream of chunks. warp needs a `Sync` body stream, which most
+/// streams (object-store downloads, database pages) are not; a task forwards `source` through a
+/// small channel instead, so at most a few chunks are in memory and a slow client slows the
+/// source down.
+fn body_stream<S, E>(
+    source: S,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, E>> + Send + Sync + 'static
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    use futures::StreamExt;
+
+    struct Chunks<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures::Stream for Chunks<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut source = std::pin::pin!(source);
+        while let Some(chunk) = source.next().await {
+            if tx.send(chunk).await.is_err() {
+                break; // the client went away
+            }
+        }
+    });
+    Chunks(rx)
+}

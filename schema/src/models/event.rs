@@ -35,6 +35,54 @@ impl Event {
             .select(Event::as_select())
             .first(conn)
     }
+
+    /// Up to `limit` of the tenant's events in `[from, to)`, in time order, after `after`
+    /// (keyset on time and id, so a log of any length is read one page at a time).
+    pub fn page(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> QueryResult<Vec<Event>> {
+        let mut query = events::table
+            .filter(events::tenant_id.eq(tenant_id))
+            .filter(events::created_at.ge(from))
+            .filter(events::created_at.lt(to))
+            .into_boxed();
+        if let Some((time, id)) = after {
+            query = query.filter(
+                events::created_at
+                    .gt(time)
+                    .or(events::created_at.eq(time).and(events::id.gt(id))),
+            );
+        }
+        query
+            .order((events::created_at.asc(), events::id.asc()))
+            .limit(limit)
+            .select(Event::as_select())
+            .load(conn)
+    }
+
+    /// How many events of each of `kinds` the tenant had in `[from, to)`; kinds without any
+    /// are left out.
+    pub fn count_by_kind(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        kinds: &[&str],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> QueryResult<Vec<(String, i64)>> {
+        events::table
+            .filter(events::tenant_id.eq(tenant_id))
+            .filter(events::created_at.ge(from))
+            .filter(events::created_at.lt(to))
+            .filter(events::kind.eq_any(kinds))
+            .group_by(events::kind)
+            .select((events::kind, diesel::dsl::count_star()))
+            .load(conn)
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

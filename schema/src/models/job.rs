@@ -17,15 +17,18 @@ pub enum JobKind {
     NotifyEmail,
     /// One event to one webhook endpoint.
     NotifyWebhook,
+    /// One export: the tenant's signed PDFs as ZIP archive parts.
+    BulkDownload,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Sign,
         JobKind::Timestamp,
         JobKind::Verify,
         JobKind::NotifyEmail,
         JobKind::NotifyWebhook,
+        JobKind::BulkDownload,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl JobKind {
             JobKind::Verify => "verify",
             JobKind::NotifyEmail => "notify_email",
             JobKind::NotifyWebhook => "notify_webhook",
+            JobKind::BulkDownload => "bulk_download",
         }
     }
 
