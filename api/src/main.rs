@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn migrate(config: &Config) -> anyhow::Result<shomei_schema::DbPool> {
-    let db = shomei_schema::connect(&config.database_url, 2);
+    let db = shomei_schema::connect_for_command(&config.database_url);
     shomei_schema::run_migrations(&db).context("running database migrations")?;
     Ok(db)
 }

@@ -38,6 +38,17 @@ pub fn connect(database_url: &str, size: u32) -> DbPool {
         .build_unchecked(ConnectionManager::new(database_url))
 }
 
+/// A pool for a short command (`migrate`, `tenant create`): it opens connections only when
+/// asked. A connection still being opened in r2d2's background thread when the process exits
+/// can crash it in libpq's TLS teardown (seen as a segfault of `shomei-api key create`).
+pub fn connect_for_command(database_url: &str) -> DbPool {
+    Pool::builder()
+        .max_size(1)
+        .min_idle(Some(0))
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .build_unchecked(ConnectionManager::new(database_url))
+}
+
 pub fn run_migrations(pool: &DbPool) -> Result<(), DbError> {
     let mut conn = pool.get()?;
     conn.run_pending_migrations(MIGRATIONS)

@@ -292,6 +292,11 @@ impl TestApp {
         }
     }
 
+    /// The process id of a running worker (for resource readings in benchmarks).
+    pub fn worker_pid(&self, index: usize) -> Option<u32> {
+        self.workers[index].as_ref().map(Child::id)
+    }
+
     /// SIGKILLs a worker: no shutdown, its running jobs are cut off mid-way.
     pub fn kill_worker(&mut self, index: usize) {
         if let Some(mut child) = self.workers[index].take() {

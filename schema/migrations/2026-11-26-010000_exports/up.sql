@@ -24,3 +24,7 @@ CREATE TABLE exports (
     finished_at   timestamptz
 );
 CREATE INDEX exports_tenant ON exports (tenant_id, created_at);
+
+-- Reports look documents' jobs and requests up by document (parties, status).
+CREATE INDEX jobs_document ON jobs (document_id, kind) WHERE document_id IS NOT NULL;
+CREATE INDEX signature_requests_document ON signature_requests (document_id, created_at);
