@@ -59,9 +59,10 @@ pub fn time(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// The contract-details columns (`GET /v1/documents.csv`; an export's manifest adds `file`).
-pub const DOCUMENT_COLUMNS: [&str; 10] = [
+pub const DOCUMENT_COLUMNS: [&str; 11] = [
     "id",
     "title",
+    "folder",
     "parties",
     "status",
     "pages",
@@ -76,6 +77,7 @@ pub fn document_record(row: &DocumentRow) -> Vec<String> {
     vec![
         row.id.to_string(),
         row.title.clone().unwrap_or_default(),
+        row.folder.clone(),
         row.parties.clone().unwrap_or_default(),
         row.status.clone(),
         row.pages.to_string(),

@@ -49,6 +49,7 @@ diesel::table! {
         title -> Nullable<Text>,
         pages -> Int4,
         created_at -> Timestamptz,
+        folder -> Text,
     }
 }
 

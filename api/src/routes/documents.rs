@@ -98,12 +98,15 @@ pub(super) fn body_within(
 #[derive(Debug, Deserialize)]
 struct UploadQuery {
     title: Option<String>,
+    /// A folder path such as `/sales/2026`; the root `/` when absent.
+    folder: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct DocumentView {
     id: Uuid,
     title: Option<String>,
+    folder: String,
     pages: i32,
     sha256: String,
     revision: i32,
@@ -115,6 +118,7 @@ impl DocumentView {
         Self {
             id: doc.id,
             title: doc.title,
+            folder: doc.folder,
             pages: doc.pages,
             sha256: hex::encode(&latest.sha256),
             revision: latest.revision,
@@ -136,6 +140,10 @@ async fn upload(
             "title is longer than 500 characters".into(),
         ));
     }
+    let folder = match query.folder.as_deref() {
+        None => "/".to_owned(),
+        Some(f) => shomei_schema::models::normalise_folder(f).map_err(ApiError::BadRequest)?,
+    };
     let pdf = body.clone();
     let info = tokio::task::spawn_blocking(move || shomei_signing::inspect_pdf(&pdf))
         .await
@@ -163,6 +171,7 @@ async fn upload(
             tenant_id: caller.tenant_id,
             title: title.as_deref(),
             pages,
+            folder: &folder,
         };
         Ok(conn.transaction(|conn| {
             let doc = Document::create(conn, &new, &first)?;
@@ -175,7 +184,8 @@ async fn upload(
                     request_id: None,
                     actor: caller.actor(),
                     ip: super::client_ip(remote),
-                    data: json!({"title": doc.title, "pages": doc.pages, "sha256": hex::encode(&first.sha256)}),
+                    data: json!({"title": doc.title, "folder": doc.folder, "pages": doc.pages,
+                                 "sha256": hex::encode(&first.sha256)}),
                 },
             )?;
             diesel::QueryResult::Ok((doc, first, pending))

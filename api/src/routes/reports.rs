@@ -123,6 +123,7 @@ async fn documents(
             "signed_from",
             "signed_to",
             "title_contains",
+            "folder",
             "ids",
             "encoding",
         ],
@@ -135,6 +136,7 @@ async fn documents(
         signed_from: instant("signed_from")?,
         signed_to: instant("signed_to")?,
         title_contains: params.get("title_contains").map(str::to_owned),
+        folder: params.get("folder").map(str::to_owned),
     };
     filter.check().map_err(ApiError::BadRequest)?;
     if let Some(ids) = filter.ids.clone() {

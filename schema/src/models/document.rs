@@ -12,6 +12,8 @@ pub struct Document {
     pub title: Option<String>,
     pub pages: i32,
     pub created_at: DateTime<Utc>,
+    /// A path such as `/sales/2026`; `/` is the tenant's root.
+    pub folder: String,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -21,6 +23,7 @@ pub struct NewDocument<'a> {
     pub tenant_id: Uuid,
     pub title: Option<&'a str>,
     pub pages: i32,
+    pub folder: &'a str,
 }
 
 /// One stored version of a document's bytes; revision 0 is the upload.
@@ -158,5 +161,36 @@ impl Revision {
             .values(self)
             .execute(conn)
             .map(|_| ())
+    }
+}
+
+/// A folder path as callers may write it, normalised: `/` and `/`-separated names, none empty,
+/// `.` or `..`, no control characters, at most 255 characters; a trailing `/` is dropped.
+pub fn normalise_folder(path: &str) -> Result<String, String> {
+    let trimmed = path.trim();
+    if !trimmed.starts_with('/') {
+        return Err(format!("folder {path:?} must start with /"));
+    }
+    if trimmed.chars().count() > 255 || trimmed.chars().any(char::is_control) {
+        return Err("folder must be at most 255 characters, without control characters".into());
+    }
+    let names: Vec<&str> = trimmed.trim_end_matches('/').split('/').skip(1).collect();
+    if names.iter().any(|n| n.is_empty() || *n == "." || *n == "..") {
+        return Err(format!("folder {path:?} has an empty, . or .. name"));
+    }
+    Ok(format!("/{}", names.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_folder;
+
+    #[test]
+    fn folders_are_normalised_or_refused() {
+        assert_eq!(normalise_folder("/").unwrap(), "/");
+        assert_eq!(normalise_folder("/営業/2026/").unwrap(), "/営業/2026");
+        for bad in ["sales", "/a//b", "/a/../b", "/./a", "/a\nb"] {
+            assert!(normalise_folder(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct DocumentFilter {
     /// Case-insensitive part of the title.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title_contains: Option<String>,
+    /// This folder and its subfolders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
 }
 
 pub const STATUSES: [&str; 6] = ["uploaded", "signed", "in_progress", "completed", "declined", "cancelled"];
@@ -39,6 +42,8 @@ pub struct DocumentRow {
     pub id: Uuid,
     #[diesel(sql_type = Nullable<Text>)]
     pub title: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub folder: String,
     #[diesel(sql_type = Int4)]
     pub pages: i32,
     #[diesel(sql_type = Text)]
@@ -64,7 +69,7 @@ pub struct DocumentRow {
 /// (a document time-stamp) or signed at all.
 const SELECT: &str = r"
 SELECT * FROM (
-    SELECT d.id, d.title, d.pages, d.created_at,
+    SELECT d.id, d.title, d.folder, d.pages, d.created_at,
            r.revision, r.sha256, r.size_bytes, r.storage_key,
            (SELECT max(s.created_at) FROM document_revisions s
              WHERE s.document_id = d.id AND s.revision > 0) AS signed_at,
@@ -88,6 +93,7 @@ SELECT * FROM (
        AND ($2::uuid[] IS NULL OR d.id = ANY($2))
        AND ($3::uuid IS NULL OR d.id > $3)
        AND ($4::text IS NULL OR d.title ILIKE '%' || $4 || '%' ESCAPE '\')
+       AND ($9::text IS NULL OR d.folder = $9 OR d.folder LIKE $10 || '/%' ESCAPE '\')
 ) listed
 WHERE ($5::text IS NULL OR status = $5)
   AND ($6::timestamptz IS NULL OR signed_at >= $6)
@@ -110,7 +116,7 @@ impl DocumentFilter {
         after: Option<Uuid>,
         limit: i64,
     ) -> QueryResult<Vec<DocumentRow>> {
-        diesel::sql_query(format!("{SELECT} ORDER BY id LIMIT $9"))
+        diesel::sql_query(format!("{SELECT} ORDER BY id LIMIT $11"))
             .bind::<SqlUuid, _>(tenant_id)
             .bind::<Nullable<Array<SqlUuid>>, _>(self.ids.clone())
             .bind::<Nullable<SqlUuid>, _>(after)
@@ -119,6 +125,8 @@ impl DocumentFilter {
             .bind::<Nullable<Timestamptz>, _>(self.signed_from)
             .bind::<Nullable<Timestamptz>, _>(self.signed_to)
             .bind::<Bool, _>(signed_only)
+            .bind::<Nullable<Text>, _>(self.folder_scope())
+            .bind::<Nullable<Text>, _>(self.folder_scope().as_deref().map(like_escaped))
             .bind::<BigInt, _>(limit)
             .load(conn)
     }
@@ -144,6 +152,8 @@ impl DocumentFilter {
             .bind::<Nullable<Timestamptz>, _>(self.signed_from)
             .bind::<Nullable<Timestamptz>, _>(self.signed_to)
             .bind::<Bool, _>(signed_only)
+            .bind::<Nullable<Text>, _>(self.folder_scope())
+            .bind::<Nullable<Text>, _>(self.folder_scope().as_deref().map(like_escaped))
             .get_result::<Count>(conn)
             .map(|c| c.n)
     }
@@ -159,8 +169,19 @@ impl DocumentFilter {
         Ok(ids.iter().filter(|id| !own.contains(id)).copied().collect())
     }
 
+    /// The folder to select, normalised; `None` for the root (everything).
+    fn folder_scope(&self) -> Option<String> {
+        self.folder
+            .as_deref()
+            .and_then(|f| super::normalise_folder(f).ok())
+            .filter(|f| f != "/")
+    }
+
     /// What is wrong with the filter, for a 400 naming the field.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(folder) = &self.folder {
+            super::normalise_folder(folder)?;
+        }
         if let Some(status) = &self.status {
             if !STATUSES.contains(&status.as_str()) {
                 return Err(format!("status {status:?} is not one of {}", STATUSES.join(", ")));

@@ -8,7 +8,7 @@ mod listing;
 mod request;
 mod tenant;
 
-pub use document::{Document, NewDocument, NewVerificationReport, Revision};
+pub use document::{normalise_folder, Document, NewDocument, NewVerificationReport, Revision};
 pub use event::{Event, WebhookAttempt, WebhookEndpoint};
 pub use export::Export;
 pub use job::{Job, JobKind, JobStatus, NewJob};

@@ -112,14 +112,15 @@ async fn an_export_of_signed_documents_unzips_and_every_file_checks_out() {
 
     let rows = manifest(&dir);
     assert_eq!(rows[0][0], "id");
-    let file_col = rows[0].iter().position(|c| c == "file").unwrap();
-    let sha_col = rows[0].iter().position(|c| c == "sha256").unwrap();
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let (file_col, sha_col) = (col("file"), col("sha256"));
     assert_eq!(rows.len(), 3, "header and the two signed documents: {rows:?}");
     for (row, (id, title)) in rows[1..].iter().zip(ids.iter().zip(titles)) {
         assert_eq!(&row[0], id);
-        assert_eq!(row[1], title, "titles survive quoting");
-        assert_eq!(row[2], "山田 花子");
-        assert_eq!(row[3], "signed");
+        assert_eq!(row[col("title")], title, "titles survive quoting");
+        assert_eq!(row[col("folder")], "/");
+        assert_eq!(row[col("parties")], "山田 花子");
+        assert_eq!(row[col("status")], "signed");
         let pdf = std::fs::read(dir.join(&row[file_col])).unwrap();
         assert_eq!(pdf, app.download(id).await, "byte-identical to the single download");
         assert_eq!(row[sha_col], crate::sha256_hex(&pdf));
@@ -221,4 +222,58 @@ async fn a_large_export_is_split_into_complete_parts() {
     seen.sort();
     ids.sort();
     assert_eq!(seen, ids, "every document in exactly one part");
+}
+
+#[tokio::test]
+async fn an_export_selects_a_folder_with_its_subfolders() {
+    let app = TestApp::spawn().await;
+    let mut by_folder = std::collections::BTreeMap::new();
+    for folder in ["/sales", "/sales/2026", "/salesforce", "/"] {
+        let response = app
+            .client
+            .post(app.url("/v1/documents"))
+            .query(&[("title", "Folder test"), ("folder", folder)])
+            .bearer_auth(&app.api_key)
+            .header("content-type", "application/pdf")
+            .body(sample("contract.pdf"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let doc: Value = response.json().await.unwrap();
+        assert_eq!(doc["folder"], folder);
+        let id = doc["id"].as_str().unwrap().to_owned();
+        let job = app.sign_ok(&id, "Signer").await;
+        assert_eq!(app.wait_for_job(&job, JOB_TIMEOUT).await["status"], "succeeded");
+        by_folder.insert(folder, id);
+    }
+    let response = app
+        .client
+        .post(app.url("/v1/documents"))
+        .query(&[("folder", "/a/../b")])
+        .bearer_auth(&app.api_key)
+        .header("content-type", "application/pdf")
+        .body(sample("contract.pdf"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "a folder path with .. is refused");
+
+    let view = export(&app, json!({"folder": "/sales/"})).await;
+    let dir = unpack(&view["parts"][0], "folder").await;
+    let rows = manifest(&dir);
+    let folder_col = rows[0].iter().position(|c| c == "folder").unwrap();
+    let mut got: Vec<(String, String)> = rows[1..]
+        .iter()
+        .map(|r| (r[folder_col].clone(), r[0].clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("/sales".to_owned(), by_folder["/sales"].clone()),
+            ("/sales/2026".to_owned(), by_folder["/sales/2026"].clone()),
+        ],
+        "/salesforce and the root are not in /sales"
+    );
 }

@@ -12,9 +12,10 @@ use crate::{assert_problem, sha256_hex, JOB_TIMEOUT};
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-const DOCUMENT_COLUMNS: [&str; 10] = [
+const DOCUMENT_COLUMNS: [&str; 11] = [
     "id",
     "title",
+    "folder",
     "parties",
     "status",
     "pages",

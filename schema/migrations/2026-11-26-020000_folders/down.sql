@@ -1,0 +1,2 @@
+DROP INDEX documents_folder;
+ALTER TABLE documents DROP COLUMN folder;
