@@ -111,6 +111,7 @@ fn migrate(config: &Config) -> anyhow::Result<shomei_schema::DbPool> {
 
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
+    shomei_telemetry::metrics::init("api");
     tokio::task::block_in_place(|| migrate(&config))?;
     let state = shomei_api::AppState::new(&config).await?;
     let (listener, addr) = shomei_api::bind(config.api_addr).await?;

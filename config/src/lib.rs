@@ -112,6 +112,8 @@ pub struct WorkerConfig {
     pub max_attempts: i32,
     pub reconcile_every: Duration,
     pub heartbeat: Duration,
+    /// Where the worker serves `/metrics` (port 0: a free port, logged at start).
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +171,8 @@ impl Config {
                 max_attempts: vars.parsed("SHOMEI_JOB_MAX_ATTEMPTS", 8)?,
                 reconcile_every: Duration::from_secs(vars.parsed("SHOMEI_RECONCILE_SECS", 10)?),
                 heartbeat: Duration::from_secs(vars.parsed("SHOMEI_HEARTBEAT_SECS", 3)?),
+                metrics_addr: vars
+                    .parsed("SHOMEI_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?,
             },
             tsa: TsaConfig {
                 urls: vars

@@ -62,6 +62,9 @@ impl Pending {
     /// Pushes every job; one Redis cannot take is left to the reconciler.
     pub async fn push(self, queue: &Queue) {
         for (kind, id) in self.0 {
+            shomei_telemetry::metrics::JOBS_SUBMITTED
+                .with_label_values(&[kind.as_str()])
+                .inc();
             if let Err(e) = queue.push(kind, id).await {
                 tracing::warn!(job.id = %id, error = %e, "queue push failed; left to the reconciler");
             }

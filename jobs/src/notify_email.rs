@@ -65,7 +65,16 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         text: rendered.text,
         html: rendered.html,
     };
-    ctx.mailer.send(&message).await.map_err(|e| mail_error(ctx, job, e))?;
+    let sent = ctx.mailer.send(&message).await.map_err(|e| mail_error(ctx, job, e));
+    let outcome = match &sent {
+        Ok(()) => "sent",
+        Err(JobError::Later { .. }) => "retry",
+        Err(_) => "failed",
+    };
+    shomei_telemetry::metrics::EMAILS
+        .with_label_values(&[outcome])
+        .inc();
+    sent?;
     Ok(serde_json::json!({"sent": template_name(&template)}))
 }
 

@@ -110,7 +110,13 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         duration_ms: i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX),
         created_at: chrono::Utc::now(),
     };
+    shomei_telemetry::metrics::WEBHOOK_DELIVERIES
+        .with_label_values(&[outcome])
+        .inc();
     let gone = matches!(attempt.outcome, Outcome::Gone);
+    if gone {
+        shomei_telemetry::metrics::WEBHOOK_ENDPOINTS_DISABLED.inc();
+    }
     interact(&ctx.db, move |conn| {
         log.insert(conn)?;
         if gone {

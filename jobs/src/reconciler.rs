@@ -8,6 +8,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use shomei_schema::{interact, Job, JobKind};
+use shomei_telemetry::metrics;
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -67,7 +68,31 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
             .await
             .map_err(queue_error)?;
     }
+    report_depth(ctx).await?;
     Ok(lost.len())
+}
+
+/// Publishes unfinished jobs per kind and status, and the age of the oldest queued one.
+async fn report_depth(ctx: &JobContext) -> Result<(), JobError> {
+    let rows = interact(&ctx.db, |conn| Ok(Job::depth(conn)?)).await?;
+    let now = chrono::Utc::now();
+    for kind in JobKind::ALL {
+        for status in ["queued", "running"] {
+            let row = rows.iter().find(|r| r.0 == kind.as_str() && r.1 == status);
+            metrics::QUEUE_DEPTH
+                .with_label_values(&[kind.as_str(), status])
+                .set(row.map_or(0, |r| r.2));
+            if status == "queued" {
+                let age = row
+                    .and_then(|r| r.3)
+                    .map_or(0.0, |oldest| (now - oldest).num_milliseconds() as f64 / 1000.0);
+                metrics::QUEUE_OLDEST_AGE
+                    .with_label_values(&[kind.as_str()])
+                    .set(age.max(0.0));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn queue_error(e: crate::queue::QueueError) -> JobError {

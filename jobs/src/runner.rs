@@ -15,6 +15,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use shomei_schema::{interact, Job};
+use shomei_telemetry::metrics;
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -34,6 +35,13 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
         return Ok(());
     };
     tracing::Span::current().record("job.kind", job.kind.as_str());
+    let kind_label = job.kind.clone();
+    if job.attempts == 1 {
+        let waited = (chrono::Utc::now() - job.created_at).to_std().unwrap_or_default();
+        metrics::JOB_QUEUE_WAIT
+            .with_label_values(&[&kind_label])
+            .observe(waited.as_secs_f64());
+    }
     let Some(kind) = job.kind() else {
         return finish_failed(&ctx, &job, format!("unknown job kind {:?}", job.kind)).await;
     };
@@ -49,10 +57,30 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     }
 
     // A panic in a handler is a bug for this input: fail the job with it, do not loop.
+    let timer = metrics::JOB_DURATION
+        .with_label_values(&[&kind_label])
+        .start_timer();
     let outcome = std::panic::AssertUnwindSafe(dispatch(kind, &ctx, &job))
         .catch_unwind()
         .await
         .unwrap_or_else(|_| Err(JobError::permanent("the handler panicked")));
+    timer.observe_duration();
+    let (outcome_label, reason_label) = match &outcome {
+        Ok(_) => ("succeeded", None),
+        Err(JobError::Permanent(_)) => ("failed", Some("permanent")),
+        Err(JobError::Transient(_)) if job.attempts >= ctx.attempt_cap(kind) => {
+            ("failed", Some("gave_up"))
+        }
+        Err(_) => ("retried", Some("transient")),
+    };
+    metrics::JOBS_FINISHED
+        .with_label_values(&[&kind_label, outcome_label])
+        .inc();
+    if let Some(reason) = reason_label {
+        metrics::JOB_FAILURES
+            .with_label_values(&[&kind_label, reason])
+            .inc();
+    }
 
     match outcome {
         Ok(result) => {
@@ -64,7 +92,7 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
             Ok(())
         }
         Err(JobError::Permanent(reason)) => finish_failed(&ctx, &job, reason).await,
-        Err(JobError::Transient(reason)) if job.attempts >= ctx.max_attempts => {
+        Err(JobError::Transient(reason)) if job.attempts >= ctx.attempt_cap(kind) => {
             finish_failed(
                 &ctx,
                 &job,

@@ -149,10 +149,11 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     .await
     .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
 
+    let level = request.level.unwrap_or(SignatureLevel::Timestamped);
     let step = request.step;
     let conclude = ctx.concludes_with_timestamp();
     let done = job.clone();
-    revisions::record(ctx, job, &latest, signed, move |conn, revision| {
+    let result = revisions::record(ctx, job, &latest, signed, move |conn, revision| {
         data["revision"] = json!(revision.revision);
         if let Some(step) = &step {
             data["signer_id"] = json!(step.signer_id);
@@ -175,7 +176,11 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         }
         Ok(pending)
     })
-    .await
+    .await?;
+    shomei_telemetry::metrics::DOCUMENTS_SIGNED
+        .with_label_values(&[level.as_str()])
+        .inc();
+    Ok(result)
 }
 
 /// The request step of a sign job, if it was made for a signature request.

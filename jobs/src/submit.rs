@@ -14,6 +14,9 @@ pub async fn submit(
 ) -> Result<(Job, bool), DbError> {
     let (job, created) = interact(db, move |conn| Ok(Job::insert_or_existing(conn, &new)?)).await?;
     if let (true, Some(kind)) = (created, job.kind()) {
+        shomei_telemetry::metrics::JOBS_SUBMITTED
+            .with_label_values(&[kind.as_str()])
+            .inc();
         if let Err(e) = queue.push(kind, job.id).await {
             // Accepted anyway: the row is the truth and the reconciler will push it.
             tracing::warn!(job.id = %job.id, error = %e, "queue push failed; left to the reconciler");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use shomei_telemetry::metrics;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -218,6 +219,13 @@ impl Hsm {
         identity: &SigningIdentity,
         sha256_digest: &[u8; 32],
     ) -> Result<Vec<u8>, HsmError> {
+        let key = match identity.algorithm {
+            KeyAlgorithm::Rsa => "rsa",
+            KeyAlgorithm::EcdsaP256 => "ec",
+        };
+        let timer = metrics::HSM_SIGN_DURATION
+            .with_label_values(&[key])
+            .start_timer();
         let result = match identity.algorithm {
             KeyAlgorithm::Rsa => {
                 // CKM_RSA_PKCS only pads, so the DigestInfo has to be built here.
@@ -241,6 +249,11 @@ impl Hsm {
         {
             // The key was replaced in the token; look it up afresh next time.
             self.forget_identity(&identity.label);
+        }
+        if result.is_ok() {
+            timer.observe_duration();
+        } else {
+            timer.stop_and_discard();
         }
         result
     }
@@ -342,6 +355,18 @@ impl Hsm {
         })
     }
 
+    /// Publishes the pool's state (sessions idle and in use) as gauges.
+    fn report_pool(&self) {
+        let state = self.inner.pool.state();
+        metrics::HSM_POOL_MAX.set(i64::from(self.inner.pool.max_size()));
+        metrics::HSM_POOL_SESSIONS
+            .with_label_values(&["idle"])
+            .set(i64::from(state.idle_connections));
+        metrics::HSM_POOL_SESSIONS
+            .with_label_values(&["in_use"])
+            .set(i64::from(state.connections - state.idle_connections));
+    }
+
     /// Runs `op` on a pooled session, flagging the session as broken when
     /// the error says the session (rather than the request) is at fault, so
     /// the pool discards it instead of handing it out again.
@@ -350,8 +375,13 @@ impl Hsm {
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
-        let mut pooled = self.inner.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
+        let waited = std::time::Instant::now();
+        let checked_out = self.inner.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT);
+        metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
+        self.report_pool();
+        let mut pooled = checked_out.inspect_err(|_| metrics::HSM_ERRORS.inc())?;
         op(&pooled.session).map_err(|source| {
+            metrics::HSM_ERRORS.inc();
             if breaks_session(&source) {
                 tracing::warn!(operation, error = %source, "discarding HSM session");
                 pooled.broken = true;

@@ -47,13 +47,21 @@ pub fn reply_to_query(
     issue: &TokenIssue<'_>,
     query: &[u8],
 ) -> Result<Vec<u8>, HsmError> {
+    use shomei_telemetry::metrics;
     let response = match TimeStampReq::from_der(query) {
-        Ok(request) => issue_token(hsm, issue, &request)?,
+        Ok(request) => issue_token(hsm, issue, &request)
+            .inspect_err(|_| metrics::TSA_REQUESTS.with_label_values(&["failed"]).inc())?,
         Err(e) => rejection(
             FailureInfo::BadDataFormat,
             format!("malformed TimeStampReq: {e}"),
         ),
     };
+    if response.time_stamp_token.is_some() {
+        metrics::TSA_TOKENS_ISSUED.inc();
+        metrics::TSA_REQUESTS.with_label_values(&["granted"]).inc();
+    } else {
+        metrics::TSA_REQUESTS.with_label_values(&["rejected"]).inc();
+    }
     Ok(response
         .to_der()
         .expect("a response built here always encodes"))

@@ -917,6 +917,22 @@ impl TsaClient {
 
 impl Timestamper for TsaClient {
     fn timestamp(&self, sha256_digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
+        let timer = shomei_telemetry::metrics::TSA_CLIENT_DURATION.start_timer();
+        let result = self.timestamp_from_any(sha256_digest);
+        match &result {
+            Ok(_) => timer.observe_duration(),
+            Err(_) => {
+                timer.stop_and_discard();
+                shomei_telemetry::metrics::TSA_CLIENT_FAILURES.inc();
+            }
+        }
+        result
+    }
+}
+
+impl TsaClient {
+    /// Each URL in turn, each with its attempts, until one gives a token that checks out.
+    fn timestamp_from_any(&self, sha256_digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
         let mut reasons = Vec::new();
         for url in &self.settings.urls {
             let mut backoff = self.settings.backoff;

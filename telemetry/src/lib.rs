@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
-//! Logging set-up and the shutdown signal shared by every binary.
+//! Logging set-up, metrics and the shutdown signal shared by every binary.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -57,6 +57,8 @@ pub struct TestApp {
     api: Child,
     tsa: Option<Child>,
     workers: Vec<Option<Child>>,
+    /// Each worker's `/metrics` address, by index.
+    worker_metrics: Vec<String>,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -192,6 +194,7 @@ impl TestApp {
             namespace,
             dir,
             workers: vec![],
+            worker_metrics: vec![],
         };
         app.wait_until_ready().await;
         (app.api_key, app.tenant_id) = app.create_tenant_with_id("Test tenant", &[]).await;
@@ -273,15 +276,30 @@ impl TestApp {
     pub fn start_worker(&mut self) -> usize {
         let index = self.workers.len();
         let log = self.dir.join(format!("worker-{index}.log"));
-        let child = spawn_logged(
-            &bin("shomei-worker"),
-            &[],
-            &self.env,
-            &self.options.worker_env,
-            &log,
-        );
+        let [port] = free_ports();
+        let metrics = format!("127.0.0.1:{port}");
+        let mut worker_env = self.options.worker_env.clone();
+        worker_env.push(("SHOMEI_METRICS_ADDR".into(), metrics.clone()));
+        let child = spawn_logged(&bin("shomei-worker"), &[], &self.env, &worker_env, &log);
         self.workers.push(Some(child));
+        self.worker_metrics.push(format!("http://{metrics}/metrics"));
         index
+    }
+
+    /// A worker's Prometheus endpoint.
+    pub fn worker_metrics_url(&self, index: usize) -> &str {
+        &self.worker_metrics[index]
+    }
+
+    /// The app's own TSA (`shomei-tsa`), e.g. `tsa_url("/metrics")`.
+    pub fn tsa_url(&self, path: &str) -> String {
+        let addr = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "SHOMEI_TSA_ADDR")
+            .map(|(_, v)| v.clone())
+            .expect("SHOMEI_TSA_ADDR");
+        format!("http://{addr}{path}")
     }
 
     /// Takes the app's time-stamping authority down (SIGKILL).

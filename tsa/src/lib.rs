@@ -111,7 +111,7 @@ pub async fn serve(
         .await;
 }
 
-/// `POST /` and `POST /tsa` (RFC 3161 §3.4), `GET /healthz`, `GET /readyz`.
+/// `POST /` and `POST /tsa` (RFC 3161 §3.4), `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn routes(
     state: Arc<TsaState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
@@ -134,6 +134,8 @@ pub fn routes(
         .or(healthz)
         .unify()
         .or(readyz)
+        .unify()
+        .or(shomei_telemetry::metrics::route())
         .unify()
         .recover(recover)
         .unify()

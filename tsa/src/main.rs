@@ -11,6 +11,7 @@ use shomei_tsa::TsaState;
 
 fn main() -> anyhow::Result<()> {
     shomei_telemetry::init();
+    shomei_telemetry::metrics::init("tsa");
     run(Config::from_env()?)
 }
 

@@ -19,6 +19,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 async fn main() -> anyhow::Result<()> {
     shomei_telemetry::init();
     let config = Config::from_env()?;
+    shomei_telemetry::metrics::init("worker");
+    let metrics_addr = shomei_telemetry::metrics::serve(config.worker.metrics_addr).await?;
+    tracing::info!(%metrics_addr, "metrics at /metrics");
     let ctx = Arc::new(JobContext::open(&config).await?);
     let concurrency = config.worker.concurrency;
     let process = format!(

@@ -45,9 +45,25 @@ pub fn all(
         .unify()
         .or(exports::routes(state))
         .unify()
+        .or(shomei_telemetry::metrics::route())
+        .unify()
         .recover(problem::recover)
         .unify()
         .with(warp::trace::request())
+        .with(warp::log::custom(record_request))
+}
+
+/// Counts a request and its latency by route template, method and status.
+fn record_request(info: warp::log::Info<'_>) {
+    use shomei_telemetry::metrics;
+    let route = metrics::route_template(info.path());
+    let method = info.method().as_str();
+    metrics::HTTP_REQUESTS
+        .with_label_values(&[route.as_str(), method, info.status().as_str()])
+        .inc();
+    metrics::HTTP_DURATION
+        .with_label_values(&[route.as_str(), method])
+        .observe(info.elapsed().as_secs_f64());
 }
 
 /// Hands `state` to a filter chain.

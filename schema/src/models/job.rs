@@ -259,6 +259,19 @@ impl Job {
             .collect())
     }
 
+    /// Unfinished jobs per kind and status, with the creation time of the oldest queued one:
+    /// what the queue-depth gauges show.
+    pub fn depth(
+        conn: &mut PgConnection,
+    ) -> QueryResult<Vec<(String, String, i64, Option<DateTime<Utc>>)>> {
+        use diesel::dsl::{count_star, min};
+        jobs::table
+            .filter(jobs::status.eq_any(UNFINISHED))
+            .group_by((jobs::kind, jobs::status))
+            .select((jobs::kind, jobs::status, count_star(), min(jobs::created_at)))
+            .load(conn)
+    }
+
     /// Unfinished, due jobs last pushed to (or seen in) the queue before `cutoff`, oldest first:
     /// the reconciler's candidates for re-queueing.
     pub fn unfinished_enqueued_before(

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod exports;
+mod metrics;
 mod reports;
 mod requests;
 mod reliability;
