@@ -29,6 +29,7 @@ pub mod kind {
     pub const SIGNER_AUTHENTICATED: &str = "signer.authenticated";
     pub const JOB_FAILED: &str = "job.failed";
     pub const EXPORT_READY: &str = "export.ready";
+    pub const BATCH_COMPLETED: &str = "batch.completed";
 }
 
 /// What happened; [`emit`] adds the id and time.
@@ -110,6 +111,7 @@ fn notify_job(event: &Event, kind: JobKind, payload: serde_json::Value) -> NewJo
         payload,
         idempotency_key: None,
         request_sha256: None,
+        batch_id: None,
     }
 }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod batches;
 pub mod context;
 pub mod error;
 pub mod events;

@@ -72,19 +72,21 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
     Ok(lost.len())
 }
 
-/// Publishes unfinished jobs per kind and status, and the age of the oldest queued one.
+/// Publishes unfinished jobs per kind and status, the age of the oldest due one, and the HSM
+/// session pool's state (also published on every checkout; this keeps it fresh when idle).
 async fn report_depth(ctx: &JobContext) -> Result<(), JobError> {
+    ctx.hsm.report_pool();
     let rows = interact(&ctx.db, |conn| Ok(Job::depth(conn)?)).await?;
     let now = chrono::Utc::now();
     for kind in JobKind::ALL {
         for status in ["queued", "running"] {
-            let row = rows.iter().find(|r| r.0 == kind.as_str() && r.1 == status);
+            let row = rows.iter().find(|r| r.kind == kind.as_str() && r.status == status);
             metrics::QUEUE_DEPTH
                 .with_label_values(&[kind.as_str(), status])
-                .set(row.map_or(0, |r| r.2));
+                .set(row.map_or(0, |r| r.jobs));
             if status == "queued" {
                 let age = row
-                    .and_then(|r| r.3)
+                    .and_then(|r| r.oldest_due)
                     .map_or(0.0, |oldest| (now - oldest).num_milliseconds() as f64 / 1000.0);
                 metrics::QUEUE_OLDEST_AGE
                     .with_label_values(&[kind.as_str()])

@@ -28,19 +28,20 @@ pub(crate) async fn dispatch(
     }
 }
 
-/// Runs in the transaction that fails a job for good: a sign job of a signature request gives
-/// the signer back their turn, and every job but a notification emits `job.failed` (a failed
-/// notification announced by notifications could loop).
+/// Runs in the transaction that fails a job for good: its batch may be complete; a sign job of
+/// a signature request gives the signer back their turn; every job but a notification emits
+/// `job.failed` (a failed notification announced by notifications could loop).
 pub(crate) fn on_failed(
     conn: &mut PgConnection,
     job: &Job,
     reason: &str,
 ) -> diesel::QueryResult<Pending> {
+    let mut pending = crate::batches::job_finished(conn, job)?;
     if matches!(
         job.kind(),
         Some(JobKind::NotifyEmail | JobKind::NotifyWebhook)
     ) {
-        return Ok(Pending::default());
+        return Ok(pending);
     }
     if let Some(step) = sign::step_of(job) {
         requests::sign_failed(conn, &step)?;
@@ -48,7 +49,7 @@ pub(crate) fn on_failed(
     if job.kind() == Some(JobKind::BulkDownload) {
         shomei_schema::Export::fail(conn, job.id)?;
     }
-    events::emit(
+    pending.add(events::emit(
         conn,
         NewEvent {
             tenant_id: job.tenant_id,
@@ -59,5 +60,6 @@ pub(crate) fn on_failed(
             ip: None,
             data: json!({"job_id": job.id, "job_kind": job.kind, "error": reason}),
         },
-    )
+    )?);
+    Ok(pending)
 }

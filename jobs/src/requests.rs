@@ -300,6 +300,7 @@ pub fn signed(
         payload: json!({"concludes_request": request.id}),
         idempotency_key: None,
         request_sha256: None,
+        batch_id: None,
     };
     Ok(Pending::jobs(Job::insert_all(conn, &[timestamp])?))
 }

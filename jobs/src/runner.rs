@@ -84,10 +84,15 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
 
     match outcome {
         Ok(result) => {
-            interact(&ctx.db, move |conn| {
-                Ok(Job::succeed(conn, job_id, &result)?)
+            let finished = job.clone();
+            let pending = interact(&ctx.db, move |conn| {
+                Ok(conn.transaction(|conn| {
+                    Job::succeed(conn, job_id, &result)?;
+                    crate::batches::job_finished(conn, &finished)
+                })?)
             })
             .await?;
+            pending.push(&ctx.queue).await;
             tracing::info!(job.attempts = job.attempts, "job succeeded");
             Ok(())
         }

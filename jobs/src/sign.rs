@@ -9,12 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 use serde_json::json;
-use shomei_schema::{interact, Job, RequestSigner};
+use shomei_schema::{interact, Job, JobKind, NewJob, RequestSigner};
 use shomei_signing::SignatureRequest;
 
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::events::{self, kind, NewEvent};
+use crate::events::{self, kind, NewEvent, Pending};
 use crate::requests::{self, RequestStep, SignerState, SignerStatus};
 use crate::revisions::{self, Start};
 
@@ -62,6 +62,10 @@ pub struct SignRequest {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Conclude the contract once this signature is recorded: a timestamp job (validation data
+    /// and a document time-stamp, B-LTA) is queued in the same transaction.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conclude: bool,
     /// Set only by the signature-request flow; the sign route refuses it from callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<RequestStep>,
@@ -150,6 +154,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
 
     let level = request.level.unwrap_or(SignatureLevel::Timestamped);
+    let then_conclude = request.conclude;
     let step = request.step;
     let conclude = ctx.concludes_with_timestamp();
     let done = job.clone();
@@ -173,6 +178,17 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         )?;
         if let Some(step) = &step {
             pending.add(requests::signed(conn, &done, step, conclude)?);
+        } else if then_conclude {
+            let timestamp = NewJob {
+                id: uuid::Uuid::now_v7(),
+                tenant_id: done.tenant_id,
+                kind: JobKind::Timestamp.as_str(),
+                document_id: done.document_id,
+                payload: json!({}),
+                batch_id: done.batch_id,
+                ..NewJob::default()
+            };
+            pending.add(Pending::jobs(Job::insert_all(conn, &[timestamp])?));
         }
         Ok(pending)
     })

@@ -8,7 +8,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use models::{
-    ApiKey, Document, DocumentFilter, DocumentRow, Event, Export, Job, JobKind, JobStatus, NewJob, RequestSigner, Revision,
+    ApiKey, Batch, Document, DocumentFilter, DocumentRow, Event, Export, Job, JobKind, JobStatus, NewJob, RequestSigner, Revision,
     SignatureRequest, SignerIdentity, Tenant, WebhookAttempt, WebhookEndpoint,
 };
 

@@ -71,6 +71,18 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         run_after -> Nullable<Timestamptz>,
+        batch_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    batches (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        total -> Int4,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -204,6 +216,8 @@ diesel::joinable!(verification_reports -> documents (document_id));
 diesel::joinable!(verification_reports -> jobs (job_id));
 diesel::joinable!(signer_identities -> tenants (tenant_id));
 diesel::joinable!(exports -> tenants (tenant_id));
+diesel::joinable!(batches -> tenants (tenant_id));
+diesel::joinable!(jobs -> batches (batch_id));
 diesel::joinable!(exports -> jobs (job_id));
 diesel::joinable!(signature_requests -> documents (document_id));
 diesel::joinable!(request_signers -> signature_requests (request_id));
@@ -215,6 +229,7 @@ diesel::joinable!(webhook_attempts -> events (event_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    batches,
     document_revisions,
     documents,
     events,

@@ -356,7 +356,7 @@ impl Hsm {
     }
 
     /// Publishes the pool's state (sessions idle and in use) as gauges.
-    fn report_pool(&self) {
+    pub fn report_pool(&self) {
         let state = self.inner.pool.state();
         metrics::HSM_POOL_MAX.set(i64::from(self.inner.pool.max_size()));
         metrics::HSM_POOL_SESSIONS

@@ -68,6 +68,7 @@ async fn create(
         payload: json!(ExportJob { export_id }),
         idempotency_key: None,
         request_sha256: None,
+        batch_id: None,
     };
     let export = Export {
         id: export_id,

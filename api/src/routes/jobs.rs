@@ -97,6 +97,7 @@ pub(super) async fn queue_job(
         payload,
         idempotency_key,
         request_sha256: Some(fingerprint.to_vec()),
+        batch_id: None,
     };
     let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new).await?;
     if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {

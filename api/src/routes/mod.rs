@@ -2,6 +2,7 @@
 //! [`Caller`](crate::auth::Caller) and scopes its queries by the caller's tenant, so another
 //! tenant's ids answer 404 exactly like ids that do not exist.
 
+mod batches;
 mod documents;
 mod health;
 mod exports;
@@ -43,7 +44,9 @@ pub fn all(
         .unify()
         .or(reports::routes(state.clone()))
         .unify()
-        .or(exports::routes(state))
+        .or(exports::routes(state.clone()))
+        .unify()
+        .or(batches::routes(state))
         .unify()
         .or(shomei_telemetry::metrics::route())
         .unify()

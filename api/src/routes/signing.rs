@@ -402,6 +402,7 @@ fn authenticate_and_queue(
             signer.name, signer.email
         )),
         location: None,
+        conclude: false,
         step: Some(RequestStep {
             request_id: request.id,
             signer_id: signer.id,
@@ -418,6 +419,7 @@ fn authenticate_and_queue(
         payload: serde_json::to_value(&sign_request).expect("a sign request serialises"),
         idempotency_key: None,
         request_sha256: None,
+        batch_id: None,
     };
     let job_id = job.id;
     let pending = requests::start_signing(conn, &request, &mut signer, job, ip)?;

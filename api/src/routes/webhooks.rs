@@ -283,6 +283,7 @@ async fn resend(
             }),
             idempotency_key: None,
             request_sha256: None,
+            batch_id: None,
         };
         Ok(Some(Job::insert_all(conn, &[job])?))
     })

@@ -91,9 +91,11 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// Set while a retry waits for its time; the job is not run before it.
     pub run_after: Option<DateTime<Utc>>,
+    /// The batch it was submitted in, if any.
+    pub batch_id: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, Insertable)]
+#[derive(Debug, Clone, Default, Insertable)]
 #[diesel(table_name = jobs)]
 pub struct NewJob {
     pub id: Uuid,
@@ -103,6 +105,20 @@ pub struct NewJob {
     pub payload: serde_json::Value,
     pub idempotency_key: Option<String>,
     pub request_sha256: Option<Vec<u8>>,
+    pub batch_id: Option<Uuid>,
+}
+
+/// One row of [`Job::depth`].
+#[derive(Debug, Clone, QueryableByName)]
+pub struct QueueDepth {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub kind: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub jobs: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub oldest_due: Option<DateTime<Utc>>,
 }
 
 const UNFINISHED: [&str; 2] = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
@@ -259,17 +275,15 @@ impl Job {
             .collect())
     }
 
-    /// Unfinished jobs per kind and status, with the creation time of the oldest queued one:
-    /// what the queue-depth gauges show.
-    pub fn depth(
-        conn: &mut PgConnection,
-    ) -> QueryResult<Vec<(String, String, i64, Option<DateTime<Utc>>)>> {
-        use diesel::dsl::{count_star, min};
-        jobs::table
-            .filter(jobs::status.eq_any(UNFINISHED))
-            .group_by((jobs::kind, jobs::status))
-            .select((jobs::kind, jobs::status, count_star(), min(jobs::created_at)))
-            .load(conn)
+    /// Unfinished jobs per kind and status, with the creation time of the oldest one that is
+    /// due (a job waiting for a scheduled retry is not late): what the queue gauges show.
+    pub fn depth(conn: &mut PgConnection) -> QueryResult<Vec<QueueDepth>> {
+        diesel::sql_query(
+            "SELECT kind, status, count(*) AS jobs, \
+                    min(created_at) FILTER (WHERE run_after IS NULL OR run_after <= now()) AS oldest_due \
+               FROM jobs WHERE status IN ('queued', 'running') GROUP BY kind, status",
+        )
+        .load(conn)
     }
 
     /// Unfinished, due jobs last pushed to (or seen in) the queue before `cutoff`, oldest first:

@@ -1,5 +1,6 @@
 //! Rows and the queries on them, one module per aggregate.
 
+mod batch;
 mod document;
 mod event;
 mod export;
@@ -8,10 +9,11 @@ mod listing;
 mod request;
 mod tenant;
 
+pub use batch::Batch;
 pub use document::{normalise_folder, Document, NewDocument, NewVerificationReport, Revision};
 pub use event::{Event, WebhookAttempt, WebhookEndpoint};
 pub use export::Export;
-pub use job::{Job, JobKind, JobStatus, NewJob};
+pub use job::{Job, JobKind, JobStatus, NewJob, QueueDepth};
 pub use listing::{DocumentFilter, DocumentRow, STATUSES as DOCUMENT_STATUSES};
 pub use request::{RequestSigner, SignatureRequest, SignerIdentity};
 pub use tenant::{ApiKey, Tenant};
