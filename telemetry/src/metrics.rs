@@ -86,11 +86,19 @@ metric!(HTTP_DURATION: HistogramVec = register_histogram_vec!(
     "shomei_http_request_duration_seconds", "API request latency by route template and method",
     &["route", "method"], SECONDS.to_vec()));
 
-/// Records this process's build and makes the process collector (RSS, CPU) available.
+/// Records this process's build and registers the unlabelled metrics, so they are exposed
+/// (at zero) before their first event and `increase()` sees that event.
 pub fn init(process: &str) {
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), process])
         .set(1);
+    LazyLock::force(&HSM_POOL_MAX);
+    LazyLock::force(&HSM_SESSION_WAIT);
+    LazyLock::force(&HSM_ERRORS);
+    LazyLock::force(&TSA_CLIENT_DURATION);
+    LazyLock::force(&TSA_CLIENT_FAILURES);
+    LazyLock::force(&TSA_TOKENS_ISSUED);
+    LazyLock::force(&WEBHOOK_ENDPOINTS_DISABLED);
 }
 
 /// Seconds as Prometheus wants them.

@@ -5,6 +5,7 @@ mod bad_input;
 mod batches;
 mod exports;
 mod metrics;
+mod prometheus;
 mod reports;
 mod requests;
 mod reliability;
