@@ -10,3 +10,4 @@ pdfunite samples/contract.pdf samples/contract-objstm.pdf samples/contract-poppl
 qpdf --check samples/contract.pdf >/dev/null
 qpdf --check samples/contract-objstm.pdf >/dev/null
 qpdf --check samples/contract-incremental.pdf >/dev/null
+python3 samples/make-large-sample.py >/dev/null

@@ -31,6 +31,10 @@ struct Cli {
     /// Requests in flight at once, for uploads and for sign submissions.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Submit the sign requests as batches of this many (`POST /v1/batches`) instead of one
+    /// `POST /v1/documents/{id}/sign` each; 0: one by one.
+    #[arg(long, default_value_t = 0)]
+    batch_size: usize,
     /// The PDF uploaded N times.
     #[arg(long, default_value = "samples/contract.pdf")]
     pdf: PathBuf,
@@ -198,6 +202,8 @@ struct Report {
     /// Earliest job `created_at` → latest `finished_at`, by the database clock.
     server_pipeline_seconds: Option<f64>,
     server_documents_per_second: Option<f64>,
+    /// 0: sign requests one by one; otherwise items per `POST /v1/batches`.
+    batch_size: usize,
     polls: u64,
     /// Errors by kind: HTTP status per phase, transport errors, job failure reasons.
     errors: BTreeMap<String, u64>,
@@ -278,15 +284,33 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(cli.stall_timeout_secs),
     ));
     let pipeline_start = Instant::now();
-    let submit_latencies: Vec<Duration> = stream::iter(uploads.iter().map(|u| u.0).enumerate())
-        .map(|(i, doc)| {
-            let (shared, tx) = (shared.clone(), tx.clone());
-            async move { submit(&shared, i, doc, &tx).await }
-        })
-        .buffer_unordered(cli.concurrency)
-        .filter_map(|r| async move { r })
-        .collect()
-        .await;
+    let submit_latencies: Vec<Duration> = if cli.batch_size > 0 {
+        let documents: Vec<Uuid> = uploads.iter().map(|u| u.0).collect();
+        let chunks: Vec<(usize, Vec<Uuid>)> = documents
+            .chunks(cli.batch_size)
+            .enumerate()
+            .map(|(i, c)| (i * cli.batch_size, c.to_vec()))
+            .collect();
+        stream::iter(chunks)
+            .map(|(first, docs)| {
+                let (shared, tx) = (shared.clone(), tx.clone());
+                async move { submit_batch(&shared, first, docs, &tx).await }
+            })
+            .buffer_unordered(cli.concurrency)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await
+    } else {
+        stream::iter(uploads.iter().map(|u| u.0).enumerate())
+            .map(|(i, doc)| {
+                let (shared, tx) = (shared.clone(), tx.clone());
+                async move { submit(&shared, i, doc, &tx).await }
+            })
+            .buffer_unordered(cli.concurrency)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await
+    };
     drop(tx);
     let (finished, timed_out) = poller.await.context("poller")?;
     ticker.abort();
@@ -353,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
         pdf_bytes: pdf.len(),
         documents: cli.documents,
         concurrency: cli.concurrency,
+        batch_size: cli.batch_size,
         poll_interval_ms: cli.poll_interval_ms,
         uploaded: uploads.len() as u64,
         upload_seconds,
@@ -542,6 +567,67 @@ async fn upload(shared: &Shared, i: usize, pdf: Arc<Vec<u8>>) -> Option<(Uuid, D
             None
         }
     }
+}
+
+/// Sign requests for `documents` as one `POST /v1/batches`; every job of it is handed to the
+/// poller with the batch's submission time. Returns the batch call's latency.
+async fn submit_batch(
+    shared: &Shared,
+    first: usize,
+    documents: Vec<Uuid>,
+    tx: &mpsc::UnboundedSender<Submitted>,
+) -> Option<Duration> {
+    let items: Vec<serde_json::Value> = documents
+        .iter()
+        .enumerate()
+        .map(|(k, doc)| {
+            let i = first + k;
+            serde_json::json!({
+                "document_id": doc,
+                "signer": {"name": format!("Load Tester {i}"), "email": format!("load{i}@example.jp")},
+                "reason": "Load test",
+                "location": "Tokyo",
+            })
+        })
+        .collect();
+    let submitted_at = Instant::now();
+    let result = shared
+        .http
+        .post(format!("{}/v1/batches", shared.api))
+        .bearer_auth(&shared.key)
+        .json(&serde_json::json!({"items": items}))
+        .send()
+        .await;
+    let response = match result {
+        Ok(r) if r.status().as_u16() == 202 => r,
+        Ok(r) => {
+            shared.errors.add(problem_kind("batch", r).await);
+            return None;
+        }
+        Err(e) => {
+            shared.errors.add(transport_kind("batch", &e));
+            return None;
+        }
+    };
+    let latency = submitted_at.elapsed();
+    let job_ids: Vec<Uuid> = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| serde_json::from_value(v.get("job_ids")?.clone()).ok())
+        .unwrap_or_default();
+    if job_ids.len() != documents.len() {
+        shared.errors.add("batch: 202 without a job id per item");
+        return None;
+    }
+    for job_id in job_ids {
+        shared.progress.submitted.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(Submitted {
+            job_id,
+            submitted_at,
+        });
+    }
+    Some(latency)
 }
 
 async fn submit(
@@ -784,8 +870,17 @@ fn print_report(r: &Report) {
     println!();
     println!("== Shomei load test: {} ==", r.api);
     println!(
-        "documents {}  concurrency {}  pdf {} ({} bytes)  poll every {} ms",
-        r.documents, r.concurrency, r.pdf, r.pdf_bytes, r.poll_interval_ms
+        "documents {}  concurrency {}  pdf {} ({} bytes)  poll every {} ms  submitted {}",
+        r.documents,
+        r.concurrency,
+        r.pdf,
+        r.pdf_bytes,
+        r.poll_interval_ms,
+        if r.batch_size > 0 {
+            format!("in batches of {}", r.batch_size)
+        } else {
+            "one by one".to_owned()
+        }
     );
     println!(
         "uploads     {} ok in {:.2} s ({:.1}/s)",

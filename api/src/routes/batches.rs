@@ -125,9 +125,10 @@ async fn create(caller: Caller, state: Arc<AppState>, body: BatchBody) -> Result
     let Some((batch, jobs)) = accepted else {
         return Err(ApiError::NotFound("document (one or more ids in the batch)"));
     };
+    let job_ids: Vec<Uuid> = jobs.iter().map(|(_, id)| *id).collect();
     Pending::jobs(jobs).push(&state.queue).await;
     Ok(created(
-        &json!({"batch_id": batch.id, "total": batch.total}),
+        &json!({"batch_id": batch.id, "total": batch.total, "job_ids": job_ids}),
         &format!("/v1/batches/{}", batch.id),
         StatusCode::ACCEPTED,
     ))

@@ -27,29 +27,25 @@ use crate::AppState;
 pub fn all(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Rejection> + Clone {
-    health::routes(state.clone())
-        .or(documents::routes(state.clone()))
-        .unify()
-        .or(jobs::routes(state.clone()))
-        .unify()
-        .or(verification::routes(state.clone()))
-        .unify()
-        .or(requests::routes(state.clone()))
-        .unify()
-        .or(signing::routes(state.clone()))
-        .unify()
-        .or(signer_identities::routes(state.clone()))
-        .unify()
-        .or(webhooks::routes(state.clone()))
-        .unify()
-        .or(reports::routes(state.clone()))
-        .unify()
-        .or(exports::routes(state.clone()))
-        .unify()
-        .or(batches::routes(state))
-        .unify()
-        .or(shomei_telemetry::metrics::route())
-        .unify()
+    // Each resource's routes are boxed: one long chain of `or`s makes a type too deep for
+    // the compiler's default recursion limit in release builds.
+    let resources = [
+        health::routes(state.clone()).boxed(),
+        documents::routes(state.clone()).boxed(),
+        jobs::routes(state.clone()).boxed(),
+        verification::routes(state.clone()).boxed(),
+        requests::routes(state.clone()).boxed(),
+        signing::routes(state.clone()).boxed(),
+        signer_identities::routes(state.clone()).boxed(),
+        webhooks::routes(state.clone()).boxed(),
+        reports::routes(state.clone()).boxed(),
+        exports::routes(state.clone()).boxed(),
+        batches::routes(state).boxed(),
+        shomei_telemetry::metrics::route().boxed(),
+    ];
+    let [first, rest @ ..] = resources;
+    rest.into_iter()
+        .fold(first, |all, next| all.or(next).unify().boxed())
         .recover(problem::recover)
         .unify()
         .with(warp::trace::request())
