@@ -6,7 +6,7 @@
 #   loadtest/run.sh WORKERS N [CONCURRENCY]
 #
 # Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (4),
-# LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
+# LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage).
 set -euo pipefail
 
@@ -116,7 +116,7 @@ export SHOMEI_LOADTEST_KEY
 echo "==> load test: $DOCUMENTS documents, concurrency $CONCURRENCY, $WORKERS worker(s)"
 # shellcheck disable=SC2086 # LOADTEST_ARGS is split on purpose
 "$BIN/shomei-loadtest" --api "$API" --documents "$DOCUMENTS" --concurrency "$CONCURRENCY" \
-    --pdf samples/contract.pdf --json "$RUN/report.json" \
+    --pdf "${LOADTEST_PDF:-samples/contract-160k.pdf}" --json "$RUN/report.json" \
     --warmup "${LOADTEST_WARMUP:-$((4 * WORKERS))}" --hsm-seconds "${LOADTEST_HSM_SECONDS:-5}" \
     ${LOADTEST_HSM_THREADS:+--hsm-threads "$LOADTEST_HSM_THREADS"} ${LOADTEST_ARGS:-} |
     tee "$RUN/report.txt"
