@@ -93,7 +93,7 @@ SELECT * FROM (
        AND ($2::uuid[] IS NULL OR d.id = ANY($2))
        AND ($3::uuid IS NULL OR d.id > $3)
        AND ($4::text IS NULL OR d.title ILIKE '%' || $4 || '%' ESCAPE '\')
-       AND ($9::text IS NULL OR d.folder = $9 OR d.folder LIKE $10 || '/%' ESCAPE '\')
+       AND ($10::text IS NULL OR d.folder = $10 OR d.folder LIKE $9 || '/%' ESCAPE '\')
 ) listed
 WHERE ($5::text IS NULL OR status = $5)
   AND ($6::timestamptz IS NULL OR signed_at >= $6)
@@ -106,6 +106,30 @@ fn like_escaped(s: &str) -> String {
 }
 
 impl DocumentFilter {
+    /// `sql` (which uses the listing's parameters $1 to $10) with the filter bound.
+    fn bound(
+        &self,
+        sql: String,
+        tenant_id: Uuid,
+        signed_only: bool,
+        after: Option<Uuid>,
+    ) -> diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery>
+    {
+        let folder = self.folder_scope();
+        diesel::sql_query(sql)
+            .into_boxed()
+            .bind::<SqlUuid, _>(tenant_id)
+            .bind::<Nullable<Array<SqlUuid>>, _>(self.ids.clone())
+            .bind::<Nullable<SqlUuid>, _>(after)
+            .bind::<Nullable<Text>, _>(self.title_contains.as_deref().map(like_escaped))
+            .bind::<Nullable<Text>, _>(self.status.clone())
+            .bind::<Nullable<Timestamptz>, _>(self.signed_from)
+            .bind::<Nullable<Timestamptz>, _>(self.signed_to)
+            .bind::<Bool, _>(signed_only)
+            .bind::<Nullable<Text>, _>(folder.as_deref().map(like_escaped))
+            .bind::<Nullable<Text>, _>(folder)
+    }
+
     /// Up to `limit` matching documents after `after`, by id. `signed_only` keeps documents
     /// with at least one signature (what an export archives).
     pub fn page(
@@ -116,17 +140,7 @@ impl DocumentFilter {
         after: Option<Uuid>,
         limit: i64,
     ) -> QueryResult<Vec<DocumentRow>> {
-        diesel::sql_query(format!("{SELECT} ORDER BY id LIMIT $11"))
-            .bind::<SqlUuid, _>(tenant_id)
-            .bind::<Nullable<Array<SqlUuid>>, _>(self.ids.clone())
-            .bind::<Nullable<SqlUuid>, _>(after)
-            .bind::<Nullable<Text>, _>(self.title_contains.as_deref().map(like_escaped))
-            .bind::<Nullable<Text>, _>(self.status.clone())
-            .bind::<Nullable<Timestamptz>, _>(self.signed_from)
-            .bind::<Nullable<Timestamptz>, _>(self.signed_to)
-            .bind::<Bool, _>(signed_only)
-            .bind::<Nullable<Text>, _>(self.folder_scope())
-            .bind::<Nullable<Text>, _>(self.folder_scope().as_deref().map(like_escaped))
+        self.bound(format!("{SELECT} ORDER BY id LIMIT $11"), tenant_id, signed_only, after)
             .bind::<BigInt, _>(limit)
             .load(conn)
     }
@@ -143,19 +157,14 @@ impl DocumentFilter {
             #[diesel(sql_type = BigInt)]
             n: i64,
         }
-        diesel::sql_query(format!("SELECT count(*) AS n FROM ({SELECT}) counted"))
-            .bind::<SqlUuid, _>(tenant_id)
-            .bind::<Nullable<Array<SqlUuid>>, _>(self.ids.clone())
-            .bind::<Nullable<SqlUuid>, _>(None::<Uuid>)
-            .bind::<Nullable<Text>, _>(self.title_contains.as_deref().map(like_escaped))
-            .bind::<Nullable<Text>, _>(self.status.clone())
-            .bind::<Nullable<Timestamptz>, _>(self.signed_from)
-            .bind::<Nullable<Timestamptz>, _>(self.signed_to)
-            .bind::<Bool, _>(signed_only)
-            .bind::<Nullable<Text>, _>(self.folder_scope())
-            .bind::<Nullable<Text>, _>(self.folder_scope().as_deref().map(like_escaped))
-            .get_result::<Count>(conn)
-            .map(|c| c.n)
+        self.bound(
+            format!("SELECT count(*) AS n FROM ({SELECT}) counted"),
+            tenant_id,
+            signed_only,
+            None,
+        )
+        .get_result::<Count>(conn)
+        .map(|c| c.n)
     }
 
     /// Of `ids`, those that are not the tenant's documents (to refuse a list naming them).
