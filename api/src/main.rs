@@ -77,8 +77,7 @@ fn main() -> anyhow::Result<()> {
                 },
         } => {
             let db = migrate(&config)?;
-            let created =
-                shomei_api::tenants::create(&db, &name, signature_level, access_codes)?;
+            let created = shomei_api::tenants::create(&db, &name, signature_level, access_codes)?;
             // The one place a key is printed: to the operator who asked for it.
             #[allow(clippy::print_stdout)]
             {

@@ -195,7 +195,9 @@ impl Config {
                 .trim_end_matches('/')
                 .to_owned(),
             requests: RequestConfig {
-                link_ttl: Duration::from_secs(3600 * vars.parsed("SHOMEI_LINK_TTL_HOURS", 14 * 24)?),
+                link_ttl: Duration::from_secs(
+                    3600 * vars.parsed("SHOMEI_LINK_TTL_HOURS", 14 * 24)?,
+                ),
                 code_ttl: Duration::from_secs(vars.parsed("SHOMEI_CODE_TTL_SECS", 600)?),
             },
             mail: MailConfig {
@@ -315,7 +317,10 @@ mod tests {
     fn smtp_credentials_never_show_in_debug_output() {
         let c = config(&[
             ("SHOMEI_HSM_PIN", "1"),
-            ("SHOMEI_SMTP_URL", "smtp://mailer:hunter2-smtp@mail.example:587?tls=required"),
+            (
+                "SHOMEI_SMTP_URL",
+                "smtp://mailer:hunter2-smtp@mail.example:587?tls=required",
+            ),
         ])
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2-smtp"));

@@ -10,8 +10,8 @@ use std::time::Duration;
 use shomei_config::{Config, TsaConfig};
 use shomei_notify::mail::{MailSettings, Mailer};
 use shomei_notify::webhook::{WebhookSender, WebhookSettings};
-use shomei_schema::JobKind;
 use shomei_schema::DbPool;
+use shomei_schema::JobKind;
 use shomei_signing::{Certificate, Hsm, HsmSettings, Timestamper, TsaClient, TsaClientSettings};
 use shomei_storage::Storage;
 

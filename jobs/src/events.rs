@@ -121,9 +121,7 @@ fn emails_for(conn: &mut PgConnection, event: &Event) -> QueryResult<Vec<EmailJo
     let Some(request_id) = event.request_id else {
         return Ok(vec![]);
     };
-    let signer = |key: &str| -> Option<Uuid> {
-        event.data.get(key)?.as_str()?.parse().ok()
-    };
+    let signer = |key: &str| -> Option<Uuid> { event.data.get(key)?.as_str()?.parse().ok() };
     let email = |template, to| EmailJob {
         template,
         request_id,
@@ -137,7 +135,12 @@ fn emails_for(conn: &mut PgConnection, event: &Event) -> QueryResult<Vec<EmailJo
             .map(|id| vec![email(Template::VerificationCode, Recipient::Signer(id))])
             .unwrap_or_default(),
         kind::REQUEST_DECLINED => signer("signer_id")
-            .map(|id| vec![email(Template::Declined { signer_id: id }, Recipient::Owner)])
+            .map(|id| {
+                vec![email(
+                    Template::Declined { signer_id: id },
+                    Recipient::Owner,
+                )]
+            })
             .unwrap_or_default(),
         kind::REQUEST_CANCELLED => signer("notified_signer_id")
             .map(|id| vec![email(Template::Cancelled, Recipient::Signer(id))])

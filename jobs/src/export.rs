@@ -106,7 +106,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
             archive.add(&document, &bytes).await?;
             done += 1;
             if done % PROGRESS_EVERY == 0 {
-                interact(&ctx.db, move |conn| Ok(Export::progress(conn, export_id, done)?)).await?;
+                interact(&ctx.db, move |conn| {
+                    Ok(Export::progress(conn, export_id, done)?)
+                })
+                .await?;
             }
         }
     }
@@ -258,7 +261,13 @@ mod tests {
         assert!(!link_signature_ok(key, Uuid::now_v7(), 1, expires, &sig));
         let later = DateTime::from_timestamp(1_800_000_001, 0).unwrap();
         assert!(!link_signature_ok(key, id, 1, later, &sig));
-        assert!(!link_signature_ok(b"another key, also thirty-two by", id, 1, expires, &sig));
+        assert!(!link_signature_ok(
+            b"another key, also thirty-two by",
+            id,
+            1,
+            expires,
+            &sig
+        ));
         assert!(!link_signature_ok(key, id, 1, expires, "not base64!"));
     }
 }

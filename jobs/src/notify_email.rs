@@ -65,7 +65,11 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         text: rendered.text,
         html: rendered.html,
     };
-    let sent = ctx.mailer.send(&message).await.map_err(|e| mail_error(ctx, job, e));
+    let sent = ctx
+        .mailer
+        .send(&message)
+        .await
+        .map_err(|e| mail_error(ctx, job, e));
     let outcome = match &sent {
         Ok(()) => "sent",
         Err(JobError::Later { .. }) => "retry",
@@ -104,7 +108,10 @@ fn prepare(
 ) -> QueryResult<Option<((To, Message), Locale)>> {
     let request = SignatureRequest::lock(conn, job.request_id)?;
     let document = Document::get(conn, request.document_id)?;
-    let title = document.title.clone().unwrap_or_else(|| document.id.to_string());
+    let title = document
+        .title
+        .clone()
+        .unwrap_or_else(|| document.id.to_string());
     let (to, locale, mut signer) = match job.to {
         Recipient::Owner => (
             To {

@@ -67,7 +67,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     if !endpoint.enabled {
         return Err(JobError::permanent(format!(
             "the endpoint is disabled: {}",
-            endpoint.disabled_reason.as_deref().unwrap_or("by the tenant")
+            endpoint
+                .disabled_reason
+                .as_deref()
+                .unwrap_or("by the tenant")
         )));
     }
     let secret = WebhookSecret::parse(&endpoint.secret)
@@ -91,7 +94,10 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
             "refused",
             Err(JobError::permanent(format!(
                 "the endpoint's address is not allowed: {}",
-                attempt.error.as_deref().unwrap_or("private or loopback address")
+                attempt
+                    .error
+                    .as_deref()
+                    .unwrap_or("private or loopback address")
             ))),
         ),
         Outcome::RetryAfter(wait) => ("retry_after", Err(retry(ctx, job, &attempt, Some(*wait)))),
@@ -148,9 +154,15 @@ fn retry(
         (None, Some(error)) => error.clone(),
         (None, None) => "the delivery failed".to_owned(),
     };
-    match shomei_notify::webhook::next_delay(&ctx.webhook_schedule, job.attempts as u32, retry_after)
-    {
+    match shomei_notify::webhook::next_delay(
+        &ctx.webhook_schedule,
+        job.attempts as u32,
+        retry_after,
+    ) {
         Some(after) => JobError::later(what, after),
-        None => JobError::permanent(format!("gave up after {} attempts; last: {what}", job.attempts)),
+        None => JobError::permanent(format!(
+            "gave up after {} attempts; last: {what}",
+            job.attempts
+        )),
     }
 }

@@ -80,14 +80,16 @@ async fn report_depth(ctx: &JobContext) -> Result<(), JobError> {
     let now = chrono::Utc::now();
     for kind in JobKind::ALL {
         for status in ["queued", "running"] {
-            let row = rows.iter().find(|r| r.kind == kind.as_str() && r.status == status);
+            let row = rows
+                .iter()
+                .find(|r| r.kind == kind.as_str() && r.status == status);
             metrics::QUEUE_DEPTH
                 .with_label_values(&[kind.as_str(), status])
                 .set(row.map_or(0, |r| r.jobs));
             if status == "queued" {
-                let age = row
-                    .and_then(|r| r.oldest_due)
-                    .map_or(0.0, |oldest| (now - oldest).num_milliseconds() as f64 / 1000.0);
+                let age = row.and_then(|r| r.oldest_due).map_or(0.0, |oldest| {
+                    (now - oldest).num_milliseconds() as f64 / 1000.0
+                });
                 metrics::QUEUE_OLDEST_AGE
                     .with_label_values(&[kind.as_str()])
                     .set(age.max(0.0));

@@ -50,7 +50,9 @@ pub fn rows(records: impl IntoIterator<Item = Vec<String>>) -> Vec<u8> {
             .write_record(&record)
             .expect("writing CSV to memory cannot fail");
     }
-    writer.into_inner().expect("flushing CSV to memory cannot fail")
+    writer
+        .into_inner()
+        .expect("flushing CSV to memory cannot fail")
 }
 
 /// Timestamps as RFC 3339 in UTC, to the second.

@@ -37,7 +37,9 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     tracing::Span::current().record("job.kind", job.kind.as_str());
     let kind_label = job.kind.clone();
     if job.attempts == 1 {
-        let waited = (chrono::Utc::now() - job.created_at).to_std().unwrap_or_default();
+        let waited = (chrono::Utc::now() - job.created_at)
+            .to_std()
+            .unwrap_or_default();
         metrics::JOB_QUEUE_WAIT
             .with_label_values(&[&kind_label])
             .observe(waited.as_secs_f64());

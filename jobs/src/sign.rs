@@ -209,7 +209,10 @@ pub(crate) fn step_of(job: &Job) -> Option<RequestStep> {
 /// queued: then the document is not signed for them.
 async fn still_signing(ctx: &JobContext, job: &Job, step: &RequestStep) -> Result<(), JobError> {
     let signer_id = step.signer_id;
-    let signer = interact(&ctx.db, move |conn| Ok(RequestSigner::get(conn, signer_id)?)).await?;
+    let signer = interact(&ctx.db, move |conn| {
+        Ok(RequestSigner::get(conn, signer_id)?)
+    })
+    .await?;
     if signer.status() != SignerStatus::Signing || signer.sign_job_id != Some(job.id) {
         return Err(JobError::permanent(format!(
             "the signer is no longer waiting for this signature (status {})",

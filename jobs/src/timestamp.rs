@@ -41,9 +41,5 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
 
 /// The signature request this time-stamp concludes, when it was made for one.
 fn concluded_request(job: &Job) -> Option<uuid::Uuid> {
-    job.payload
-        .get("concludes_request")?
-        .as_str()?
-        .parse()
-        .ok()
+    job.payload.get("concludes_request")?.as_str()?.parse().ok()
 }

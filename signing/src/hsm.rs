@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use shomei_telemetry::metrics;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -16,6 +15,7 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use der::{Decode, Encode};
 use secrecy::SecretString;
+use shomei_telemetry::metrics;
 use x509_cert::Certificate;
 
 use crate::error::HsmError;

@@ -14,8 +14,7 @@ use prometheus::{
 
 /// Latency buckets from 1 ms to 2 min: HSM signatures, HTTP, jobs and queue waits all fit.
 const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 macro_rules! metric {
@@ -114,8 +113,8 @@ pub fn render() -> String {
 }
 
 /// `GET /metrics`, for processes that already serve HTTP (API, TSA).
-pub fn route() -> impl warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone
-{
+pub fn route(
+) -> impl warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     use warp::Filter;
     warp::path!("metrics").and(warp::get()).map(|| {
         use warp::Reply;
@@ -157,7 +156,9 @@ pub fn route_template(path: &str) -> String {
         .collect();
     let template = parts.join("/");
     // Anything outside the API's own paths (scanners, typos) is one value, not many.
-    if template.starts_with("/v1/") || ["/healthz", "/readyz", "/metrics"].contains(&template.as_str()) {
+    if template.starts_with("/v1/")
+        || ["/healthz", "/readyz", "/metrics"].contains(&template.as_str())
+    {
         template
     } else {
         "other".to_owned()
@@ -178,7 +179,10 @@ mod tests {
             route_template(&format!("/v1/signing/{}/code", "ab".repeat(32))),
             "/v1/signing/{token}/code"
         );
-        assert_eq!(route_template("/v1/exports/0193/parts/2"), "/v1/exports/{n}/parts/{n}");
+        assert_eq!(
+            route_template("/v1/exports/0193/parts/2"),
+            "/v1/exports/{n}/parts/{n}"
+        );
         assert_eq!(route_template("/wp-admin/login.php"), "other");
     }
 
@@ -187,8 +191,15 @@ mod tests {
         init("test");
         DOCUMENTS_SIGNED.with_label_values(&["B-T"]).inc();
         let text = render();
-        assert!(text.contains("shomei_build_info{process=\"test\""), "{text}");
+        assert!(
+            text.contains("shomei_build_info{process=\"test\""),
+            "{text}"
+        );
         assert!(text.contains("shomei_documents_signed_total{level=\"B-T\"} 1"));
-        assert_eq!(text.matches("# TYPE shomei_documents_signed_total counter").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE shomei_documents_signed_total counter")
+                .count(),
+            1
+        );
     }
 }

@@ -70,12 +70,16 @@ async fn run(n: usize) {
             }
         })
         .await;
-    while app.sql_count("SELECT count(*) AS n FROM jobs WHERE kind = 'sign' AND status = 'succeeded'")
+    while app
+        .sql_count("SELECT count(*) AS n FROM jobs WHERE kind = 'sign' AND status = 'succeeded'")
         < n as i64
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("backlog: {n} signed documents in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "backlog: {n} signed documents in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // A fresh worker, so its peak memory is the export's alone.
     app.kill_worker(0);
@@ -84,7 +88,9 @@ async fn run(n: usize) {
     let baseline = peak_rss_mib(app.worker_pid(worker).unwrap());
 
     let started = Instant::now();
-    let response = app.post_json(Some(&app.api_key), "/v1/exports", &json!({})).await;
+    let response = app
+        .post_json(Some(&app.api_key), "/v1/exports", &json!({}))
+        .await;
     assert_eq!(response.status(), 202);
     let queued: Value = response.json().await.unwrap();
     let path = format!("/v1/exports/{}", queued["export_id"].as_str().unwrap());

@@ -104,7 +104,10 @@ async fn emails(n: usize, concurrency: usize) {
         concurrency,
         vec![
             ("SHOMEI_SMTP_URL".into(), smtp.url()),
-            ("SHOMEI_SMTP_CA".into(), smtp.ca_path().display().to_string()),
+            (
+                "SHOMEI_SMTP_CA".into(),
+                smtp.ca_path().display().to_string(),
+            ),
         ],
     ))
     .await;
@@ -147,7 +150,10 @@ async fn emails(n: usize, concurrency: usize) {
         if count >= n {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(900), "only {count} of {n} e-mails");
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "only {count} of {n} e-mails"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed();

@@ -151,7 +151,10 @@ impl TestApp {
             ("SHOMEI_TSA_ATTEMPTS".into(), "2".into()),
             ("SHOMEI_TSA_TIMEOUT_SECS".into(), "5".into()),
             ("RUST_LOG".into(), "info".into()),
-            ("SHOMEI_PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")),
+            (
+                "SHOMEI_PUBLIC_URL".into(),
+                format!("http://127.0.0.1:{port}"),
+            ),
             (
                 "SHOMEI_MAIL_DIR".into(),
                 dir.join("mail").display().to_string(),
@@ -282,7 +285,8 @@ impl TestApp {
         worker_env.push(("SHOMEI_METRICS_ADDR".into(), metrics.clone()));
         let child = spawn_logged(&bin("shomei-worker"), &[], &self.env, &worker_env, &log);
         self.workers.push(Some(child));
-        self.worker_metrics.push(format!("http://{metrics}/metrics"));
+        self.worker_metrics
+            .push(format!("http://{metrics}/metrics"));
         index
     }
 
@@ -329,7 +333,12 @@ impl TestApp {
 
     /// `POST path` with a JSON body, as the test tenant (`Some(key)`) or as nobody (`None`,
     /// the signer's side).
-    pub async fn post_json(&self, key: Option<&str>, path: &str, body: &Value) -> reqwest::Response {
+    pub async fn post_json(
+        &self,
+        key: Option<&str>,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::Response {
         let mut request = self.client.post(self.url(path)).json(body);
         if let Some(key) = key {
             request = request.bearer_auth(key);

@@ -63,7 +63,11 @@ struct Item {
     sign: serde_json::Map<String, serde_json::Value>,
 }
 
-async fn create(caller: Caller, state: Arc<AppState>, body: BatchBody) -> Result<Response, ApiError> {
+async fn create(
+    caller: Caller,
+    state: Arc<AppState>,
+    body: BatchBody,
+) -> Result<Response, ApiError> {
     if body.items.is_empty() || body.items.len() > MAX_ITEMS {
         return Err(ApiError::BadRequest(format!(
             "items must list 1 to {MAX_ITEMS} sign requests"
@@ -78,7 +82,9 @@ async fn create(caller: Caller, state: Arc<AppState>, body: BatchBody) -> Result
             .validate()
             .map_err(|e| ApiError::BadRequest(format!("items[{i}]: {e}")))?;
         if request.step.is_some() {
-            return Err(ApiError::BadRequest(format!("items[{i}]: unknown field `step`")));
+            return Err(ApiError::BadRequest(format!(
+                "items[{i}]: unknown field `step`"
+            )));
         }
         requests.push((item.document_id, request));
     }
@@ -123,7 +129,9 @@ async fn create(caller: Caller, state: Arc<AppState>, body: BatchBody) -> Result
     })
     .await?;
     let Some((batch, jobs)) = accepted else {
-        return Err(ApiError::NotFound("document (one or more ids in the batch)"));
+        return Err(ApiError::NotFound(
+            "document (one or more ids in the batch)",
+        ));
     };
     let job_ids: Vec<Uuid> = jobs.iter().map(|(_, id)| *id).collect();
     Pending::jobs(jobs).push(&state.queue).await;

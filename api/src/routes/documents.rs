@@ -230,7 +230,10 @@ async fn download(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Resp
 }
 
 /// A revision's bytes (checked against their SHA-256) as a PDF download.
-pub(super) async fn pdf_response(state: &AppState, latest: &Revision) -> Result<Response, ApiError> {
+pub(super) async fn pdf_response(
+    state: &AppState,
+    latest: &Revision,
+) -> Result<Response, ApiError> {
     let bytes = state
         .storage
         .get_verified(&latest.storage_key, &latest.sha256)

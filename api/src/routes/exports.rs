@@ -190,7 +190,13 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let expires = DateTime::from_timestamp(link.expires, 0)
         .ok_or_else(|| ApiError::BadRequest("expires is not a time".into()))?;
-    if !link_signature_ok(state.link_key.expose_secret(), id, part, expires, &link.signature) {
+    if !link_signature_ok(
+        state.link_key.expose_secret(),
+        id,
+        part,
+        expires,
+        &link.signature,
+    ) {
         return Err(ApiError::Forbidden(
             "the download link is not valid (altered, or signed by another deployment)".into(),
         ));
@@ -213,9 +219,15 @@ async fn download(
         .map_err(anyhow::Error::from)?;
     let mut response = warp::reply::stream(super::body_stream(stream)).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, "application/zip".parse().expect("valid"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/zip".parse().expect("valid"),
+    );
     headers.insert(header::CONTENT_LENGTH, size.into());
-    let disposition = format!("attachment; filename=\"shomei-export-{id}-part-{}.zip\"", part.part);
+    let disposition = format!(
+        "attachment; filename=\"shomei-export-{id}-part-{}.zip\"",
+        part.part
+    );
     headers.insert(
         header::CONTENT_DISPOSITION,
         disposition.parse().map_err(anyhow::Error::from)?,

@@ -4,8 +4,8 @@
 
 mod batches;
 mod documents;
-mod health;
 mod exports;
+mod health;
 mod jobs;
 mod reports;
 mod requests;

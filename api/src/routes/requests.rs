@@ -120,7 +120,11 @@ struct SignerView {
 }
 
 impl RequestView {
-    fn new(request: SignatureRequest, signers: Vec<RequestSigner>, codes: &[Option<String>]) -> Self {
+    fn new(
+        request: SignatureRequest,
+        signers: Vec<RequestSigner>,
+        codes: &[Option<String>],
+    ) -> Self {
         Self {
             id: request.id,
             document_id: request.document_id,
@@ -183,10 +187,18 @@ async fn create(
     check_email("owner.email", &body.owner.email).map_err(ApiError::BadRequest)?;
     let request_locale = locale(body.locale, "locale")?;
     if body.signers.is_empty() || body.signers.len() > 20 {
-        return Err(ApiError::BadRequest("signers must list 1 to 20 signers".into()));
+        return Err(ApiError::BadRequest(
+            "signers must list 1 to 20 signers".into(),
+        ));
     }
-    if body.message.as_ref().is_some_and(|m| m.chars().count() > 2000) {
-        return Err(ApiError::BadRequest("message is longer than 2000 characters".into()));
+    if body
+        .message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > 2000)
+    {
+        return Err(ApiError::BadRequest(
+            "message is longer than 2000 characters".into(),
+        ));
     }
     for (i, s) in body.signers.iter().enumerate() {
         check_name(&format!("signers[{i}].name"), &s.name)?;
@@ -255,9 +267,7 @@ async fn create(
             message,
             signers,
         };
-        let created = conn.transaction(|conn| {
-            requests::create(conn, new, caller.actor(), ip)
-        });
+        let created = conn.transaction(|conn| requests::create(conn, new, caller.actor(), ip));
         match created {
             Ok((request, signers, pending)) => Ok(Ok((request, signers, pending, made_codes))),
             Err(diesel::result::Error::DatabaseError(
@@ -332,8 +342,7 @@ async fn cancel(
                     "a signer's signature is being made right now; try again in a moment".into(),
                 )));
             }
-            let pending =
-                requests::cancel(conn, &mut request, caller.actor(), ip)?;
+            let pending = requests::cancel(conn, &mut request, caller.actor(), ip)?;
             let signers = request.signers(conn)?;
             Ok::<_, diesel::result::Error>(Ok((request, signers, pending)))
         })?)

@@ -94,14 +94,20 @@ async fn enroll(
     check_email("email", &body.email).map_err(ApiError::BadRequest)?;
     let name_len = body.name.trim().chars().count();
     if name_len == 0 || name_len > 200 {
-        return Err(ApiError::BadRequest("name must be 1 to 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 200 characters".into(),
+        ));
     }
     if body.key_label.is_empty() || body.key_label.len() > 200 {
-        return Err(ApiError::BadRequest("key_label must be 1 to 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "key_label must be 1 to 200 characters".into(),
+        ));
     }
     let pin_len = body.pin.chars().count();
     if !(6..=64).contains(&pin_len) {
-        return Err(ApiError::BadRequest("pin must be 6 to 64 characters".into()));
+        return Err(ApiError::BadRequest(
+            "pin must be 6 to 64 characters".into(),
+        ));
     }
     let identity = interact(&state.db, move |conn| {
         let identity = SignerIdentity {
@@ -126,7 +132,11 @@ async fn enroll(
         ApiError::Conflict("a certified signer with this e-mail address is already enrolled".into())
     })?;
     let location = format!("/v1/signer-identities/{}", identity.id);
-    Ok(created(&IdentityView::from(identity), &location, StatusCode::CREATED))
+    Ok(created(
+        &IdentityView::from(identity),
+        &location,
+        StatusCode::CREATED,
+    ))
 }
 
 async fn list(caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {

@@ -28,8 +28,8 @@ use shomei_jobs::requests::{
 };
 use shomei_jobs::sign::{SignRequest, Signer};
 use shomei_schema::{
-    interact, Document, JobKind, NewJob, RequestSigner, Revision, SignatureRequest,
-    SignerIdentity, Tenant,
+    interact, Document, JobKind, NewJob, RequestSigner, Revision, SignatureRequest, SignerIdentity,
+    Tenant,
 };
 
 use super::{client_ip, respond, with_state};
@@ -439,8 +439,14 @@ async fn decline(
     remote: Option<SocketAddr>,
     body: DeclineBody,
 ) -> Result<Response, ApiError> {
-    if body.reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
-        return Err(ApiError::BadRequest("reason is longer than 1000 characters".into()));
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 1000)
+    {
+        return Err(ApiError::BadRequest(
+            "reason is longer than 1000 characters".into(),
+        ));
     }
     let ip = client_ip(remote);
     let pending = interact(&state.db, move |conn| {

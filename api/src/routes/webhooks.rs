@@ -131,10 +131,18 @@ async fn create(
     body: CreateBody,
 ) -> Result<Response, ApiError> {
     if body.url.len() > 2000 {
-        return Err(ApiError::BadRequest("url is longer than 2000 characters".into()));
+        return Err(ApiError::BadRequest(
+            "url is longer than 2000 characters".into(),
+        ));
     }
-    if body.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
-        return Err(ApiError::BadRequest("description is longer than 500 characters".into()));
+    if body
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 500)
+    {
+        return Err(ApiError::BadRequest(
+            "description is longer than 500 characters".into(),
+        ));
     }
     if let Some(kinds) = &body.event_kinds {
         if kinds.is_empty() || kinds.iter().any(|k| k.is_empty() || k.len() > 100) {

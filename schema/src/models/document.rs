@@ -175,7 +175,10 @@ pub fn normalise_folder(path: &str) -> Result<String, String> {
         return Err("folder must be at most 255 characters, without control characters".into());
     }
     let names: Vec<&str> = trimmed.trim_end_matches('/').split('/').skip(1).collect();
-    if names.iter().any(|n| n.is_empty() || *n == "." || *n == "..") {
+    if names
+        .iter()
+        .any(|n| n.is_empty() || *n == "." || *n == "..")
+    {
         return Err(format!("folder {path:?} has an empty, . or .. name"));
     }
     Ok(format!("/{}", names.join("/")))

@@ -129,7 +129,11 @@ impl WebhookEndpoint {
         Ok(Self::list(conn, tenant_id)?
             .into_iter()
             .filter(|e| e.enabled)
-            .filter(|e| e.event_kinds.as_ref().is_none_or(|k| k.iter().any(|k| k == kind)))
+            .filter(|e| {
+                e.event_kinds
+                    .as_ref()
+                    .is_none_or(|k| k.iter().any(|k| k == kind))
+            })
             .collect())
     }
 
@@ -211,10 +215,17 @@ impl WebhookAttempt {
     }
 
     /// The newest attempts to one endpoint.
-    pub fn list(conn: &mut PgConnection, endpoint_id: Uuid, limit: i64) -> QueryResult<Vec<WebhookAttempt>> {
+    pub fn list(
+        conn: &mut PgConnection,
+        endpoint_id: Uuid,
+        limit: i64,
+    ) -> QueryResult<Vec<WebhookAttempt>> {
         webhook_attempts::table
             .filter(webhook_attempts::endpoint_id.eq(endpoint_id))
-            .order((webhook_attempts::created_at.desc(), webhook_attempts::id.desc()))
+            .order((
+                webhook_attempts::created_at.desc(),
+                webhook_attempts::id.desc(),
+            ))
             .limit(limit)
             .select(WebhookAttempt::as_select())
             .load(conn)

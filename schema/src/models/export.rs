@@ -50,7 +50,10 @@ impl Export {
     }
 
     pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Export> {
-        exports::table.find(id).select(Export::as_select()).first(conn)
+        exports::table
+            .find(id)
+            .select(Export::as_select())
+            .first(conn)
     }
 
     /// A run starts (again, after a crash: from the beginning).

@@ -196,16 +196,20 @@ impl Job {
             jobs::table
                 .find(id)
                 .filter(jobs::status.eq_any(UNFINISHED))
-                .filter(jobs::run_after.is_null().or(jobs::run_after.le(diesel::dsl::now))),
+                .filter(
+                    jobs::run_after
+                        .is_null()
+                        .or(jobs::run_after.le(diesel::dsl::now)),
+                ),
         )
-            .set((
-                jobs::status.eq(JobStatus::Running.as_str()),
-                jobs::attempts.eq(jobs::attempts + 1),
-                jobs::started_at.eq(diesel::dsl::now),
-            ))
-            .returning(Job::as_returning())
-            .get_result(conn)
-            .optional()
+        .set((
+            jobs::status.eq(JobStatus::Running.as_str()),
+            jobs::attempts.eq(jobs::attempts + 1),
+            jobs::started_at.eq(diesel::dsl::now),
+        ))
+        .returning(Job::as_returning())
+        .get_result(conn)
+        .optional()
     }
 
     pub fn succeed(
@@ -267,7 +271,10 @@ impl Job {
 
     /// Inserts jobs made together with another change (in its transaction); the caller pushes
     /// them once the transaction has committed.
-    pub fn insert_all(conn: &mut PgConnection, new: &[NewJob]) -> QueryResult<Vec<(JobKind, Uuid)>> {
+    pub fn insert_all(
+        conn: &mut PgConnection,
+        new: &[NewJob],
+    ) -> QueryResult<Vec<(JobKind, Uuid)>> {
         diesel::insert_into(jobs::table).values(new).execute(conn)?;
         Ok(new
             .iter()
@@ -296,7 +303,11 @@ impl Job {
         jobs::table
             .filter(jobs::status.eq_any(UNFINISHED))
             .filter(jobs::enqueued_at.lt(cutoff))
-            .filter(jobs::run_after.is_null().or(jobs::run_after.le(diesel::dsl::now)))
+            .filter(
+                jobs::run_after
+                    .is_null()
+                    .or(jobs::run_after.le(diesel::dsl::now)),
+            )
             .order(jobs::enqueued_at.asc())
             .limit(limit)
             .select(Job::as_select())

@@ -5,7 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Int4, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Int4, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -33,7 +35,14 @@ pub struct DocumentFilter {
     pub folder: Option<String>,
 }
 
-pub const STATUSES: [&str; 6] = ["uploaded", "signed", "in_progress", "completed", "declined", "cancelled"];
+pub const STATUSES: [&str; 6] = [
+    "uploaded",
+    "signed",
+    "in_progress",
+    "completed",
+    "declined",
+    "cancelled",
+];
 
 /// One document as reports show it.
 #[derive(Debug, Clone, QueryableByName)]
@@ -102,7 +111,9 @@ WHERE ($5::text IS NULL OR status = $5)
 
 /// `title_contains` as an ILIKE pattern part: `%`, `_` and `\` match themselves.
 fn like_escaped(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 impl DocumentFilter {
@@ -113,8 +124,11 @@ impl DocumentFilter {
         tenant_id: Uuid,
         signed_only: bool,
         after: Option<Uuid>,
-    ) -> diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery>
-    {
+    ) -> diesel::query_builder::BoxedSqlQuery<
+        'static,
+        diesel::pg::Pg,
+        diesel::query_builder::SqlQuery,
+    > {
         let folder = self.folder_scope();
         diesel::sql_query(sql)
             .into_boxed()
@@ -140,9 +154,14 @@ impl DocumentFilter {
         after: Option<Uuid>,
         limit: i64,
     ) -> QueryResult<Vec<DocumentRow>> {
-        self.bound(format!("{SELECT} ORDER BY id LIMIT $11"), tenant_id, signed_only, after)
-            .bind::<BigInt, _>(limit)
-            .load(conn)
+        self.bound(
+            format!("{SELECT} ORDER BY id LIMIT $11"),
+            tenant_id,
+            signed_only,
+            after,
+        )
+        .bind::<BigInt, _>(limit)
+        .load(conn)
     }
 
     /// How many documents match.
@@ -168,7 +187,11 @@ impl DocumentFilter {
     }
 
     /// Of `ids`, those that are not the tenant's documents (to refuse a list naming them).
-    pub fn foreign_ids(conn: &mut PgConnection, tenant_id: Uuid, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    pub fn foreign_ids(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        ids: &[Uuid],
+    ) -> QueryResult<Vec<Uuid>> {
         use crate::schema::documents;
         let own: Vec<Uuid> = documents::table
             .filter(documents::tenant_id.eq(tenant_id))
@@ -193,7 +216,10 @@ impl DocumentFilter {
         }
         if let Some(status) = &self.status {
             if !STATUSES.contains(&status.as_str()) {
-                return Err(format!("status {status:?} is not one of {}", STATUSES.join(", ")));
+                return Err(format!(
+                    "status {status:?} is not one of {}",
+                    STATUSES.join(", ")
+                ));
             }
         }
         if let (Some(from), Some(to)) = (self.signed_from, self.signed_to) {
@@ -201,10 +227,18 @@ impl DocumentFilter {
                 return Err("signed_to must be after signed_from".into());
             }
         }
-        if self.ids.as_ref().is_some_and(|ids| ids.is_empty() || ids.len() > 10_000) {
+        if self
+            .ids
+            .as_ref()
+            .is_some_and(|ids| ids.is_empty() || ids.len() > 10_000)
+        {
             return Err("ids must list 1 to 10000 document ids".into());
         }
-        if self.title_contains.as_ref().is_some_and(|t| t.is_empty() || t.chars().count() > 200) {
+        if self
+            .title_contains
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
+        {
             return Err("title_contains must be 1 to 200 characters".into());
         }
         Ok(())

@@ -49,7 +49,10 @@ async fn a_batch_signs_every_item_and_announces_its_completion() {
     assert!(hooks[0].verified);
     assert_eq!(hooks[0].body["type"], "batch.completed");
     assert_eq!(hooks[0].body["data"]["batch_id"], batch_id);
-    assert_eq!(hooks[0].body["data"]["succeeded"], 8, "6 signatures and 2 conclusions");
+    assert_eq!(
+        hooks[0].body["data"]["succeeded"], 8,
+        "6 signatures and 2 conclusions"
+    );
     assert_eq!(hooks[0].body["data"]["failed"], 0);
 
     let view: Value = app
@@ -97,16 +100,35 @@ async fn a_bad_batch_is_refused_whole_with_the_item_named() {
     let good = json!({"document_id": own, "signer": {"name": "A"}});
     for (items, status, needle) in [
         (json!([]), 400, "1 to 10000"),
-        (json!([good, {"document_id": own, "signer": {"name": ""}}]), 400, "items[1]"),
-        (json!([good, {"document_id": own, "signer": {"name": "B"}, "colour": "red"}]), 400, "items[1]"),
-        (json!([good, {"document_id": foreign["id"], "signer": {"name": "B"}}]), 404, "document"),
+        (
+            json!([good, {"document_id": own, "signer": {"name": ""}}]),
+            400,
+            "items[1]",
+        ),
+        (
+            json!([good, {"document_id": own, "signer": {"name": "B"}, "colour": "red"}]),
+            400,
+            "items[1]",
+        ),
+        (
+            json!([good, {"document_id": foreign["id"], "signer": {"name": "B"}}]),
+            404,
+            "document",
+        ),
     ] {
         let response = app
             .post_json(Some(&app.api_key), "/v1/batches", &json!({"items": items}))
             .await;
         assert_eq!(response.status(), status, "{items}");
         let problem: Value = response.json().await.unwrap();
-        assert!(problem["detail"].as_str().unwrap().contains(needle), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{problem}"
+        );
     }
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM jobs"), 0, "nothing accepted");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM jobs"),
+        0,
+        "nothing accepted"
+    );
 }

@@ -35,7 +35,12 @@ fn promtool_check(name: &str, text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus, installed by scripts/prepare-machine.sh)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -50,20 +55,43 @@ async fn every_process_serves_metrics_that_follow_the_work() {
     let app = TestApp::spawn().await;
     let document = app.upload_ok(sample("contract.pdf")).await;
     let job = app.sign_ok(&document, "Metrics").await;
-    assert_eq!(app.wait_for_job(&job, JOB_TIMEOUT).await["status"], "succeeded");
+    assert_eq!(
+        app.wait_for_job(&job, JOB_TIMEOUT).await["status"],
+        "succeeded"
+    );
     // The queue-depth gauges are refreshed by the reconciler (every second in tests).
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     let worker = scrape(app.worker_metrics_url(0)).await;
-    assert_eq!(value(&worker, "shomei_documents_signed_total{level=\"B-T\"}"), 1.0);
     assert_eq!(
-        value(&worker, "shomei_jobs_finished_total{kind=\"sign\",outcome=\"succeeded\"}"),
+        value(&worker, "shomei_documents_signed_total{level=\"B-T\"}"),
         1.0
     );
-    assert_eq!(value(&worker, "shomei_job_duration_seconds_count{kind=\"sign\"}"), 1.0);
-    assert!(value(&worker, "shomei_hsm_sign_duration_seconds_count{key=\"rsa\"}") >= 1.0);
+    assert_eq!(
+        value(
+            &worker,
+            "shomei_jobs_finished_total{kind=\"sign\",outcome=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&worker, "shomei_job_duration_seconds_count{kind=\"sign\"}"),
+        1.0
+    );
+    assert!(
+        value(
+            &worker,
+            "shomei_hsm_sign_duration_seconds_count{key=\"rsa\"}"
+        ) >= 1.0
+    );
     assert!(value(&worker, "shomei_tsa_client_request_duration_seconds_count") >= 1.0);
-    assert_eq!(value(&worker, "shomei_queue_depth{kind=\"sign\",status=\"queued\"}"), 0.0);
+    assert_eq!(
+        value(
+            &worker,
+            "shomei_queue_depth{kind=\"sign\",status=\"queued\"}"
+        ),
+        0.0
+    );
     assert!(value(&worker, "shomei_hsm_pool_max_sessions") >= 1.0);
     assert!(worker.contains("shomei_build_info{process=\"worker\""));
     assert!(worker.contains("process_resident_memory_bytes"));
@@ -76,7 +104,10 @@ async fn every_process_serves_metrics_that_follow_the_work() {
         ),
         1.0
     );
-    assert_eq!(value(&api, "shomei_jobs_submitted_total{kind=\"sign\"}"), 1.0);
+    assert_eq!(
+        value(&api, "shomei_jobs_submitted_total{kind=\"sign\"}"),
+        1.0
+    );
 
     let tsa = scrape(&app.tsa_url("/metrics")).await;
     assert!(value(&tsa, "shomei_tsa_tokens_issued_total") >= 1.0);

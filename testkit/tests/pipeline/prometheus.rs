@@ -54,7 +54,9 @@ fn start_prometheus(targets: &[(&str, Vec<String>)]) -> Prometheus {
         .join("target/tmp/prometheus")
         .join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir_all(&dir).unwrap();
-    let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
+    let mut config = String::from(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+    );
     for (job, hosts) in targets {
         let list: Vec<String> = hosts.iter().map(|h| format!("'{h}'")).collect();
         config.push_str(&format!(
@@ -69,8 +71,14 @@ fn start_prometheus(targets: &[(&str, Vec<String>)]) -> Prometheus {
         .unwrap()
         .port();
     let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
@@ -113,7 +121,10 @@ async fn every_dashboard_query_returns_data_from_a_working_pipeline() {
         ("shomei-api", vec![host(&app.base_url)]),
         (
             "shomei-worker",
-            vec![host(app.worker_metrics_url(0)), host(app.worker_metrics_url(1))],
+            vec![
+                host(app.worker_metrics_url(0)),
+                host(app.worker_metrics_url(1)),
+            ],
         ),
         ("shomei-tsa", vec![host(&app.tsa_url(""))]),
     ]);
@@ -147,7 +158,10 @@ async fn every_dashboard_query_returns_data_from_a_working_pipeline() {
     while Instant::now() < deadline {
         let document = app.upload_ok(sample("contract.pdf")).await;
         let job = app.sign_ok(&document, "Prometheus").await;
-        assert_eq!(app.wait_for_job(&job, JOB_TIMEOUT).await["status"], "succeeded");
+        assert_eq!(
+            app.wait_for_job(&job, JOB_TIMEOUT).await["status"],
+            "succeeded"
+        );
         if round == 0 {
             let document = app.upload_ok(sample("contract.pdf")).await;
             let response = app
@@ -176,12 +190,17 @@ async fn every_dashboard_query_returns_data_from_a_working_pipeline() {
     let start = mail.text.find("/v1/signing/").unwrap() + 12;
     let token: String = mail.text[start..].chars().take(64).collect();
     let response = app
-        .post_json(None, &format!("/v1/signing/{token}/sign"), &json!({"pin": "135790"}))
+        .post_json(
+            None,
+            &format!("/v1/signing/{token}/sign"),
+            &json!({"pin": "135790"}),
+        )
         .await;
     assert_eq!(response.status(), 202);
     let failed: Value = response.json().await.unwrap();
     assert_eq!(
-        app.wait_for_job(failed["job_id"].as_str().unwrap(), JOB_TIMEOUT).await["status"],
+        app.wait_for_job(failed["job_id"].as_str().unwrap(), JOB_TIMEOUT)
+            .await["status"],
         "failed"
     );
     // Let Prometheus scrape the last of it and every rate window see two samples.
@@ -197,9 +216,16 @@ async fn every_dashboard_query_returns_data_from_a_working_pipeline() {
             empty.push(expr.clone());
         }
     }
-    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
     // The targets are all up.
     let up = query(&prometheus, "up").await;
     assert_eq!(up.as_array().unwrap().len(), 4, "{up}");
-    assert!(up.as_array().unwrap().iter().all(|s| s["value"][1] == "1"), "{up}");
+    assert!(
+        up.as_array().unwrap().iter().all(|s| s["value"][1] == "1"),
+        "{up}"
+    );
 }

@@ -40,7 +40,10 @@ fn mail_server() -> SmtpServer {
 /// The link token in an invitation.
 fn link_token(mail: &ReceivedMail) -> String {
     let text = &mail.text;
-    let start = text.find("/v1/signing/").expect("a signing link in the e-mail") + 12;
+    let start = text
+        .find("/v1/signing/")
+        .expect("a signing link in the e-mail")
+        + 12;
     let token: String = text[start..]
         .chars()
         .take_while(char::is_ascii_hexdigit)
@@ -124,7 +127,10 @@ async fn request_code(app: &TestApp, smtp: &SmtpServer, token: &str, to: &str) -
         {
             return one_time_code(mail);
         }
-        assert!(std::time::Instant::now() < deadline, "no code e-mail to {to}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code e-mail to {to}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -158,7 +164,10 @@ async fn a_witness_and_a_certified_signer_sign_in_order_and_the_contract_conclud
     let invitation = smtp
         .wait_for("taro@example.com", "Please sign", MAIL_TIMEOUT)
         .await;
-    assert!(invitation.tls && invitation.authenticated, "STARTTLS and AUTH were used");
+    assert!(
+        invitation.tls && invitation.authenticated,
+        "STARTTLS and AUTH were used"
+    );
     assert!(invitation.subject.contains("業務委託契約書, \"2026\" <v1>"));
     assert!(
         (invitation.html.contains("&lt;v1&gt;") || invitation.html.contains("&#60;v1&#62;"))
@@ -179,7 +188,10 @@ async fn a_witness_and_a_certified_signer_sign_in_order_and_the_contract_conclud
     let wrong = if code == "000000" { "000001" } else { "000000" };
     let (status, problem) = sign_as(&app, &taro, json!({"code": wrong})).await;
     assert_eq!(status, 403, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("4 attempts left"));
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("4 attempts left"));
     let (status, queued) = sign_as(&app, &taro, json!({"code": code})).await;
     assert_eq!(status, 202, "{queued}");
     let job = app
@@ -197,11 +209,19 @@ async fn a_witness_and_a_certified_signer_sign_in_order_and_the_contract_conclud
     let hanako = link_token(&invitation);
     let (status, problem) = sign_as(&app, &hanako, json!({"pin": "246810"})).await;
     assert_eq!(status, 400, "the access code is required: {problem}");
-    let (status, problem) =
-        sign_as(&app, &hanako, json!({"pin": "111111", "access_code": "4711-2026"})).await;
+    let (status, problem) = sign_as(
+        &app,
+        &hanako,
+        json!({"pin": "111111", "access_code": "4711-2026"}),
+    )
+    .await;
     assert_eq!(status, 403, "{problem}");
-    let (status, queued) =
-        sign_as(&app, &hanako, json!({"pin": "246810", "access_code": "4711-2026"})).await;
+    let (status, queued) = sign_as(
+        &app,
+        &hanako,
+        json!({"pin": "246810", "access_code": "4711-2026"}),
+    )
+    .await;
     assert_eq!(status, 202, "{queued}");
     let job = app
         .wait_for_job(queued["job_id"].as_str().unwrap(), JOB_TIMEOUT)
@@ -217,7 +237,11 @@ async fn a_witness_and_a_certified_signer_sign_in_order_and_the_contract_conclud
         .await;
     smtp.wait_for("hanako@example.jp", "署名完了", MAIL_TIMEOUT)
         .await;
-    let (_, request) = json_of(app.get(&app.api_key, &format!("/v1/requests/{request_id}")).await).await;
+    let (_, request) = json_of(
+        app.get(&app.api_key, &format!("/v1/requests/{request_id}"))
+            .await,
+    )
+    .await;
     assert_eq!(request["status"], "completed", "{request}");
     assert!(request["signers"]
         .as_array()
@@ -236,7 +260,8 @@ async fn a_witness_and_a_certified_signer_sign_in_order_and_the_contract_conclud
         },
     );
     assert!(
-        report.contains("Shomei Dev Signing (RSA)") && report.contains("Hanako Yamada (Dev Signer)"),
+        report.contains("Shomei Dev Signing (RSA)")
+            && report.contains("Hanako Yamada (Dev Signer)"),
         "the witness signature is the service's, the certified one Hanako's own: {report}"
     );
     // The audit trail names the method and address of each signature.
@@ -277,7 +302,10 @@ async fn a_wrong_expired_or_overused_code_is_refused() {
     }
     let (status, problem) = sign_as(&app, &token, json!({"code": wrong})).await;
     assert_eq!(status, 429, "{problem}");
-    assert_eq!(problem["type"], "https://shomei.dev/problems/too-many-attempts");
+    assert_eq!(
+        problem["type"],
+        "https://shomei.dev/problems/too-many-attempts"
+    );
     let (status, _) = sign_as(&app, &token, json!({"code": code})).await;
     assert_eq!(status, 409, "the spent code is gone");
 
@@ -339,7 +367,11 @@ async fn a_signer_can_decline_and_the_sender_can_cancel() {
         .wait_for("owner@example.com", "Declined", MAIL_TIMEOUT)
         .await;
     assert!(notice.text.contains("The fee is wrong"), "{}", notice.text);
-    let (_, request) = json_of(app.get(&app.api_key, &format!("/v1/requests/{declined}")).await).await;
+    let (_, request) = json_of(
+        app.get(&app.api_key, &format!("/v1/requests/{declined}"))
+            .await,
+    )
+    .await;
     assert_eq!(request["status"], "declined");
     let (status, _) = json_of(app.get("", &format!("/v1/signing/{token}")).await).await;
     assert_eq!(status, 410, "the link is dead");
@@ -394,7 +426,11 @@ async fn bad_request_bodies_get_problems() {
     let path = format!("/v1/documents/{doc}/requests");
     let owner = json!({"name": "O", "email": "owner@example.com"});
     for (body, expected, needle) in [
-        (json!({"owner": owner, "signers": []}), 400, "1 to 20 signers"),
+        (
+            json!({"owner": owner, "signers": []}),
+            400,
+            "1 to 20 signers",
+        ),
         (
             json!({"owner": owner, "signers": [{"name": "A", "email": "not-an-address", "method": "witness"}]}),
             400,
@@ -411,7 +447,8 @@ async fn bad_request_bodies_get_problems() {
             "ja or en",
         ),
     ] {
-        let (status, problem) = json_of(app.post_json(Some(&app.api_key), &path, &body).await).await;
+        let (status, problem) =
+            json_of(app.post_json(Some(&app.api_key), &path, &body).await).await;
         assert_eq!(status, expected, "{body} → {problem}");
         assert!(
             problem["detail"].as_str().unwrap().contains(needle),
@@ -420,10 +457,24 @@ async fn bad_request_bodies_get_problems() {
     }
     // One open request per document.
     let body = json!({"owner": owner, "signers": [{"name": "A", "email": "a@example.com", "method": "witness"}]});
-    assert_eq!(app.post_json(Some(&app.api_key), &path, &body).await.status(), 201);
-    assert_eq!(app.post_json(Some(&app.api_key), &path, &body).await.status(), 409);
+    assert_eq!(
+        app.post_json(Some(&app.api_key), &path, &body)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        app.post_json(Some(&app.api_key), &path, &body)
+            .await
+            .status(),
+        409
+    );
     // A made-up link is simply not found.
-    let (status, problem) = json_of(app.get("", &format!("/v1/signing/{}", "ab".repeat(32))).await).await;
+    let (status, problem) = json_of(
+        app.get("", &format!("/v1/signing/{}", "ab".repeat(32)))
+            .await,
+    )
+    .await;
     assert_eq!(status, 404, "{problem}");
 }
 
@@ -453,28 +504,47 @@ async fn a_tenant_that_wants_access_codes_gets_one_per_signer_and_mail_goes_to_f
         .to_owned();
     assert_eq!(access_code.len(), 8);
     let (_, shown) = json_of(
-        app.get(&key, &format!("/v1/requests/{}", request["id"].as_str().unwrap()))
-            .await,
+        app.get(
+            &key,
+            &format!("/v1/requests/{}", request["id"].as_str().unwrap()),
+        )
+        .await,
     )
     .await;
     assert!(shown["signers"][0].get("access_code").is_none(), "{shown}");
 
     let invitation = wait_for_file_mail(&app, "aki@example.com", "Please sign").await;
-    assert!(invitation.text.contains("access code"), "{}", invitation.text);
+    assert!(
+        invitation.text.contains("access code"),
+        "{}",
+        invitation.text
+    );
     let token = link_token(&invitation);
     let response = app
         .post_json(None, &format!("/v1/signing/{token}/code"), &json!({}))
         .await;
     assert_eq!(response.status(), 202);
-    let code = one_time_code(&wait_for_file_mail(&app, "aki@example.com", "verification code").await);
+    let code =
+        one_time_code(&wait_for_file_mail(&app, "aki@example.com", "verification code").await);
     let (status, problem) = sign_as(&app, &token, json!({"code": code})).await;
     assert_eq!(status, 400, "{problem}");
-    let (status, problem) =
-        sign_as(&app, &token, json!({"code": code, "access_code": "00000000"})).await;
+    let (status, problem) = sign_as(
+        &app,
+        &token,
+        json!({"code": code, "access_code": "00000000"}),
+    )
+    .await;
     assert_eq!(status, 403, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("wrong access code"));
-    let (status, queued) =
-        sign_as(&app, &token, json!({"code": code, "access_code": access_code})).await;
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("wrong access code"));
+    let (status, queued) = sign_as(
+        &app,
+        &token,
+        json!({"code": code, "access_code": access_code}),
+    )
+    .await;
     assert_eq!(status, 202, "{queued}");
 }
 
@@ -488,7 +558,10 @@ async fn wait_for_file_mail(app: &TestApp, to: &str, subject: &str) -> ReceivedM
         {
             return mail;
         }
-        assert!(std::time::Instant::now() < deadline, "no {subject:?} file for {to}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {subject:?} file for {to}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -507,7 +580,11 @@ async fn repeated_wrong_pins_lock_a_certified_signer_until_unlocked() {
     let response = app
         .post_json(None, &format!("/v1/signing/{token}/code"), &json!({}))
         .await;
-    assert_eq!(response.status(), 409, "no e-mailed code for a certified signature");
+    assert_eq!(
+        response.status(),
+        409,
+        "no e-mailed code for a certified signature"
+    );
 
     for left in (1..=4).rev() {
         let (status, problem) = sign_as(&app, &token, json!({"pin": "000000"})).await;
@@ -533,7 +610,10 @@ async fn repeated_wrong_pins_lock_a_certified_signer_until_unlocked() {
     let response = app
         .post_json(
             Some(&app.api_key),
-            &format!("/v1/signer-identities/{}/unlock", identity["id"].as_str().unwrap()),
+            &format!(
+                "/v1/signer-identities/{}/unlock",
+                identity["id"].as_str().unwrap()
+            ),
             &json!({}),
         )
         .await;

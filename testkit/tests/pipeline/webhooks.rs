@@ -67,7 +67,9 @@ async fn a_failing_receiver_gets_the_event_on_the_third_attempt_with_the_same_id
         .collect();
     outcomes.sort();
     assert_eq!(outcomes, ["delivered", "failed", "failed"], "{log}");
-    assert!(attempts.iter().all(|a| a["webhook_id"] == hooks[0].id.as_str()));
+    assert!(attempts
+        .iter()
+        .all(|a| a["webhook_id"] == hooks[0].id.as_str()));
     let resend = app
         .post_json(
             Some(&app.api_key),
@@ -98,7 +100,10 @@ async fn a_receiver_answering_410_is_disabled() {
     loop {
         let endpoint = get_json(&app, &format!("/v1/webhooks/{gone_id}")).await;
         if endpoint["enabled"] == false {
-            assert!(endpoint["disabled_reason"].as_str().unwrap().contains("410"));
+            assert!(endpoint["disabled_reason"]
+                .as_str()
+                .unwrap()
+                .contains("410"));
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{endpoint}");
