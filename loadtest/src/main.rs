@@ -31,6 +31,10 @@ struct Cli {
     /// Requests in flight at once, for uploads and for sign submissions.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Instead of the load run: sign this many documents one at a time, each submitted only
+    /// when the previous one is signed, and report the idle submit→signed latency.
+    #[arg(long, default_value_t = 0)]
+    idle_latency: usize,
     /// Submit the sign requests as batches of this many (`POST /v1/batches`) instead of one
     /// `POST /v1/documents/{id}/sign` each; 0: one by one.
     #[arg(long, default_value_t = 0)]
@@ -204,6 +208,8 @@ struct Report {
     server_documents_per_second: Option<f64>,
     /// 0: sign requests one by one; otherwise items per `POST /v1/batches`.
     batch_size: usize,
+    /// First submission sent → last one accepted (intake; the workers run meanwhile).
+    submit_seconds: f64,
     polls: u64,
     /// Errors by kind: HTTP status per phase, transport errors, job failure reasons.
     errors: BTreeMap<String, u64>,
@@ -247,6 +253,9 @@ async fn main() -> anyhow::Result<()> {
     };
     if cli.warmup > 0 {
         warmup(&cli, new_shared(), pdf.clone()).await?;
+    }
+    if cli.idle_latency > 0 {
+        return idle_latency(&new_shared(), pdf, cli.idle_latency).await;
     }
     let shared = new_shared();
     let n = cli.documents as u64;
@@ -311,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
             .collect()
             .await
     };
+    let submit_seconds = pipeline_start.elapsed().as_secs_f64();
     drop(tx);
     let (finished, timed_out) = poller.await.context("poller")?;
     ticker.abort();
@@ -382,7 +392,8 @@ async fn main() -> anyhow::Result<()> {
         uploaded: uploads.len() as u64,
         upload_seconds,
         upload_latency,
-        submitted: submit_latencies.len() as u64,
+        submitted: shared.progress.submitted.load(Ordering::Relaxed),
+        submit_seconds,
         succeeded,
         failed,
         timed_out,
@@ -411,6 +422,52 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("JSON report: {}", path.display());
+    }
+    Ok(())
+}
+
+/// One document at a time on an idle pipeline: submit, poll every 2 ms until signed. Prints
+/// the client's submit→seen-signed latency and the server's created→finished latency.
+async fn idle_latency(shared: &Shared, pdf: Arc<Vec<u8>>, n: usize) -> anyhow::Result<()> {
+    let (mut client, mut server) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let Some((document, _)) = upload(shared, i, pdf.clone()).await else {
+            continue;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Submitted>();
+        let started = Instant::now();
+        if submit(shared, i, document, &tx).await.is_none() {
+            continue;
+        }
+        let job = rx.recv().await.context("submitted job")?.job_id;
+        loop {
+            let view: serde_json::Value = shared
+                .http
+                .get(format!("{}/v1/jobs/{job}", shared.api))
+                .bearer_auth(&shared.key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if view["status"] == "succeeded" || view["status"] == "failed" {
+                client.push(started.elapsed());
+                let time = |k: &str| view[k].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+                if let (Some(a), Some(b)) = (time("created_at"), time("finished_at")) {
+                    server.push((b - a).to_std().unwrap_or_default());
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    println!("idle submit → signed, one document at a time ({} documents):", client.len());
+    for (name, samples) in [("client (POST → seen)", client), ("server (created → finished)", server)] {
+        if let Some(s) = LatencySummary::of(samples) {
+            println!(
+                "  {name:28} p50 {:7.1} ms  p95 {:7.1} ms  p99 {:7.1} ms",
+                s.p50_ms, s.p95_ms, s.p99_ms
+            );
+        }
     }
     Ok(())
 }
@@ -901,6 +958,14 @@ fn print_report(r: &Report) {
     );
     if let Some(l) = &r.submit_latency {
         println!("  submit latency           {}", l.line());
+    }
+    if r.submit_seconds > 0.0 {
+        println!(
+            "  intake                   {:.0} submissions/s ({} accepted in {:.2} s, workers running)",
+            r.submitted as f64 / r.submit_seconds,
+            r.submitted,
+            r.submit_seconds
+        );
     }
     if let Some(l) = &r.completion_latency {
         println!("  completion (client)      {}", l.line());
