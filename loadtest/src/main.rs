@@ -451,7 +451,11 @@ async fn idle_latency(shared: &Shared, pdf: Arc<Vec<u8>>, n: usize) -> anyhow::R
                 .await?;
             if view["status"] == "succeeded" || view["status"] == "failed" {
                 client.push(started.elapsed());
-                let time = |k: &str| view[k].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+                let time = |k: &str| {
+                    view[k]
+                        .as_str()
+                        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                };
                 if let (Some(a), Some(b)) = (time("created_at"), time("finished_at")) {
                     server.push((b - a).to_std().unwrap_or_default());
                 }
@@ -460,8 +464,14 @@ async fn idle_latency(shared: &Shared, pdf: Arc<Vec<u8>>, n: usize) -> anyhow::R
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    println!("idle submit → signed, one document at a time ({} documents):", client.len());
-    for (name, samples) in [("client (POST → seen)", client), ("server (created → finished)", server)] {
+    println!(
+        "idle submit → signed, one document at a time ({} documents):",
+        client.len()
+    );
+    for (name, samples) in [
+        ("client (POST → seen)", client),
+        ("server (created → finished)", server),
+    ] {
         if let Some(s) = LatencySummary::of(samples) {
             println!(
                 "  {name:28} p50 {:7.1} ms  p95 {:7.1} ms  p99 {:7.1} ms",
