@@ -241,30 +241,13 @@ async fn contract_details_round_trip_awkward_titles_and_filter_by_status_and_tit
         .as_str()
         .unwrap()
         .contains("shift_jis"));
-    problem(
-        &app,
-        &app.api_key,
-        "/v1/documents.csv",
-        &[("stauts", "signed")],
-        400,
-    )
-    .await;
-    problem(
-        &app,
-        &app.api_key,
-        "/v1/documents.csv",
-        &[("status", "lost")],
-        400,
-    )
-    .await;
-    problem(
-        &app,
-        &app.api_key,
-        "/v1/documents.csv",
-        &[("signed_from", "yesterday")],
-        400,
-    )
-    .await;
+    for bad in [
+        ("stauts", "signed"),
+        ("status", "lost"),
+        ("signed_from", "yesterday"),
+    ] {
+        problem(&app, &app.api_key, "/v1/documents.csv", &[bad], 400).await;
+    }
 }
 
 #[tokio::test]
@@ -488,22 +471,16 @@ async fn the_usage_statement_counts_this_months_requests_and_keeps_two_years() {
     )
     .await;
     assert!(old["detail"].as_str().unwrap().contains("2 years"), "{old}");
-    problem(
-        &app,
-        &app.api_key,
-        "/v1/usage.csv",
-        &[("month", "2026-4")],
-        400,
-    )
-    .await;
-    problem(
-        &app,
-        &app.api_key,
-        "/v1/usage.csv",
-        &[("month", "April")],
-        400,
-    )
-    .await;
+    for month in ["2026-4", "April"] {
+        problem(
+            &app,
+            &app.api_key,
+            "/v1/usage.csv",
+            &[("month", month)],
+            400,
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
