@@ -82,10 +82,7 @@ pub struct Signer {
 impl SignRequest {
     /// Checks what serde cannot; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
-        let name = self.signer.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err("signer.name must be 1 to 200 characters".into());
-        }
+        check_name("signer.name", &self.signer.name)?;
         if let Some(email) = &self.signer.email {
             check_email("signer.email", email)?;
         }
@@ -96,6 +93,15 @@ impl SignRequest {
         }
         Ok(())
     }
+}
+
+/// A person's name: 1 to 200 characters once trimmed; the error names `field`.
+pub fn check_name(field: &str, name: &str) -> Result<(), String> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > 200 {
+        return Err(format!("{field} must be 1 to 200 characters"));
+    }
+    Ok(())
 }
 
 /// A plausible e-mail address (the mail server has the last word); the error names `field`.

@@ -167,13 +167,7 @@ fn locale(value: Option<String>, field: &str) -> Result<String, ApiError> {
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    let n = name.trim().chars().count();
-    if n == 0 || n > 200 {
-        return Err(ApiError::BadRequest(format!(
-            "{field} must be 1 to 200 characters"
-        )));
-    }
-    Ok(())
+    shomei_jobs::sign::check_name(field, name).map_err(ApiError::BadRequest)
 }
 
 async fn create(

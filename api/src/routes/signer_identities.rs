@@ -17,7 +17,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use shomei_jobs::requests;
-use shomei_jobs::sign::check_email;
+use shomei_jobs::sign::{check_email, check_name};
 use shomei_schema::schema::signer_identities;
 use shomei_schema::{interact, SignerIdentity};
 
@@ -92,12 +92,7 @@ async fn enroll(
     body: EnrollBody,
 ) -> Result<Response, ApiError> {
     check_email("email", &body.email).map_err(ApiError::BadRequest)?;
-    let name_len = body.name.trim().chars().count();
-    if name_len == 0 || name_len > 200 {
-        return Err(ApiError::BadRequest(
-            "name must be 1 to 200 characters".into(),
-        ));
-    }
+    check_name("name", &body.name).map_err(ApiError::BadRequest)?;
     if body.key_label.is_empty() || body.key_label.len() > 200 {
         return Err(ApiError::BadRequest(
             "key_label must be 1 to 200 characters".into(),

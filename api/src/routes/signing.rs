@@ -118,6 +118,29 @@ fn open_link(
     }
 }
 
+/// Runs `f` in one transaction with the signer the link token belongs to and its request
+/// (locked). A link that no longer works answers its problem without calling `f`; whatever
+/// `f` returns inside `Ok`, a refusal included, is committed (failed tries must count).
+async fn with_link<T, F>(state: &AppState, token: String, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(
+            &mut PgConnection,
+            SignatureRequest,
+            RequestSigner,
+        ) -> diesel::QueryResult<Result<T, ApiError>>
+        + Send
+        + 'static,
+{
+    interact(&state.db, move |conn| {
+        Ok(conn.transaction(|conn| match open_link(conn, &token)? {
+            Ok((request, signer)) => f(conn, request, signer),
+            Err(e) => Ok(Err(e)),
+        })?)
+    })
+    .await?
+}
+
 #[derive(Serialize)]
 struct SigningView {
     request_id: Uuid,
@@ -146,50 +169,38 @@ struct SignerSummary {
 }
 
 async fn show(token: String, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let view = interact(&state.db, move |conn| {
-        Ok(conn.transaction(|conn| {
-            let (request, signer) = match open_link(conn, &token)? {
-                Ok(found) => found,
-                Err(e) => return Ok(Err(e)),
-            };
-            let document = Document::get(conn, request.document_id)?;
-            let latest = Revision::latest(conn, document.id)?;
-            Ok::<_, diesel::result::Error>(Ok(SigningView {
-                request_id: request.id,
-                document: DocumentSummary {
-                    id: document.id,
-                    title: document.title,
-                    pages: document.pages,
-                    sha256: hex::encode(&latest.sha256),
-                },
-                sender: request.owner_name,
-                message: request.message,
-                signer: SignerSummary {
-                    access_code_required: signer.access_code_hash.is_some(),
-                    name: signer.name,
-                    email: signer.email,
-                    position: signer.position,
-                    method: signer.method,
-                    link_expires_at: signer.link_expires_at,
-                },
-            }))
-        })?)
+    let view = with_link(&state, token, |conn, request, signer| {
+        let document = Document::get(conn, request.document_id)?;
+        let latest = Revision::latest(conn, document.id)?;
+        Ok(Ok(SigningView {
+            request_id: request.id,
+            document: DocumentSummary {
+                id: document.id,
+                title: document.title,
+                pages: document.pages,
+                sha256: hex::encode(&latest.sha256),
+            },
+            sender: request.owner_name,
+            message: request.message,
+            signer: SignerSummary {
+                access_code_required: signer.access_code_hash.is_some(),
+                name: signer.name,
+                email: signer.email,
+                position: signer.position,
+                method: signer.method,
+                link_expires_at: signer.link_expires_at,
+            },
+        }))
     })
-    .await??;
+    .await?;
     Ok(warp::reply::json(&view).into_response())
 }
 
 async fn pdf(token: String, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let latest = interact(&state.db, move |conn| {
-        Ok(conn.transaction(|conn| {
-            let (request, _) = match open_link(conn, &token)? {
-                Ok(found) => found,
-                Err(e) => return Ok(Err(e)),
-            };
-            Ok::<_, diesel::result::Error>(Ok(Revision::latest(conn, request.document_id)?))
-        })?)
+    let latest = with_link(&state, token, |conn, request, _| {
+        Ok(Ok(Revision::latest(conn, request.document_id)?))
     })
-    .await??;
+    .await?;
     super::documents::pdf_response(&state, &latest).await
 }
 
@@ -199,12 +210,7 @@ async fn send_code(
     remote: Option<SocketAddr>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(remote);
-    let pending = interact(&state.db, move |conn| {
-        Ok(conn.transaction(|conn| {
-            let (request, mut signer) = match open_link(conn, &token)? {
-                Ok(found) => found,
-                Err(e) => return Ok(Err(e)),
-            };
+    let pending = with_link(&state, token, |conn, request, mut signer| {
             if signer.method != Method::Witness.as_str() {
                 return Ok(Err(ApiError::Conflict(
                     "a certified signature is released by your PIN, not by an e-mailed code"
@@ -219,7 +225,7 @@ async fn send_code(
             signer.codes_sent += 1;
             signer.save(conn)?;
             // The code itself is made by the e-mail job, which stores only its hash.
-            Ok::<_, diesel::result::Error>(Ok(events::emit(
+            Ok(Ok(events::emit(
                 conn,
                 NewEvent {
                     tenant_id: request.tenant_id,
@@ -231,9 +237,8 @@ async fn send_code(
                     data: json!({"signer_id": signer.id.to_string()}),
                 },
             )?))
-        })?)
     })
-    .await??;
+    .await?;
     pending.push(&state.queue).await;
     Ok(warp::reply::with_status(
         warp::reply::json(&json!({"sent": true})),
@@ -263,11 +268,10 @@ async fn sign(
     body: SignBody,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(remote);
-    let outcome = interact(&state.db, move |conn| {
-        Ok(conn.transaction(|conn| authenticate_and_queue(conn, &token, body, ip))?)
+    let (job_id, pending) = with_link(&state, token, |conn, request, signer| {
+        authenticate_and_queue(conn, request, signer, body, ip)
     })
-    .await??;
-    let (job_id, pending) = outcome;
+    .await?;
     pending.push(&state.queue).await;
     Ok(warp::reply::with_status(
         warp::reply::json(&json!({"job_id": job_id, "status": "signing"})),
@@ -280,14 +284,11 @@ async fn sign(
 /// and committed: the caller's transaction commits whatever this returns inside `Ok`.
 fn authenticate_and_queue(
     conn: &mut PgConnection,
-    token: &str,
+    request: SignatureRequest,
+    mut signer: RequestSigner,
     body: SignBody,
     ip: Option<String>,
 ) -> diesel::QueryResult<Result<(Uuid, Pending), ApiError>> {
-    let (request, mut signer) = match open_link(conn, token)? {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(e)),
-    };
     let method = if signer.method == Method::Certified.as_str() {
         Method::Certified
     } else {
@@ -449,22 +450,16 @@ async fn decline(
         ));
     }
     let ip = client_ip(remote);
-    let pending = interact(&state.db, move |conn| {
-        Ok(conn.transaction(|conn| {
-            let (mut request, mut signer) = match open_link(conn, &token)? {
-                Ok(found) => found,
-                Err(e) => return Ok(Err(e)),
-            };
-            Ok::<_, diesel::result::Error>(Ok(requests::decline(
-                conn,
-                &mut request,
-                &mut signer,
-                body.reason,
-                ip,
-            )?))
-        })?)
+    let pending = with_link(&state, token, |conn, mut request, mut signer| {
+        Ok(Ok(requests::decline(
+            conn,
+            &mut request,
+            &mut signer,
+            body.reason,
+            ip,
+        )?))
     })
-    .await??;
+    .await?;
     pending.push(&state.queue).await;
     Ok(warp::reply::json(&json!({"declined": true})).into_response())
 }

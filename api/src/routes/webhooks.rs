@@ -209,12 +209,13 @@ async fn delete(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Respon
 }
 
 async fn enable(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let endpoint = find(&state, caller, id).await?;
+    let mut endpoint = find(&state, caller, id).await?;
     interact(&state.db, move |conn| {
-        Ok(WebhookEndpoint::set_enabled(conn, endpoint.id, true, None)?)
+        Ok(WebhookEndpoint::set_enabled(conn, id, true, None)?)
     })
     .await?;
-    let endpoint = find(&state, caller, id).await?;
+    endpoint.enabled = true;
+    endpoint.disabled_reason = None;
     Ok(warp::reply::json(&EndpointView::from(endpoint)).into_response())
 }
 
