@@ -31,6 +31,49 @@ diesel::table! {
 }
 
 diesel::table! {
+    data_keys (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        purpose -> Text,
+        kek_label -> Text,
+        kek_version -> Int4,
+        wrapped -> Nullable<Bytea>,
+        created_at -> Timestamptz,
+        rotated_at -> Nullable<Timestamptz>,
+        destroyed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    deletion_log (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        document_id -> Nullable<Uuid>,
+        object_kind -> Text,
+        object_id -> Text,
+        ciphertext_sha256 -> Nullable<Bytea>,
+        size_bytes -> Nullable<Int8>,
+        reason -> Text,
+        actor -> Text,
+        job_id -> Nullable<Uuid>,
+        deleted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    document_holds (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        document_id -> Uuid,
+        holder -> Text,
+        reason -> Nullable<Text>,
+        until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        released_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     document_revisions (document_id, revision) {
         document_id -> Uuid,
         revision -> Int4,
@@ -50,6 +93,8 @@ diesel::table! {
         pages -> Int4,
         created_at -> Timestamptz,
         folder -> Text,
+        deleted_at -> Nullable<Timestamptz>,
+        deleted_reason -> Nullable<Text>,
     }
 }
 
@@ -105,6 +150,9 @@ diesel::table! {
         created_at -> Timestamptz,
         signature_level -> Text,
         access_codes -> Bool,
+        cancelled_at -> Nullable<Timestamptz>,
+        deletion_due_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -208,6 +256,8 @@ diesel::table! {
 }
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(data_keys -> tenants (tenant_id));
+diesel::joinable!(document_holds -> documents (document_id));
 diesel::joinable!(document_revisions -> documents (document_id));
 diesel::joinable!(documents -> tenants (tenant_id));
 diesel::joinable!(jobs -> documents (document_id));
@@ -230,6 +280,9 @@ diesel::joinable!(webhook_attempts -> events (event_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     batches,
+    data_keys,
+    deletion_log,
+    document_holds,
     document_revisions,
     documents,
     events,
