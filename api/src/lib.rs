@@ -17,13 +17,17 @@ use shomei_jobs::Queue;
 use shomei_schema::DbPool;
 use shomei_signing::{Certificate, Hsm, HsmSettings};
 use shomei_storage::Storage;
+use shomei_vault::Keyring;
 
 /// What every request handler can reach. Built once at start-up.
 pub struct AppState {
     pub db: DbPool,
     pub storage: Storage,
+    /// Data keys (unwrapped by the HSM): documents are sealed by `storage`, personal fields by
+    /// the routes.
+    pub keys: Keyring,
     pub queue: Queue,
-    /// Used only by `/readyz`: the API never signs.
+    /// Used by `/readyz` and to unwrap data keys: the API never signs.
     pub hsm: Hsm,
     pub max_upload_bytes: u64,
     /// What verification reports count as a trusted chain.
@@ -39,18 +43,19 @@ pub struct AppState {
 impl AppState {
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
-        let storage = Storage::local(&config.storage_dir)?;
         let queue = Queue::connect(config)
             .await
             .context("connecting to Redis")?;
-        // One session is plenty for readiness probes.
+        // Readiness probes and unwrapping data keys (cached) need little.
         let hsm_settings = HsmSettings {
-            pool_size: 1,
+            pool_size: 2,
             ..HsmSettings::from_config(&config.hsm)
         };
         let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&hsm_settings))
             .await?
             .context("opening the HSM")?;
+        let keys = Keyring::new(db.clone(), hsm.clone());
+        let storage = Storage::local(&config.storage_dir, keys.clone())?;
         let trust_anchors = match &config.trust_anchors {
             None => vec![],
             Some(path) => {
@@ -62,6 +67,7 @@ impl AppState {
         Ok(Self {
             db,
             storage,
+            keys,
             queue,
             hsm,
             max_upload_bytes: config.max_upload_bytes,

@@ -14,6 +14,7 @@ use shomei_schema::DbPool;
 use shomei_schema::JobKind;
 use shomei_signing::{Certificate, Hsm, HsmSettings, Timestamper, TsaClient, TsaClientSettings};
 use shomei_storage::Storage;
+use shomei_vault::Keyring;
 
 use crate::error::JobError;
 use crate::queue::Queue;
@@ -21,6 +22,8 @@ use crate::queue::Queue;
 pub struct JobContext {
     pub db: DbPool,
     pub storage: Storage,
+    /// Data keys: documents are sealed by `storage`, personal fields by the jobs.
+    pub keys: Keyring,
     pub queue: Queue,
     pub hsm: Hsm,
     /// The service's own signing key (witness signatures).
@@ -46,7 +49,6 @@ impl JobContext {
     /// Opens PostgreSQL, storage, Redis and the HSM session pool.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
-        let storage = Storage::local(&config.storage_dir)?;
         let queue = Queue::connect(config)
             .await
             .context("connecting to Redis")?;
@@ -59,6 +61,8 @@ impl JobContext {
             anyhow::Ok((hsm, timestamper))
         })
         .await??;
+        let keys = Keyring::new(db.clone(), hsm.clone());
+        let storage = Storage::local(&config.storage_dir, keys.clone())?;
         let mailer = Mailer::new(&MailSettings {
             smtp_url: config.mail.smtp_url.clone(),
             smtp_ca: config.mail.smtp_ca.clone(),
@@ -92,6 +96,7 @@ impl JobContext {
             export_link_ttl: config.exports.link_ttl,
             db,
             storage,
+            keys,
             queue,
             hsm,
             key_label: config.hsm.key_label.clone(),

@@ -7,6 +7,7 @@
 use shomei_schema::DbError;
 use shomei_signing::SignError;
 use shomei_storage::StorageError;
+use shomei_vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -61,15 +62,26 @@ impl From<DbError> for JobError {
 
 impl From<StorageError> for JobError {
     fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::Corrupt { .. } => JobError::Permanent(chain(&e)),
-            _ => JobError::Transient(chain(&e)),
+        if e.is_permanent() {
+            JobError::Permanent(chain(&e))
+        } else {
+            JobError::Transient(chain(&e))
         }
     }
 }
 
 impl From<SignError> for JobError {
     fn from(e: SignError) -> Self {
+        if e.is_permanent() {
+            JobError::Permanent(chain(&e))
+        } else {
+            JobError::Transient(chain(&e))
+        }
+    }
+}
+
+impl From<VaultError> for JobError {
+    fn from(e: VaultError) -> Self {
         if e.is_permanent() {
             JobError::Permanent(chain(&e))
         } else {

@@ -80,7 +80,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     tracing::info!(export.id = %export_id, documents = total, "export started");
 
     let mut parts: Vec<Part> = Vec::new();
-    let mut archive = PartWriter::open(&ctx.storage, tenant_id, export_id, 1);
+    let mut archive = PartWriter::open(&ctx.storage, tenant_id, export_id, 1).await?;
     let mut done = 0i32;
     let mut after = None;
     loop {
@@ -101,7 +101,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
             {
                 let next = archive.number + 1;
                 parts.push(archive.close().await?);
-                archive = PartWriter::open(&ctx.storage, tenant_id, export_id, next);
+                archive = PartWriter::open(&ctx.storage, tenant_id, export_id, next).await?;
             }
             archive.add(&document, &bytes).await?;
             done += 1;
@@ -148,7 +148,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
 struct PartWriter {
     number: u32,
     key: String,
-    zip: ZipFileWriter<object_store::buffered::BufWriter>,
+    zip: ZipFileWriter<shomei_vault::EncryptingWriter<object_store::buffered::BufWriter>>,
     documents: u32,
     size: u64,
     manifest: Vec<u8>,
@@ -156,19 +156,24 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    fn open(storage: &Storage, tenant_id: Uuid, export_id: Uuid, number: u32) -> Self {
+    async fn open(
+        storage: &Storage,
+        tenant_id: Uuid,
+        export_id: Uuid,
+        number: u32,
+    ) -> Result<Self, JobError> {
         let key = Storage::export_key(tenant_id, export_id, number);
         let mut columns = DOCUMENT_COLUMNS.to_vec();
         columns.push("file");
-        Self {
+        Ok(Self {
             number,
-            zip: ZipFileWriter::with_tokio(storage.writer(&key)),
+            zip: ZipFileWriter::with_tokio(storage.writer(tenant_id, &key).await?),
             key,
             documents: 0,
             size: 0,
             manifest: reports::start(&columns, Encoding::Utf8Bom),
             sums: String::new(),
-        }
+        })
     }
 
     async fn add(&mut self, document: &DocumentRow, bytes: &[u8]) -> Result<(), JobError> {

@@ -8,9 +8,9 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use models::{
-    ApiKey, Batch, Document, DocumentFilter, DocumentRow, Event, Export, Job, JobKind, JobStatus,
-    NewJob, RequestSigner, Revision, SignatureRequest, SignerIdentity, Tenant, WebhookAttempt,
-    WebhookEndpoint,
+    ApiKey, Batch, DataKeyRow, Document, DocumentFilter, DocumentRow, Event, Export, Job, JobKind,
+    JobStatus, NewJob, RequestSigner, Revision, SignatureRequest, SignerIdentity, Tenant,
+    WebhookAttempt, WebhookEndpoint,
 };
 
 pub type DbPool = Pool<ConnectionManager<PgConnection>>;

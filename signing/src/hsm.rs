@@ -117,6 +117,10 @@ pub struct Hsm {
 
 struct Inner {
     pool: r2d2::Pool<SessionManager>,
+    /// For the rare read-write sessions (creating and destroying KEKs), opened and closed on
+    /// the spot: the pool's sessions are read-only.
+    pkcs11: Pkcs11,
+    slot: Slot,
     token_label: String,
     identities: Mutex<HashMap<String, Arc<SigningIdentity>>>,
 }
@@ -137,7 +141,7 @@ impl Hsm {
         let pkcs11 = initialised_module(&settings.module_path)?;
         let slot = find_token(&pkcs11, &settings.token_label)?;
         let manager = SessionManager {
-            pkcs11,
+            pkcs11: pkcs11.clone(),
             slot,
             pin: settings.user_pin.clone(),
         };
@@ -175,6 +179,8 @@ impl Hsm {
         Ok(Hsm {
             inner: Arc::new(Inner {
                 pool,
+                pkcs11,
+                slot,
                 token_label: settings.token_label.clone(),
                 identities: Mutex::new(HashMap::new()),
             }),
@@ -370,7 +376,7 @@ impl Hsm {
     /// Runs `op` on a pooled session, flagging the session as broken when
     /// the error says the session (rather than the request) is at fault, so
     /// the pool discards it instead of handing it out again.
-    fn with_session<T>(
+    pub(crate) fn with_session<T>(
         &self,
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
@@ -388,6 +394,27 @@ impl Hsm {
             }
             HsmError::Pkcs11 { operation, source }
         })
+    }
+
+    /// Runs `op` on a fresh read-write session (logged in through the pool's login), closed
+    /// afterwards.
+    pub(crate) fn with_rw_session<T>(
+        &self,
+        operation: &'static str,
+        op: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let pkcs11_error = |source| {
+            metrics::HSM_ERRORS.inc();
+            HsmError::Pkcs11 { operation, source }
+        };
+        // Held so the token stays logged in while the new session works.
+        let _pooled = self.inner.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
+        let session = self
+            .inner
+            .pkcs11
+            .open_rw_session(self.inner.slot)
+            .map_err(pkcs11_error)?;
+        op(&session).map_err(pkcs11_error)
     }
 }
 

@@ -3,6 +3,7 @@
 mod cms;
 mod error;
 mod hsm;
+mod kek;
 mod pdf;
 mod tsa;
 mod tsp;

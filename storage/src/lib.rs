@@ -1,14 +1,17 @@
 #![doc = include_str!("../README.md")]
 
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use uuid::Uuid;
+
+use shomei_vault::{EncryptingWriter, Keyring, Purpose, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -16,6 +19,12 @@ pub enum StorageError {
     Backend(#[from] object_store::Error),
     #[error("stored object {key} does not match its recorded SHA-256")]
     Corrupt { key: String },
+    #[error("stored object {key}: {source}")]
+    Sealed {
+        key: String,
+        #[source]
+        source: VaultError,
+    },
     #[error("cannot open storage at {path}: {source}")]
     Open {
         path: String,
@@ -24,7 +33,19 @@ pub enum StorageError {
     },
 }
 
-/// A stored object's address and digest, as recorded in `document_revisions`.
+impl StorageError {
+    /// Whether retrying can never help (the object is corrupt, or its key destroyed).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StorageError::Corrupt { .. } => true,
+            StorageError::Sealed { source, .. } => source.is_permanent(),
+            StorageError::Backend(_) | StorageError::Open { .. } => false,
+        }
+    }
+}
+
+/// A stored object's address and the digest and size of its plaintext, as recorded in
+/// `document_revisions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
     pub key: String,
@@ -32,17 +53,29 @@ pub struct StoredObject {
     pub size: u64,
 }
 
+/// What was deleted, as the deletion log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedObject {
+    pub key: String,
+    /// SHA-256 of the bytes that were stored (ciphertext).
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
 /// Bytes an object writer buffers before it sends a part.
 const WRITE_BUFFER: usize = 5 * 1024 * 1024;
 
+/// The one way to the object store. Everything written is sealed with the tenant's content key
+/// (`shomei-vault`); nothing readable reaches the store.
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    keys: Keyring,
 }
 
 impl Storage {
     /// A store in a local directory (created if absent).
-    pub fn local(dir: &Path) -> Result<Self, StorageError> {
+    pub fn local(dir: &Path, keys: Keyring) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Open {
             path: dir.display().to_string(),
             source,
@@ -50,10 +83,19 @@ impl Storage {
         let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
         Ok(Self {
             store: Arc::new(store),
+            keys,
         })
     }
 
-    /// Stores one revision of a document under its content address.
+    fn sealed(key: &str) -> impl FnOnce(VaultError) -> StorageError + '_ {
+        move |source| StorageError::Sealed {
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    /// Seals and stores one revision of a document. The object's name is the SHA-256 of what
+    /// is stored, so it says nothing about the plaintext.
     pub async fn put_pdf(
         &self,
         tenant_id: Uuid,
@@ -61,65 +103,140 @@ impl Storage {
         bytes: Bytes,
     ) -> Result<StoredObject, StorageError> {
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let key = format!(
-            "tenants/{tenant_id}/documents/{document_id}/{}.pdf",
-            hex::encode(sha256)
-        );
         let size = bytes.len() as u64;
+        let data_key = self
+            .keys
+            .current(tenant_id, Purpose::Content)
+            .await
+            .map_err(Self::sealed(""))?;
+        let sealed = data_key.seal(&bytes);
+        drop(bytes);
+        let key = format!(
+            "{}/{}.sealed",
+            Self::document_prefix(tenant_id, document_id),
+            hex::encode(Sha256::digest(&sealed))
+        );
         self.store
-            .put(
-                &ObjectPath::from(key.as_str()),
-                PutPayload::from_bytes(bytes),
-            )
+            .put(&ObjectPath::from(key.as_str()), PutPayload::from(sealed))
             .await?;
         Ok(StoredObject { key, sha256, size })
     }
 
-    /// A writer that streams a new object to `key` as it is written (multipart, a few MiB
-    /// buffered at a time): for archives too large to hold in memory. The object appears only
-    /// once the writer is shut down (`AsyncWriteExt::shutdown`).
-    pub fn writer(&self, key: &str) -> object_store::buffered::BufWriter {
-        object_store::buffered::BufWriter::with_capacity(
+    /// A writer that seals and streams a new object to `key` as it is written (multipart, a few
+    /// MiB buffered at a time): for archives too large to hold in memory. The object appears
+    /// only once the writer is shut down (`AsyncWriteExt::shutdown`).
+    pub async fn writer(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+    ) -> Result<EncryptingWriter<object_store::buffered::BufWriter>, StorageError> {
+        let data_key = self
+            .keys
+            .current(tenant_id, Purpose::Content)
+            .await
+            .map_err(Self::sealed(key))?;
+        let inner = object_store::buffered::BufWriter::with_capacity(
             self.store.clone(),
             ObjectPath::from(key),
             WRITE_BUFFER,
         )
-        .with_max_concurrency(2)
+        .with_max_concurrency(2);
+        Ok(EncryptingWriter::new(&data_key, inner))
     }
 
-    /// An object's bytes as a stream of chunks (for downloads of any size).
+    /// An object's plaintext length and its plaintext as a stream of chunks (for downloads of
+    /// any size).
     pub async fn stream(
         &self,
         key: &str,
     ) -> Result<
         (
             u64,
-            impl futures::Stream<Item = Result<Bytes, object_store::Error>> + Send + 'static,
+            impl Stream<Item = Result<Bytes, StorageError>> + Send + 'static,
         ),
         StorageError,
     > {
         let found = self.store.get(&ObjectPath::from(key)).await?;
-        Ok((found.meta.size, found.into_stream()))
+        let size = shomei_vault::plaintext_len(found.meta.size).ok_or(StorageError::Corrupt {
+            key: key.to_owned(),
+        })?;
+        let owned = key.to_owned();
+        let plain = self
+            .keys
+            .open_stream(found.into_stream())
+            .await
+            .map_err(Self::sealed(key))?
+            .map_err(move |source| StorageError::Sealed {
+                key: owned.clone(),
+                source,
+            });
+        Ok((size, plain))
+    }
+
+    /// Where a document's revisions are stored.
+    pub fn document_prefix(tenant_id: Uuid, document_id: Uuid) -> String {
+        format!("tenants/{tenant_id}/documents/{document_id}")
+    }
+
+    /// Where everything of a tenant is stored.
+    pub fn tenant_prefix(tenant_id: Uuid) -> String {
+        format!("tenants/{tenant_id}")
     }
 
     /// Where an export's archive part is stored.
     pub fn export_key(tenant_id: Uuid, export_id: Uuid, part: u32) -> String {
-        format!("tenants/{tenant_id}/exports/{export_id}/part-{part}.zip")
+        format!("tenants/{tenant_id}/exports/{export_id}/part-{part}.zip.sealed")
     }
 
-    /// Reads an object back and checks it against the digest recorded when it was written.
+    /// Reads an object back, opens it and checks it against the plaintext digest recorded when
+    /// it was written.
     pub async fn get_verified(&self, key: &str, sha256: &[u8]) -> Result<Bytes, StorageError> {
-        let bytes = self
+        let sealed = self
             .store
             .get(&ObjectPath::from(key))
             .await?
             .bytes()
             .await?;
+        let bytes = self.keys.open(&sealed).await.map_err(Self::sealed(key))?;
         if Sha256::digest(&bytes).as_slice() != sha256 {
             return Err(StorageError::Corrupt {
                 key: key.to_owned(),
             });
         }
-        Ok(bytes)
+        Ok(Bytes::from(bytes))
+    }
+
+    /// The keys of every object under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = ObjectPath::from(prefix);
+        let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// Deletes an object for good and says what it was (digest and size of the stored bytes).
+    /// `None` if there was no such object (deleted before).
+    pub async fn delete(&self, key: &str) -> Result<Option<DeletedObject>, StorageError> {
+        let path = ObjectPath::from(key);
+        let found = match self.store.get(&path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut chunks = found.into_stream();
+        while let Some(chunk) = chunks.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(DeletedObject {
+            key: key.to_owned(),
+            sha256: hasher.finalize().into(),
+            size,
+        }))
     }
 }

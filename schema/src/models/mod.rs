@@ -1,6 +1,7 @@
 //! Rows and the queries on them, one module per aggregate.
 
 mod batch;
+mod data_key;
 mod document;
 mod event;
 mod export;
@@ -10,6 +11,7 @@ mod request;
 mod tenant;
 
 pub use batch::Batch;
+pub use data_key::DataKeyRow;
 pub use document::{normalise_folder, Document, NewDocument, NewVerificationReport, Revision};
 pub use event::{Event, WebhookAttempt, WebhookEndpoint};
 pub use export::Export;
