@@ -9,6 +9,7 @@ use warp::{Rejection, Reply};
 
 use shomei_schema::DbError;
 use shomei_signing::PdfError;
+use shomei_vault::VaultError;
 
 const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -52,6 +53,19 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(_) => ApiError::Unavailable("the database"),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Db(db) => db.into(),
+            VaultError::Hsm(hsm) if !hsm.is_permanent() => ApiError::Unavailable("the HSM"),
+            VaultError::Destroyed(_) => {
+                ApiError::Gone("this data was deleted with its encryption key".into())
+            }
             other => ApiError::Internal(other.into()),
         }
     }

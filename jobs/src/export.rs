@@ -103,7 +103,8 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
                 parts.push(archive.close().await?);
                 archive = PartWriter::open(&ctx.storage, tenant_id, export_id, next).await?;
             }
-            archive.add(&document, &bytes).await?;
+            let parties = reports::parties(&ctx.keys, &document).await?;
+            archive.add(&document, parties, &bytes).await?;
             done += 1;
             if done % PROGRESS_EVERY == 0 {
                 interact(&ctx.db, move |conn| {
@@ -176,10 +177,15 @@ impl PartWriter {
         })
     }
 
-    async fn add(&mut self, document: &DocumentRow, bytes: &[u8]) -> Result<(), JobError> {
+    async fn add(
+        &mut self,
+        document: &DocumentRow,
+        parties: String,
+        bytes: &[u8],
+    ) -> Result<(), JobError> {
         let file = format!("documents/{}.pdf", document.id);
         self.entry(&file, bytes).await?;
-        let mut record = reports::document_record(document);
+        let mut record = reports::document_record(document, parties);
         record.push(file.clone());
         self.manifest.extend(reports::rows([record]));
         self.sums

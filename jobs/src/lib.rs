@@ -7,6 +7,7 @@ pub mod events;
 pub mod export;
 pub mod notify_email;
 pub mod notify_webhook;
+pub mod personal;
 pub mod queue;
 pub mod reconciler;
 mod registry;

@@ -13,9 +13,11 @@ use uuid::Uuid;
 use shomei_notify::mail::{Email, MailError};
 use shomei_notify::templates::{self, Locale, Message};
 use shomei_schema::{interact, Document, Job, RequestSigner, SignatureRequest, Tenant};
+use shomei_vault::DataKey;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::personal;
 use crate::requests::{self, SignerState, SignerStatus};
 
 /// The payload of a notify_email job.
@@ -50,8 +52,11 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     let code_ttl = ctx.code_ttl;
     let public_url = ctx.public_url.clone();
     let template = payload.template.clone();
+    let key = personal::records_key(&ctx.keys, job.tenant_id).await?;
     let prepared = interact(&ctx.db, move |conn| {
-        Ok(conn.transaction(|conn| prepare(conn, &payload, &public_url, link_ttl, code_ttl))?)
+        Ok(conn.transaction(|conn| {
+            prepare(conn, &key, &payload, &public_url, link_ttl, code_ttl)
+        })?)
     })
     .await?;
     let Some((email, locale)) = prepared else {
@@ -101,6 +106,7 @@ fn template_name(t: &Template) -> &'static str {
 /// one. `None` when the e-mail no longer makes sense (the signer signed or the request ended).
 fn prepare(
     conn: &mut PgConnection,
+    key: &DataKey,
     job: &EmailJob,
     public_url: &str,
     link_ttl: std::time::Duration,
@@ -115,8 +121,8 @@ fn prepare(
     let (to, locale, mut signer) = match job.to {
         Recipient::Owner => (
             To {
-                name: request.owner_name.clone(),
-                address: request.owner_email.clone(),
+                name: personal::open(key, &request.owner_name)?,
+                address: personal::open(key, &request.owner_email)?,
             },
             request.locale.clone(),
             None,
@@ -125,8 +131,8 @@ fn prepare(
             let signer = RequestSigner::get(conn, id)?;
             (
                 To {
-                    name: signer.name.clone(),
-                    address: signer.email.clone(),
+                    name: personal::open(key, &signer.name)?,
+                    address: personal::open(key, &signer.email)?,
                 },
                 signer.locale.clone(),
                 Some(signer),
@@ -147,9 +153,13 @@ fn prepare(
                 let (token, expires_at) = requests::issue_link(signer, link_ttl);
                 signer.save(conn)?;
                 Message::Invitation {
-                    signer_name: signer.name.clone(),
+                    signer_name: to.name.clone(),
                     document_title: title,
-                    sender_name: format!("{} ({})", request.owner_name, tenant.name),
+                    sender_name: format!(
+                        "{} ({})",
+                        personal::open(key, &request.owner_name)?,
+                        tenant.name
+                    ),
                     link: format!("{public_url}/v1/signing/{token}"),
                     expires_at,
                     access_code_required: signer.access_code_hash.is_some(),
@@ -158,7 +168,7 @@ fn prepare(
                 let code = requests::issue_code(signer, code_ttl);
                 signer.save(conn)?;
                 Message::VerificationCode {
-                    signer_name: signer.name.clone(),
+                    signer_name: to.name.clone(),
                     document_title: title,
                     code,
                     valid_minutes: (code_ttl.as_secs() / 60).max(1) as u32,
@@ -174,7 +184,7 @@ fn prepare(
             Message::Declined {
                 recipient_name: to.name.clone(),
                 document_title: title,
-                signer_name: decliner.name,
+                signer_name: personal::open(key, &decliner.name)?,
                 reason: decliner.decline_reason,
             }
         }

@@ -4,6 +4,7 @@
 //! Japanese text correctly; `?encoding=utf-8` leaves the mark out.
 
 use shomei_schema::DocumentRow;
+use shomei_vault::{Keyring, VaultError};
 
 /// UTF-8's byte-order mark.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -75,12 +76,23 @@ pub const DOCUMENT_COLUMNS: [&str; 11] = [
     "size_bytes",
 ];
 
-pub fn document_record(row: &DocumentRow) -> Vec<String> {
+/// The names of everyone who signed the document, in signing order, `; `-separated (opened from
+/// their sealed sign payloads).
+pub async fn parties(keys: &Keyring, row: &DocumentRow) -> Result<String, VaultError> {
+    let mut names = Vec::new();
+    for sealed in row.parties.iter().flatten() {
+        names.push(crate::sign::signer_name(keys, sealed).await?);
+    }
+    Ok(names.join("; "))
+}
+
+/// A document's contract-details record; `parties` from [`parties`].
+pub fn document_record(row: &DocumentRow, parties: String) -> Vec<String> {
     vec![
         row.id.to_string(),
         row.title.clone().unwrap_or_default(),
         row.folder.clone(),
-        row.parties.clone().unwrap_or_default(),
+        parties,
         row.status.clone(),
         row.pages.to_string(),
         time(row.created_at),

@@ -116,8 +116,10 @@ pub struct RequestStep {
 }
 
 pub struct NewSigner {
-    pub name: String,
-    pub email: String,
+    /// Sealed.
+    pub name: Vec<u8>,
+    /// Sealed.
+    pub email: Vec<u8>,
     pub locale: String,
     pub method: Method,
     pub identity_id: Option<Uuid>,
@@ -128,8 +130,9 @@ pub struct NewSigner {
 pub struct NewRequest {
     pub tenant_id: Uuid,
     pub document_id: Uuid,
-    pub owner_name: String,
-    pub owner_email: String,
+    /// Sealed with the tenant's records key, like the signers' names and addresses.
+    pub owner_name: Vec<u8>,
+    pub owner_email: Vec<u8>,
     pub locale: String,
     pub message: Option<String>,
     pub signers: Vec<NewSigner>,
@@ -212,8 +215,6 @@ fn signer_data(signer: &RequestSigner) -> serde_json::Value {
     json!({
         "signer_id": signer.id.to_string(),
         "position": signer.position,
-        "name": signer.name,
-        "email": signer.email,
         "method": signer.method,
     })
 }

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shomei_schema::{interact, Job, JobKind, NewJob, RequestSigner};
 use shomei_signing::SignatureRequest;
+use shomei_vault::{DataKey, Keyring};
 
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::{self, kind, NewEvent, Pending};
+use crate::personal;
 use crate::requests::{self, RequestStep, SignerState, SignerStatus};
 use crate::revisions::{self, Start};
 
@@ -50,9 +52,11 @@ impl std::str::FromStr for SignatureLevel {
     }
 }
 
-/// What a caller asks for in `POST /v1/documents/{id}/sign`; stored as the job's payload, with
-/// `level` resolved (the tenant's default when the request names none).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a caller asks for in `POST /v1/documents/{id}/sign`; stored as the job's payload
+/// ([`SignRequest::to_payload`], personal parts sealed), with `level` resolved (the tenant's
+/// default when the request names none). Deliberately not `Serialize`: it holds personal data
+/// in the clear.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
     pub signer: Signer,
@@ -79,7 +83,88 @@ pub struct Signer {
     pub email: Option<String>,
 }
 
+/// The personal parts of a sign request: who signs, why and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Personal {
+    signer: Signer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+}
+
+/// The signer's name in a sealed [`Personal`] (a stored payload's `personal`).
+pub async fn signer_name(keys: &Keyring, sealed: &str) -> Result<String, shomei_vault::VaultError> {
+    let personal: Personal = serde_json::from_str(&personal::open_text(keys, sealed).await?)
+        .map_err(|_| shomei_vault::VaultError::Corrupt("a sign payload's personal part is not JSON"))?;
+    Ok(personal.signer.name)
+}
+
+/// A sign job's stored payload: the request with its personal parts sealed with the tenant's
+/// records key ([`crate::personal`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    /// [`Personal`] as JSON, sealed.
+    personal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    level: Option<SignatureLevel>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    conclude: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<RequestStep>,
+}
+
 impl SignRequest {
+    /// The job payload, with the personal parts sealed.
+    pub fn to_payload(&self, key: &DataKey) -> serde_json::Value {
+        let personal = Personal {
+            signer: self.signer.clone(),
+            reason: self.reason.clone(),
+            location: self.location.clone(),
+        };
+        let personal = serde_json::to_string(&personal).expect("serializable");
+        json!(Payload {
+            personal: personal::seal_text(key, &personal),
+            level: self.level,
+            conclude: self.conclude,
+            step: self.step.clone(),
+        })
+    }
+
+    /// The request as JSON, for idempotency fingerprints (never stored).
+    pub fn fingerprint(&self) -> serde_json::Value {
+        json!({
+            "personal": Personal {
+                signer: self.signer.clone(),
+                reason: self.reason.clone(),
+                location: self.location.clone(),
+            },
+            "level": self.level,
+            "conclude": self.conclude,
+        })
+    }
+
+    /// Reads a job payload back, opening its personal parts.
+    pub async fn from_payload(
+        keys: &Keyring,
+        payload: &serde_json::Value,
+    ) -> Result<SignRequest, JobError> {
+        let stored: Payload = serde_json::from_value(payload.clone())
+            .map_err(|e| JobError::permanent(format!("unreadable sign payload: {e}")))?;
+        let personal: Personal =
+            serde_json::from_str(&personal::open_text(keys, &stored.personal).await?)
+                .map_err(|e| JobError::permanent(format!("unreadable sign payload: {e}")))?;
+        Ok(SignRequest {
+            signer: personal.signer,
+            level: stored.level,
+            reason: personal.reason,
+            location: personal.location,
+            conclude: stored.conclude,
+            step: stored.step,
+        })
+    }
+
     /// Checks what serde cannot; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         check_name("signer.name", &self.signer.name)?;
@@ -121,8 +206,7 @@ pub fn check_email(field: &str, email: &str) -> Result<(), String> {
 }
 
 pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
-    let request: SignRequest = serde_json::from_value(job.payload.clone())
-        .map_err(|e| JobError::permanent(format!("unreadable sign payload: {e}")))?;
+    let request = SignRequest::from_payload(&ctx.keys, &job.payload).await?;
     let timestamper = match request.level.unwrap_or(SignatureLevel::Timestamped) {
         SignatureLevel::Basic => None,
         SignatureLevel::Timestamped => Some(ctx.timestamper()?),
@@ -140,8 +224,8 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         .as_ref()
         .and_then(|s| s.key_label.clone())
         .unwrap_or_else(|| ctx.key_label.clone());
+    // The signer's name and address stay out of the event (they are in the signed file).
     let mut data = json!({
-        "signer": {"name": request.signer.name, "email": request.signer.email},
         "level": request.level.map(SignatureLevel::as_str),
     });
     let signature = SignatureRequest {

@@ -54,10 +54,14 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
                         ),
                     }
                 }
-                Err(StorageError::Corrupt { .. }) => {
+                Err(e @ (StorageError::Corrupt { .. } | StorageError::Sealed { .. }))
+                    if e.is_permanent() =>
+                {
                     changed += 1;
-                    let error =
-                        "the stored bytes changed since they were recorded (SHA-256 mismatch)";
+                    let error = format!(
+                        "the stored bytes changed since they were recorded (they fail their \
+                         authentication tag or SHA-256): {e}"
+                    );
                     (false, None, json!({ "error": error }))
                 }
                 Err(e) => return Err(e.into()),

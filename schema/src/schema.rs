@@ -160,13 +160,14 @@ diesel::table! {
     signer_identities (id) {
         id -> Uuid,
         tenant_id -> Uuid,
-        name -> Text,
-        email -> Text,
         key_label -> Text,
         pin_hash -> Text,
         pin_failures -> Int4,
         locked_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        name -> Bytea,
+        email -> Bytea,
+        email_index -> Bytea,
     }
 }
 
@@ -176,12 +177,12 @@ diesel::table! {
         tenant_id -> Uuid,
         document_id -> Uuid,
         status -> Text,
-        owner_name -> Text,
-        owner_email -> Text,
         locale -> Text,
         message -> Nullable<Text>,
         created_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        owner_name -> Bytea,
+        owner_email -> Bytea,
     }
 }
 
@@ -190,8 +191,6 @@ diesel::table! {
         id -> Uuid,
         request_id -> Uuid,
         position -> Int4,
-        name -> Text,
-        email -> Text,
         locale -> Text,
         method -> Text,
         identity_id -> Nullable<Uuid>,
@@ -207,6 +206,8 @@ diesel::table! {
         signed_ip -> Nullable<Text>,
         signed_at -> Nullable<Timestamptz>,
         decline_reason -> Nullable<Text>,
+        name -> Bytea,
+        email -> Bytea,
     }
 }
 

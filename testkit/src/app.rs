@@ -454,6 +454,32 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The text column `t` of every row a query returns.
+    pub fn sql_texts(&self, query: &str) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Text {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        diesel::sql_query(query)
+            .load::<Text>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|row| row.t)
+            .collect()
+    }
+
+    /// Where the app's object store keeps its files.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.log_dir().join("storage")
+    }
+
+    /// The app's database URL (for `pg_dump` and the like).
+    pub fn database_url(&self) -> String {
+        format!("{POSTGRES}/{}", self.db_name)
+    }
+
     /// Runs SQL against this app's database (for checks the API does not expose).
     pub fn sql_count(&self, query: &str) -> i64 {
         #[derive(diesel::QueryableByName)]

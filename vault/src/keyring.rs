@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aes_gcm::{Aes256Gcm, KeyInit};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use rand::RngCore;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -44,6 +46,8 @@ impl Purpose {
 pub struct DataKey {
     id: Uuid,
     cipher: Aes256Gcm,
+    /// Derived from the key: the MAC key of blind indexes.
+    index_key: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for DataKey {
@@ -56,10 +60,23 @@ impl fmt::Debug for DataKey {
 
 impl DataKey {
     pub(crate) fn from_bytes(id: Uuid, bytes: &[u8]) -> Self {
+        let mut derive = Sha256::new();
+        derive.update(b"shomei-vault blind index v1");
+        derive.update(bytes);
         Self {
             id,
             cipher: Aes256Gcm::new_from_slice(bytes).expect("a data key is 32 bytes"),
+            index_key: Zeroizing::new(derive.finalize().into()),
         }
+    }
+
+    /// HMAC-SHA256 of `text` under a key derived from this one: equal texts give equal indexes,
+    /// so a sealed column can be looked up without storing the text.
+    pub fn blind_index(&self, text: &str) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(self.index_key.as_slice())
+            .expect("HMAC takes any key length");
+        mac.update(text.as_bytes());
+        mac.finalize().into_bytes().to_vec()
     }
 
     pub fn id(&self) -> Uuid {

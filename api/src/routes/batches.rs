@@ -91,6 +91,7 @@ async fn create(
     let ids: Vec<Uuid> = requests.iter().map(|(id, _)| *id).collect();
     let batch_id = Uuid::now_v7();
     let created_by = caller.actor();
+    let key = shomei_jobs::personal::records_key(&state.keys, caller.tenant_id).await?;
     let accepted = interact(&state.db, move |conn| {
         if !DocumentFilter::foreign_ids(conn, caller.tenant_id, &ids)?.is_empty() {
             return Ok(None);
@@ -107,7 +108,7 @@ async fn create(
                     tenant_id: caller.tenant_id,
                     kind: JobKind::Sign.as_str(),
                     document_id: Some(document_id),
-                    payload: serde_json::to_value(&request).expect("a sign request serialises"),
+                    payload: request.to_payload(&key),
                     batch_id: Some(batch_id),
                     ..NewJob::default()
                 }

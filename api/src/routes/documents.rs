@@ -13,6 +13,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use diesel::Connection;
+use shomei_jobs::personal;
 use shomei_jobs::events::{self, kind, NewEvent};
 use shomei_jobs::sign::SignRequest;
 use shomei_schema::models::NewDocument;
@@ -279,13 +280,14 @@ async fn sign(
         .await?;
         request.level = Some(tenant.signature_level.parse().map_err(anyhow::Error::msg)?);
     }
-    let payload = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
+    let key = personal::records_key(&state.keys, caller.tenant_id).await?;
     queue_job(
         &state,
         caller,
         Some(doc.id),
         JobKind::Sign,
-        payload,
+        request.fingerprint(),
+        request.to_payload(&key),
         idempotency_key,
     )
     .await
@@ -303,6 +305,7 @@ async fn timestamp(
         caller,
         Some(doc.id),
         JobKind::Timestamp,
+        json!({}),
         json!({}),
         idempotency_key,
     )

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -70,6 +69,7 @@ pub(super) async fn queue_job(
     caller: Caller,
     document_id: Option<Uuid>,
     kind: JobKind,
+    request: serde_json::Value,
     payload: serde_json::Value,
     idempotency_key: Option<String>,
 ) -> Result<Response, ApiError> {
@@ -81,14 +81,17 @@ pub(super) async fn queue_job(
             "Idempotency-Key must be 1 to 255 characters".into(),
         ));
     }
-    // The fingerprint covers what the job will do, so the same key with another body (or on
-    // another document, or for another kind of job) is told apart from a retry.
-    let fingerprint: [u8; 32] = Sha256::new()
-        .chain_update(kind.as_str().as_bytes())
-        .chain_update(document_id.map(|id| *id.as_bytes()).unwrap_or_default())
-        .chain_update(payload.to_string().as_bytes())
-        .finalize()
-        .into();
+    // The fingerprint covers what the caller asked for (`request`; the stored `payload` may be
+    // sealed, which no two requests share), so the same key with another body (or on another
+    // document, or for another kind of job) is told apart from a retry. It is keyed (a blind
+    // index under the tenant's records key): a request can hold personal data, and a plain
+    // hash of it could be confirmed by guessing.
+    let key = shomei_jobs::personal::records_key(&state.keys, caller.tenant_id).await?;
+    let fingerprint = key.blind_index(&format!(
+        "{}\n{}\n{request}",
+        kind.as_str(),
+        document_id.map(|id| id.to_string()).unwrap_or_default()
+    ));
     let new = NewJob {
         id: Uuid::now_v7(),
         tenant_id: caller.tenant_id,
@@ -96,7 +99,7 @@ pub(super) async fn queue_job(
         document_id,
         payload,
         idempotency_key,
-        request_sha256: Some(fingerprint.to_vec()),
+        request_sha256: Some(fingerprint.clone()),
         batch_id: None,
     };
     let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new).await?;

@@ -151,15 +151,19 @@ async fn documents(
     }
 
     let fetch = move |after: Option<Uuid>| -> PageFuture<Uuid> {
-        let (db, filter) = (state.db.clone(), filter.clone());
+        let (db, keys, filter) = (state.db.clone(), state.keys.clone(), filter.clone());
         Box::pin(async move {
             let rows = interact(&db, move |conn| {
                 Ok(filter.page(conn, caller.tenant_id, false, after, PAGE)?)
             })
             .await?;
             let next = full(&rows).and_then(|rows| rows.last()).map(|row| row.id);
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                records.push(document_record(row, reports::parties(&keys, row).await?));
+            }
             Ok(CsvPage {
-                csv: reports::rows(rows.iter().map(document_record)),
+                csv: reports::rows(records),
                 next,
             })
         })

@@ -13,6 +13,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use shomei_jobs::personal;
 use shomei_jobs::requests::{self, Method, NewRequest, NewSigner, SignerState};
 use shomei_jobs::sign::check_email;
 use shomei_schema::{interact, RequestSigner, SignatureRequest, SignerIdentity, Tenant};
@@ -120,18 +121,22 @@ struct SignerView {
 }
 
 impl RequestView {
-    fn new(
+    /// The view, with the personal fields opened.
+    async fn new(
+        state: &AppState,
         request: SignatureRequest,
         signers: Vec<RequestSigner>,
         codes: &[Option<String>],
-    ) -> Self {
-        Self {
+    ) -> Result<Self, ApiError> {
+        let key = personal::records_key(&state.keys, request.tenant_id).await?;
+        let open = |sealed: &[u8]| key.open_field(sealed);
+        Ok(Self {
             id: request.id,
             document_id: request.document_id,
             status: request.status,
             owner: PersonView {
-                name: request.owner_name,
-                email: request.owner_email,
+                name: open(&request.owner_name)?,
+                email: open(&request.owner_email)?,
             },
             locale: request.locale,
             message: request.message,
@@ -140,19 +145,21 @@ impl RequestView {
             signers: signers
                 .into_iter()
                 .enumerate()
-                .map(|(i, s)| SignerView {
-                    id: s.id,
-                    position: s.position,
-                    name: s.name,
-                    email: s.email,
-                    method: s.method,
-                    status: s.status,
-                    signed_at: s.signed_at,
-                    decline_reason: s.decline_reason,
-                    access_code: codes.get(i).cloned().flatten(),
+                .map(|(i, s)| {
+                    Ok(SignerView {
+                        id: s.id,
+                        position: s.position,
+                        name: open(&s.name)?,
+                        email: open(&s.email)?,
+                        method: s.method,
+                        status: s.status,
+                        signed_at: s.signed_at,
+                        decline_reason: s.decline_reason,
+                        access_code: codes.get(i).cloned().flatten(),
+                    })
                 })
-                .collect(),
-        }
+                .collect::<Result<_, shomei_vault::VaultError>>()?,
+        })
     }
 }
 
@@ -214,6 +221,7 @@ async fn create(
     let message = body.message;
 
     let new_locale = request_locale.clone();
+    let key = personal::records_key(&state.keys, tenant_id).await?;
     let result = interact(&state.db, move |conn| {
         let tenant = Tenant::get(conn, tenant_id)?;
         let mut signers = Vec::new();
@@ -222,7 +230,8 @@ async fn create(
             let identity_id = match s.method {
                 Method::Witness => None,
                 Method::Certified => {
-                    match SignerIdentity::find_by_email(conn, tenant_id, &s.email)? {
+                    let index = personal::email_index(&key, &s.email);
+                    match SignerIdentity::find_by_email_index(conn, tenant_id, &index)? {
                         Some(identity) => Some(identity.id),
                         None => {
                             return Ok(Err(ApiError::Unprocessable(format!(
@@ -245,8 +254,8 @@ async fn create(
                     Ok(l) => l,
                     Err(e) => return Ok(Err(e)),
                 },
-                name: s.name.trim().to_owned(),
-                email: s.email,
+                name: key.seal_field(s.name.trim()),
+                email: key.seal_field(&s.email),
                 method: s.method,
                 identity_id,
                 access_code_hash: code.as_deref().map(requests::hash_secret),
@@ -255,8 +264,8 @@ async fn create(
         let new = NewRequest {
             tenant_id,
             document_id: doc.id,
-            owner_name: owner.name.trim().to_owned(),
-            owner_email: owner.email,
+            owner_name: key.seal_field(owner.name.trim()),
+            owner_email: key.seal_field(&owner.email),
             locale: request_locale,
             message,
             signers,
@@ -278,7 +287,7 @@ async fn create(
     pending.push(&state.queue).await;
     let location = format!("/v1/requests/{}", request.id);
     Ok(created(
-        &RequestView::new(request, signers, &codes),
+        &RequestView::new(&state, request, signers, &codes).await?,
         &location,
         StatusCode::CREATED,
     ))
@@ -307,7 +316,7 @@ async fn find(
 
 async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
     let (request, signers) = find(&state, caller, id).await?;
-    Ok(warp::reply::json(&RequestView::new(request, signers, &[])).into_response())
+    Ok(warp::reply::json(&RequestView::new(&state, request, signers, &[]).await?).into_response())
 }
 
 async fn cancel(
@@ -344,5 +353,5 @@ async fn cancel(
     .await?;
     let (request, signers, pending) = outcome?;
     pending.push(&state.queue).await;
-    Ok(warp::reply::json(&RequestView::new(request, signers, &[])).into_response())
+    Ok(warp::reply::json(&RequestView::new(&state, request, signers, &[]).await?).into_response())
 }

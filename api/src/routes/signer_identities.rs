@@ -6,6 +6,8 @@
 //! - `GET  /v1/signer-identities`
 //! - `POST /v1/signer-identities/{id}/unlock` after repeated wrong PINs
 
+use shomei_jobs::personal;
+use shomei_vault::{DataKey, VaultError};
 use std::sync::Arc;
 
 use diesel::prelude::*;
@@ -73,16 +75,17 @@ struct IdentityView {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl From<SignerIdentity> for IdentityView {
-    fn from(i: SignerIdentity) -> Self {
-        Self {
+impl IdentityView {
+    /// The view, with name and address opened.
+    fn new(key: &DataKey, i: SignerIdentity) -> Result<Self, VaultError> {
+        Ok(Self {
             id: i.id,
-            name: i.name,
-            email: i.email,
+            name: key.open_field(&i.name)?,
+            email: key.open_field(&i.email)?,
             key_label: i.key_label,
             locked: i.locked_at.is_some(),
             created_at: i.created_at,
-        }
+        })
     }
 }
 
@@ -104,12 +107,15 @@ async fn enroll(
             "pin must be 6 to 64 characters".into(),
         ));
     }
+    let key = personal::records_key(&state.keys, caller.tenant_id).await?;
+    let sealing = key.clone();
     let identity = interact(&state.db, move |conn| {
         let identity = SignerIdentity {
             id: Uuid::now_v7(),
             tenant_id: caller.tenant_id,
-            name: body.name.trim().to_owned(),
-            email: body.email,
+            name: sealing.seal_field(body.name.trim()),
+            email: sealing.seal_field(&body.email),
+            email_index: personal::email_index(&sealing, &body.email),
             key_label: body.key_label,
             pin_hash: requests::hash_secret(&body.pin),
             pin_failures: 0,
@@ -128,7 +134,7 @@ async fn enroll(
     })?;
     let location = format!("/v1/signer-identities/{}", identity.id);
     Ok(created(
-        &IdentityView::from(identity),
+        &IdentityView::new(&key, identity)?,
         &location,
         StatusCode::CREATED,
     ))
@@ -143,7 +149,11 @@ async fn list(caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError
             .load(conn)?)
     })
     .await?;
-    let views: Vec<IdentityView> = identities.into_iter().map(IdentityView::from).collect();
+    let key = personal::records_key(&state.keys, caller.tenant_id).await?;
+    let views = identities
+        .into_iter()
+        .map(|i| IdentityView::new(&key, i))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(warp::reply::json(&json!({"signer_identities": views})).into_response())
 }
 
@@ -164,5 +174,6 @@ async fn unlock(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Respon
     })
     .await?
     .ok_or(ApiError::NotFound("signer identity"))?;
-    Ok(warp::reply::json(&IdentityView::from(unlocked)).into_response())
+    let key = personal::records_key(&state.keys, caller.tenant_id).await?;
+    Ok(warp::reply::json(&IdentityView::new(&key, unlocked)?).into_response())
 }

@@ -22,6 +22,8 @@ use uuid::Uuid;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use shomei_jobs::personal;
+use shomei_vault::DataKey;
 use shomei_jobs::events::{self, kind, NewEvent, Pending};
 use shomei_jobs::requests::{
     self, Method, RequestStep, SignerState, SignerStatus, CODE_ATTEMPTS, MAX_CODES, PIN_ATTEMPTS,
@@ -126,15 +128,24 @@ where
     T: Send + 'static,
     F: FnOnce(
             &mut PgConnection,
+            &DataKey,
             SignatureRequest,
             RequestSigner,
         ) -> diesel::QueryResult<Result<T, ApiError>>
         + Send
         + 'static,
 {
+    // The tenant first (its records key opens and seals the personal fields), then the
+    // transaction with the request locked.
+    let lookup = token.clone();
+    let tenant_id = interact(&state.db, move |conn| {
+        Ok(open_link(conn, &lookup)?.map(|(request, _)| request.tenant_id))
+    })
+    .await??;
+    let key = personal::records_key(&state.keys, tenant_id).await?;
     interact(&state.db, move |conn| {
         Ok(conn.transaction(|conn| match open_link(conn, &token)? {
-            Ok((request, signer)) => f(conn, request, signer),
+            Ok((request, signer)) => f(conn, &key, request, signer),
             Err(e) => Ok(Err(e)),
         })?)
     })
@@ -169,7 +180,7 @@ struct SignerSummary {
 }
 
 async fn show(token: String, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let view = with_link(&state, token, |conn, request, signer| {
+    let view = with_link(&state, token, |conn, key, request, signer| {
         let document = Document::get(conn, request.document_id)?;
         let latest = Revision::latest(conn, document.id)?;
         Ok(Ok(SigningView {
@@ -180,12 +191,12 @@ async fn show(token: String, state: Arc<AppState>) -> Result<Response, ApiError>
                 pages: document.pages,
                 sha256: hex::encode(&latest.sha256),
             },
-            sender: request.owner_name,
+            sender: personal::open(key, &request.owner_name)?,
             message: request.message,
             signer: SignerSummary {
                 access_code_required: signer.access_code_hash.is_some(),
-                name: signer.name,
-                email: signer.email,
+                name: personal::open(key, &signer.name)?,
+                email: personal::open(key, &signer.email)?,
                 position: signer.position,
                 method: signer.method,
                 link_expires_at: signer.link_expires_at,
@@ -197,7 +208,7 @@ async fn show(token: String, state: Arc<AppState>) -> Result<Response, ApiError>
 }
 
 async fn pdf(token: String, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let latest = with_link(&state, token, |conn, request, _| {
+    let latest = with_link(&state, token, |conn, _, request, _| {
         Ok(Ok(Revision::latest(conn, request.document_id)?))
     })
     .await?;
@@ -210,7 +221,7 @@ async fn send_code(
     remote: Option<SocketAddr>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(remote);
-    let pending = with_link(&state, token, |conn, request, mut signer| {
+    let pending = with_link(&state, token, |conn, _, request, mut signer| {
             if signer.method != Method::Witness.as_str() {
                 return Ok(Err(ApiError::Conflict(
                     "a certified signature is released by your PIN, not by an e-mailed code"
@@ -268,8 +279,8 @@ async fn sign(
     body: SignBody,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(remote);
-    let (job_id, pending) = with_link(&state, token, |conn, request, signer| {
-        authenticate_and_queue(conn, request, signer, body, ip)
+    let (job_id, pending) = with_link(&state, token, |conn, key, request, signer| {
+        authenticate_and_queue(conn, key, request, signer, body, ip)
     })
     .await?;
     pending.push(&state.queue).await;
@@ -284,6 +295,7 @@ async fn sign(
 /// and committed: the caller's transaction commits whatever this returns inside `Ok`.
 fn authenticate_and_queue(
     conn: &mut PgConnection,
+    key: &DataKey,
     request: SignatureRequest,
     mut signer: RequestSigner,
     body: SignBody,
@@ -387,10 +399,15 @@ fn authenticate_and_queue(
         Method::Witness => "Witness signature for",
         Method::Certified => "Signed by",
     };
+    let (name, email) = (
+        personal::open(key, &signer.name)?,
+        personal::open(key, &signer.email)?,
+    );
+    let reason = format!("{label} {name} <{email}>: {proof}, from {from}");
     let sign_request = SignRequest {
         signer: Signer {
-            name: signer.name.clone(),
-            email: Some(signer.email.clone()),
+            name,
+            email: Some(email),
         },
         level: Some(
             tenant
@@ -398,10 +415,7 @@ fn authenticate_and_queue(
                 .parse()
                 .unwrap_or(shomei_jobs::sign::SignatureLevel::Timestamped),
         ),
-        reason: Some(format!(
-            "{label} {} <{}>: {proof}, from {from}",
-            signer.name, signer.email
-        )),
+        reason: Some(reason),
         location: None,
         conclude: false,
         step: Some(RequestStep {
@@ -417,7 +431,7 @@ fn authenticate_and_queue(
         tenant_id: request.tenant_id,
         kind: JobKind::Sign.as_str(),
         document_id: Some(request.document_id),
-        payload: serde_json::to_value(&sign_request).expect("a sign request serialises"),
+        payload: sign_request.to_payload(key),
         idempotency_key: None,
         request_sha256: None,
         batch_id: None,
@@ -450,7 +464,7 @@ async fn decline(
         ));
     }
     let ip = client_ip(remote);
-    let pending = with_link(&state, token, |conn, mut request, mut signer| {
+    let pending = with_link(&state, token, |conn, _, mut request, mut signer| {
         Ok(Ok(requests::decline(
             conn,
             &mut request,

@@ -61,6 +61,7 @@ async fn verify_all(
         None,
         JobKind::Verify,
         json!({}),
+        json!({}),
         idempotency_key,
     )
     .await

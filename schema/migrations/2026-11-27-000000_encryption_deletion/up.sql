@@ -61,3 +61,26 @@ CREATE TABLE deletion_log (
     UNIQUE (object_kind, object_id)
 );
 CREATE INDEX deletion_log_tenant ON deletion_log (tenant_id, deleted_at);
+
+-- Personal fields are sealed with the tenant's 'records' data key (shomei-vault): the plain
+-- columns are replaced. A database that already holds plain personal data predates encryption
+-- at rest (pre-release); it is refused rather than silently kept in the clear.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM signature_requests) OR EXISTS (SELECT 1 FROM signer_identities) THEN
+        RAISE EXCEPTION 'this database holds personal data in plain text (from before encryption at rest); recreate it';
+    END IF;
+END $$;
+ALTER TABLE signature_requests
+    DROP COLUMN owner_name, DROP COLUMN owner_email,
+    ADD COLUMN owner_name bytea NOT NULL, ADD COLUMN owner_email bytea NOT NULL;
+ALTER TABLE request_signers
+    DROP COLUMN name, DROP COLUMN email,
+    ADD COLUMN name bytea NOT NULL, ADD COLUMN email bytea NOT NULL;
+-- `email_index`: HMAC-SHA256 of the lower-cased address under a key derived from the tenant's
+-- records key (a blind index: equality look-ups without the address).
+ALTER TABLE signer_identities
+    DROP COLUMN name, DROP COLUMN email,
+    ADD COLUMN name bytea NOT NULL, ADD COLUMN email bytea NOT NULL,
+    ADD COLUMN email_index bytea NOT NULL;
+CREATE UNIQUE INDEX signer_identities_email ON signer_identities (tenant_id, email_index);

@@ -57,9 +57,10 @@ pub struct DocumentRow {
     pub pages: i32,
     #[diesel(sql_type = Text)]
     pub status: String,
-    /// Names of everyone who signed it, in signing order, `; `-separated.
-    #[diesel(sql_type = Nullable<Text>)]
-    pub parties: Option<String>,
+    /// Everyone who signed it, in signing order: the sealed personal parts of the sign jobs'
+    /// payloads (`shomei_jobs::reports::parties` opens them).
+    #[diesel(sql_type = Nullable<diesel::sql_types::Array<Text>>)]
+    pub parties: Option<Vec<String>>,
     #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
@@ -82,7 +83,7 @@ SELECT * FROM (
            r.revision, r.sha256, r.size_bytes, r.storage_key,
            (SELECT max(s.created_at) FROM document_revisions s
              WHERE s.document_id = d.id AND s.revision > 0) AS signed_at,
-           (SELECT string_agg(j.payload -> 'signer' ->> 'name', '; ' ORDER BY j.finished_at)
+           (SELECT array_agg(j.payload ->> 'personal' ORDER BY j.finished_at)
               FROM jobs j
              WHERE j.document_id = d.id AND j.kind = 'sign' AND j.status = 'succeeded') AS parties,
            CASE

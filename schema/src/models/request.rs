@@ -13,8 +13,9 @@ pub struct SignatureRequest {
     pub document_id: Uuid,
     /// `in_progress`, `completed`, `declined` or `cancelled`.
     pub status: String,
-    pub owner_name: String,
-    pub owner_email: String,
+    /// Sealed (`shomei-vault`, the tenant's records key), like every personal field.
+    pub owner_name: Vec<u8>,
+    pub owner_email: Vec<u8>,
     pub locale: String,
     pub message: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -28,8 +29,10 @@ pub struct RequestSigner {
     pub id: Uuid,
     pub request_id: Uuid,
     pub position: i32,
-    pub name: String,
-    pub email: String,
+    /// Sealed.
+    pub name: Vec<u8>,
+    /// Sealed.
+    pub email: Vec<u8>,
     pub locale: String,
     /// `witness` or `certified`.
     pub method: String,
@@ -55,8 +58,12 @@ pub struct RequestSigner {
 pub struct SignerIdentity {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    pub name: String,
-    pub email: String,
+    /// Sealed.
+    pub name: Vec<u8>,
+    /// Sealed.
+    pub email: Vec<u8>,
+    /// Blind index of the address (`DataKey::blind_index`), for look-ups.
+    pub email_index: Vec<u8>,
     pub key_label: String,
     /// Argon2id, PHC string format.
     pub pin_hash: String,
@@ -147,14 +154,15 @@ impl RequestSigner {
 }
 
 impl SignerIdentity {
-    pub fn find_by_email(
+    /// The identity whose address has this blind index.
+    pub fn find_by_email_index(
         conn: &mut PgConnection,
         tenant_id: Uuid,
-        email: &str,
+        email_index: &[u8],
     ) -> QueryResult<Option<SignerIdentity>> {
         signer_identities::table
             .filter(signer_identities::tenant_id.eq(tenant_id))
-            .filter(signer_identities::email.eq(email))
+            .filter(signer_identities::email_index.eq(email_index))
             .select(SignerIdentity::as_select())
             .first(conn)
             .optional()

@@ -92,9 +92,12 @@ async fn a_bulk_verification_reports_a_document_whose_stored_bytes_changed() {
         documents.push(document);
     }
     // Someone with access to the storage alters the signed file of the second document.
-    let stored = crate::sha256_hex(&app.download(&documents[1]).await);
-    let path = find_file(&app.log_dir().join("storage"), &format!("{stored}.pdf"))
-        .expect("stored revision");
+    let stored = app.sql_texts(&format!(
+        "SELECT storage_key AS t FROM document_revisions WHERE document_id = '{}' \
+         ORDER BY revision DESC LIMIT 1",
+        documents[1]
+    ));
+    let path = app.storage_dir().join(&stored[0]);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
@@ -118,16 +121,3 @@ async fn a_bulk_verification_reports_a_document_whose_stored_bytes_changed() {
     assert_eq!(recorded, 1);
 }
 
-fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()? {
-        let path = entry.ok()?.path();
-        if path.is_dir() {
-            if let Some(found) = find_file(&path, name) {
-                return Some(found);
-            }
-        } else if path.file_name().is_some_and(|n| n == name) {
-            return Some(path);
-        }
-    }
-    None
-}
