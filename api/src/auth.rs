@@ -71,6 +71,18 @@ impl Caller {
         }
     }
 
+    /// `Ok` for an owner key; a 403 problem saying who may `what` otherwise.
+    pub fn require_owner(&self, what: &str) -> Result<(), ApiError> {
+        if self.role == Role::Owner {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "a {} key may not {what}; an owner key may",
+                self.role.as_str()
+            )))
+        }
+    }
+
     /// How the audit trail names this caller.
     pub fn actor(&self) -> String {
         format!("api_key:{}", self.key_id)

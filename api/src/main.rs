@@ -29,6 +29,22 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Manage the data keys that encrypt documents and personal data.
+    DataKeys {
+        #[command(subcommand)]
+        command: DataKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataKeyCommand {
+    /// Re-wrap data keys under a new version of their key-encryption key in the HSM and destroy
+    /// the old version. Documents are not re-encrypted.
+    Rotate {
+        /// Only this tenant's keys (default: every live key).
+        #[arg(long)]
+        tenant: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +102,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::DataKeys {
+            command: DataKeyCommand::Rotate { tenant },
+        } => rotate_data_keys(&config, tenant),
         Command::Key {
             command: KeyCommand::Create { tenant, role, name },
         } => {
@@ -100,6 +119,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[tokio::main]
+async fn rotate_data_keys(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow::Result<()> {
+    let db = migrate(config)?;
+    let settings = shomei_signing::HsmSettings {
+        pool_size: 1,
+        ..shomei_signing::HsmSettings::from_config(&config.hsm)
+    };
+    let hsm = tokio::task::spawn_blocking(move || shomei_signing::Hsm::connect(&settings))
+        .await?
+        .context("opening the HSM")?;
+    let rotated = shomei_vault::Keyring::new(db, hsm).rotate(tenant).await?;
+    #[allow(clippy::print_stdout)]
+    for key in &rotated {
+        println!("data_key={} kek={}", key.data_key_id, key.kek_label);
+    }
+    tracing::info!(rotated = rotated.len(), "data keys re-wrapped");
+    Ok(())
 }
 
 fn migrate(config: &Config) -> anyhow::Result<shomei_schema::DbPool> {

@@ -30,6 +30,9 @@ pub mod kind {
     pub const JOB_FAILED: &str = "job.failed";
     pub const EXPORT_READY: &str = "export.ready";
     pub const BATCH_COMPLETED: &str = "batch.completed";
+    pub const DOCUMENT_DELETED: &str = "document.deleted";
+    pub const TENANT_CANCELLED: &str = "tenant.cancelled";
+    pub const TENANT_DELETED: &str = "tenant.deleted";
 }
 
 /// What happened; [`emit`] adds the id and time.

@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub mod batches;
+pub mod calendar;
 pub mod context;
+pub mod deletion;
 pub mod error;
 pub mod events;
 pub mod export;

@@ -10,7 +10,7 @@ use shomei_schema::{Job, JobKind};
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::{self, kind, NewEvent, Pending};
-use crate::{export, notify_email, notify_webhook, requests, sign, timestamp, verify};
+use crate::{deletion, export, notify_email, notify_webhook, requests, sign, timestamp, verify};
 
 /// Runs the handler of `kind`; its `Ok` value is stored as the job's `result`.
 pub(crate) async fn dispatch(
@@ -25,6 +25,7 @@ pub(crate) async fn dispatch(
         JobKind::NotifyEmail => notify_email::run(ctx, job).await,
         JobKind::NotifyWebhook => notify_webhook::run(ctx, job).await,
         JobKind::BulkDownload => export::run(ctx, job).await,
+        JobKind::Deletion => deletion::run(ctx, job).await,
     }
 }
 

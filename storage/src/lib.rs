@@ -53,9 +53,9 @@ pub struct StoredObject {
     pub size: u64,
 }
 
-/// What was deleted, as the deletion log records it.
+/// What an object is, as the deletion log records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeletedObject {
+pub struct ObjectFingerprint {
     pub key: String,
     /// SHA-256 of the bytes that were stored (ciphertext).
     pub sha256: [u8; 32],
@@ -183,9 +183,17 @@ impl Storage {
         format!("tenants/{tenant_id}")
     }
 
+    /// Where an export's archive parts are stored.
+    pub fn export_prefix(tenant_id: Uuid, export_id: Uuid) -> String {
+        format!("tenants/{tenant_id}/exports/{export_id}")
+    }
+
     /// Where an export's archive part is stored.
     pub fn export_key(tenant_id: Uuid, export_id: Uuid, part: u32) -> String {
-        format!("tenants/{tenant_id}/exports/{export_id}/part-{part}.zip.sealed")
+        format!(
+            "{}/part-{part}.zip.sealed",
+            Self::export_prefix(tenant_id, export_id)
+        )
     }
 
     /// Reads an object back, opens it and checks it against the plaintext digest recorded when
@@ -213,11 +221,10 @@ impl Storage {
         Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
     }
 
-    /// Deletes an object for good and says what it was (digest and size of the stored bytes).
-    /// `None` if there was no such object (deleted before).
-    pub async fn delete(&self, key: &str) -> Result<Option<DeletedObject>, StorageError> {
-        let path = ObjectPath::from(key);
-        let found = match self.store.get(&path).await {
+    /// What is stored under `key` (digest and size of the stored bytes), read in full, or
+    /// `None` if there is no such object: the evidence to record before [`remove`](Self::remove).
+    pub async fn fingerprint(&self, key: &str) -> Result<Option<ObjectFingerprint>, StorageError> {
+        let found = match self.store.get(&ObjectPath::from(key)).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -229,14 +236,18 @@ impl Storage {
             size += chunk.len() as u64;
             hasher.update(&chunk);
         }
-        match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(Some(DeletedObject {
+        Ok(Some(ObjectFingerprint {
             key: key.to_owned(),
             sha256: hasher.finalize().into(),
             size,
         }))
+    }
+
+    /// Deletes an object for good (no error if it is gone already).
+    pub async fn remove(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }

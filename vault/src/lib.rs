@@ -4,7 +4,7 @@ mod keyring;
 mod sealed;
 mod stream;
 
-pub use keyring::{DataKey, Keyring, Purpose};
+pub use keyring::{DataKey, Keyring, Purpose, Rotated};
 pub use sealed::{plaintext_len, SEGMENT};
 pub use stream::EncryptingWriter;
 

@@ -13,6 +13,8 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use diesel::Connection;
+use shomei_jobs::deletion::DeletionJob;
+use shomei_schema::models::deletion;
 use shomei_jobs::personal;
 use shomei_jobs::events::{self, kind, NewEvent};
 use shomei_jobs::sign::SignRequest;
@@ -61,6 +63,20 @@ pub fn routes(
         .and(warp::body::json())
         .then(sign)
         .map(respond);
+    let delete = warp::path!("v1" / "documents" / Uuid)
+        .and(warp::delete())
+        .and(auth.clone())
+        .and(with_state(state.clone()))
+        .then(delete)
+        .map(respond);
+    let hold = warp::path!("v1" / "documents" / Uuid / "holds")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state(state.clone()))
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::json())
+        .then(hold)
+        .map(respond);
     let timestamp = warp::path!("v1" / "documents" / Uuid / "timestamp")
         .and(warp::post())
         .and(auth)
@@ -77,6 +93,10 @@ pub fn routes(
         .or(sign)
         .unify()
         .or(timestamp)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(hold)
         .unify()
 }
 
@@ -112,6 +132,9 @@ struct DocumentView {
     sha256: String,
     revision: i32,
     created_at: chrono::DateTime<chrono::Utc>,
+    /// Set once its files are deleted; the record stays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl DocumentView {
@@ -124,6 +147,7 @@ impl DocumentView {
             sha256: hex::encode(&latest.sha256),
             revision: latest.revision,
             created_at: doc.created_at,
+            deleted_at: doc.deleted_at,
         }
     }
 }
@@ -204,7 +228,8 @@ async fn upload(
 }
 
 /// The document and its latest revision, if the caller's tenant owns it.
-pub(super) async fn find_document(
+/// The caller's document with its latest revision, whether or not its files were deleted.
+async fn find_record(
     state: &AppState,
     caller: Caller,
     id: Uuid,
@@ -220,9 +245,94 @@ pub(super) async fn find_document(
     .ok_or(ApiError::NotFound("document"))
 }
 
+/// The caller's document, to act on: `410` once its files were deleted (its record stays).
+pub(super) async fn find_document(
+    state: &AppState,
+    caller: Caller,
+    id: Uuid,
+) -> Result<(Document, Revision), ApiError> {
+    let (doc, latest) = find_record(state, caller, id).await?;
+    if let Some(at) = doc.deleted_at {
+        return Err(ApiError::Gone(format!(
+            "the document's files were deleted at {}",
+            at.to_rfc3339()
+        )));
+    }
+    Ok((doc, latest))
+}
+
 async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let (doc, latest) = find_document(&state, caller, id).await?;
+    let (doc, latest) = find_record(&state, caller, id).await?;
     Ok(warp::reply::json(&DocumentView::new(doc, &latest)).into_response())
+}
+
+/// Deletes the document's files (on request; R-DEL-1's path): refused while something holds
+/// it, queued as a deletion job otherwise. Its record stays, marked deleted.
+async fn delete(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
+    caller.require_export()?;
+    let (doc, _) = find_document(&state, caller, id).await?;
+    let hold = interact(&state.db, move |conn| Ok(deletion::hold_on(conn, doc.id)?)).await?;
+    if let Some(hold) = hold {
+        return Err(ApiError::Conflict(format!(
+            "the document cannot be deleted yet: {hold}"
+        )));
+    }
+    let job = DeletionJob::Document {
+        document_id: doc.id,
+    };
+    queue_job(
+        &state,
+        caller,
+        Some(doc.id),
+        JobKind::Deletion,
+        json!(job),
+        json!(job),
+        Some(format!("delete:{}", doc.id)),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    /// Who holds it: a counterparty's account, a court, an auditor.
+    holder: String,
+    #[serde(default)]
+    reason: Option<String>,
+    /// When the hold ends by itself; never when absent.
+    #[serde(default)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Puts a hold on a document: neither a deletion on request nor the tenant's scheduled
+/// deletion removes it while the hold lasts (R-DEL-3).
+async fn hold(
+    id: Uuid,
+    caller: Caller,
+    state: Arc<AppState>,
+    body: HoldBody,
+) -> Result<Response, ApiError> {
+    caller.require_export()?;
+    if body.holder.trim().is_empty() || body.holder.chars().count() > 200 {
+        return Err(ApiError::BadRequest("holder must be 1 to 200 characters".into()));
+    }
+    let (doc, _) = find_document(&state, caller, id).await?;
+    let hold_id = interact(&state.db, move |conn| {
+        Ok(deletion::add_hold(
+            conn,
+            caller.tenant_id,
+            doc.id,
+            body.holder.trim(),
+            body.reason.as_deref(),
+            body.until,
+        )?)
+    })
+    .await?;
+    Ok(created(
+        &json!({"hold_id": hold_id, "document_id": doc.id}),
+        &format!("/v1/documents/{}", doc.id),
+        StatusCode::CREATED,
+    ))
 }
 
 async fn download(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {

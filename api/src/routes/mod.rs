@@ -11,6 +11,7 @@ mod reports;
 mod requests;
 mod signer_identities;
 mod signing;
+mod tenant;
 mod verification;
 mod webhooks;
 
@@ -40,7 +41,8 @@ pub fn all(
         webhooks::routes(state.clone()).boxed(),
         reports::routes(state.clone()).boxed(),
         exports::routes(state.clone()).boxed(),
-        batches::routes(state).boxed(),
+        batches::routes(state.clone()).boxed(),
+        tenant::routes(state).boxed(),
         shomei_telemetry::metrics::route().boxed(),
     ];
     let [first, rest @ ..] = resources;

@@ -19,7 +19,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Months, NaiveDate, NaiveTime, Utc};
+use shomei_jobs::calendar::{tokyo_month_of, tokyo_month_span};
 use futures::StreamExt;
 use uuid::Uuid;
 use warp::http::header;
@@ -54,8 +55,6 @@ const USAGE_COLUMNS: [&str; 4] = ["month", "requests_sent", "invitations_sent", 
 /// Months a statement covers without `month`, and the oldest month one may ask for (this one
 /// and the 23 before it).
 const USAGE_MONTHS: u32 = 24;
-/// Statements count calendar months in Japan (Asia/Tokyo, +09:00 all year, no daylight saving).
-const TOKYO_OFFSET_SECS: i32 = 9 * 3600;
 
 const ACCOUNT_COLUMNS: [&str; 7] = [
     "key_id",
@@ -319,30 +318,6 @@ async fn usage(caller: Caller, state: Arc<AppState>, query: Query) -> Result<Res
     csv_download(filename, encoding, &USAGE_COLUMNS, fetch).await
 }
 
-fn tokyo() -> FixedOffset {
-    FixedOffset::east_opt(TOKYO_OFFSET_SECS).expect("+09:00 is a valid offset")
-}
-
-/// The first day of the month that `t` falls in, in Tokyo.
-fn tokyo_month_of(t: DateTime<Utc>) -> NaiveDate {
-    let day = t.with_timezone(&tokyo()).date_naive();
-    day.with_day(1).expect("every month has a first day")
-}
-
-/// The month starting on `first` (a first day), as `[start, end)` instants.
-fn tokyo_month_span(first: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-    let midnight = |day: NaiveDate| {
-        day.and_time(NaiveTime::MIN)
-            .and_local_timezone(tokyo())
-            .single()
-            .expect("a fixed offset maps every local time once")
-            .with_timezone(&Utc)
-    };
-    let next = first
-        .checked_add_months(Months::new(1))
-        .expect("a month after a valid month is valid");
-    (midnight(first), midnight(next))
-}
 
 /// `YYYY-MM` as the first day of that month.
 fn parse_month(value: &str) -> Result<NaiveDate, ApiError> {

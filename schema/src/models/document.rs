@@ -14,6 +14,9 @@ pub struct Document {
     pub created_at: DateTime<Utc>,
     /// A path such as `/sales/2026`; `/` is the tenant's root.
     pub folder: String,
+    /// Its files were deleted (the record stays, R-DEL-2).
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub deleted_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]

@@ -95,6 +95,16 @@ impl Export {
             .map(|_| ())
     }
 
+    /// The tenant's ready exports whose download links have not expired.
+    pub fn open_links(conn: &mut PgConnection, tenant_id: Uuid) -> QueryResult<Vec<Uuid>> {
+        exports::table
+            .filter(exports::tenant_id.eq(tenant_id))
+            .filter(exports::status.eq("ready"))
+            .filter(exports::expires_at.gt(diesel::dsl::now))
+            .select(exports::id)
+            .load(conn)
+    }
+
     pub fn fail(conn: &mut PgConnection, job_id: Uuid) -> QueryResult<()> {
         diesel::update(exports::table.filter(exports::job_id.eq(job_id)))
             .set((

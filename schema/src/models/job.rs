@@ -19,16 +19,19 @@ pub enum JobKind {
     NotifyWebhook,
     /// One export: the tenant's signed PDFs as ZIP archive parts.
     BulkDownload,
+    /// A cancelled tenant's files once their deletion is due, or one document's on request.
+    Deletion,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Sign,
         JobKind::Timestamp,
         JobKind::Verify,
         JobKind::NotifyEmail,
         JobKind::NotifyWebhook,
         JobKind::BulkDownload,
+        JobKind::Deletion,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl JobKind {
             JobKind::NotifyEmail => "notify_email",
             JobKind::NotifyWebhook => "notify_webhook",
             JobKind::BulkDownload => "bulk_download",
+            JobKind::Deletion => "deletion",
         }
     }
 
@@ -267,6 +271,24 @@ impl Job {
             ))
             .execute(conn)
             .map(|_| ())
+    }
+
+    /// Inserts a job that must not run before `run_after` (nothing is pushed: the reconciler
+    /// pushes it once it is due, so the date survives restarts and Redis losing everything).
+    /// With an idempotency key, an existing job with that key is returned instead.
+    pub fn insert_scheduled(
+        conn: &mut PgConnection,
+        new: &NewJob,
+        run_after: DateTime<Utc>,
+    ) -> QueryResult<Job> {
+        let (job, created) = Job::insert_or_existing(conn, new)?;
+        if !created {
+            return Ok(job);
+        }
+        diesel::update(jobs::table.find(job.id))
+            .set(jobs::run_after.eq(run_after))
+            .returning(Job::as_returning())
+            .get_result(conn)
     }
 
     /// Inserts jobs made together with another change (in its transaction); the caller pushes

@@ -2,6 +2,7 @@
 
 mod batch;
 mod data_key;
+pub mod deletion;
 mod document;
 mod event;
 mod export;

@@ -14,6 +14,11 @@ pub struct Tenant {
     pub signature_level: String,
     /// Every signer of this tenant's requests must also give an access code.
     pub access_codes: bool,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// When its documents are deleted (R-DEL-1); set with `cancelled_at`.
+    pub deletion_due_at: Option<DateTime<Utc>>,
+    /// When the deletion finished.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl Tenant {
@@ -39,6 +44,47 @@ impl Tenant {
             .find(id)
             .select(Tenant::as_select())
             .first(conn)
+    }
+
+    /// The tenant, locked for the rest of the transaction.
+    pub fn lock(conn: &mut PgConnection, id: Uuid) -> QueryResult<Tenant> {
+        tenants::table
+            .find(id)
+            .for_update()
+            .select(Tenant::as_select())
+            .first(conn)
+    }
+
+    /// Records a cancellation and when it takes effect.
+    pub fn cancel(
+        conn: &mut PgConnection,
+        id: Uuid,
+        at: DateTime<Utc>,
+        deletion_due_at: DateTime<Utc>,
+    ) -> QueryResult<Tenant> {
+        diesel::update(tenants::table.find(id))
+            .set((
+                tenants::cancelled_at.eq(at),
+                tenants::deletion_due_at.eq(deletion_due_at),
+            ))
+            .returning(Tenant::as_returning())
+            .get_result(conn)
+    }
+
+    /// Marks the deletion done and revokes every API key: nothing of the tenant can be acted
+    /// on any more, though its records stay (R-DEL-2).
+    pub fn mark_deleted(conn: &mut PgConnection, id: Uuid) -> QueryResult<()> {
+        diesel::update(tenants::table.find(id).filter(tenants::deleted_at.is_null()))
+            .set(tenants::deleted_at.eq(diesel::dsl::now))
+            .execute(conn)?;
+        diesel::update(
+            api_keys::table
+                .filter(api_keys::tenant_id.eq(id))
+                .filter(api_keys::revoked_at.is_null()),
+        )
+        .set(api_keys::revoked_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .map(|_| ())
     }
 }
 
