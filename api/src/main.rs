@@ -34,6 +34,24 @@ enum Command {
         #[command(subcommand)]
         command: DataKeyCommand,
     },
+    /// Work with stored objects directly (operators).
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Decrypt one sealed object file (for example from a restored backup) with the data key it
+    /// names, through the HSM: proves a backup is readable, or that a deleted tenant's is not.
+    Open {
+        /// The sealed file.
+        file: std::path::PathBuf,
+        /// Where to write the plaintext.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +123,9 @@ fn main() -> anyhow::Result<()> {
         Command::DataKeys {
             command: DataKeyCommand::Rotate { tenant },
         } => rotate_data_keys(&config, tenant),
+        Command::Storage {
+            command: StorageCommand::Open { file, out },
+        } => open_object(&config, &file, &out),
         Command::Key {
             command: KeyCommand::Create { tenant, role, name },
         } => {
@@ -121,8 +142,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn rotate_data_keys(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow::Result<()> {
+/// The keyring of a command: the database and one HSM session.
+async fn keyring(config: &Config) -> anyhow::Result<shomei_vault::Keyring> {
     let db = migrate(config)?;
     let settings = shomei_signing::HsmSettings {
         pool_size: 1,
@@ -131,7 +152,34 @@ async fn rotate_data_keys(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow
     let hsm = tokio::task::spawn_blocking(move || shomei_signing::Hsm::connect(&settings))
         .await?
         .context("opening the HSM")?;
-    let rotated = shomei_vault::Keyring::new(db, hsm).rotate(tenant).await?;
+    Ok(shomei_vault::Keyring::new(db, hsm))
+}
+
+#[tokio::main]
+async fn open_object(
+    config: &Config,
+    file: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let sealed = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let plain = keyring(config)
+        .await?
+        .open(&sealed)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    std::fs::write(out, &plain).with_context(|| format!("writing {}", out.display()))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("bytes={}", plain.len());
+        println!("sha256={}", hex::encode(sha2::Sha256::digest(&plain)));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn rotate_data_keys(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow::Result<()> {
+    let rotated = keyring(config).await?.rotate(tenant).await?;
     #[allow(clippy::print_stdout)]
     for key in &rotated {
         println!("data_key={} kek={}", key.data_key_id, key.kek_label);

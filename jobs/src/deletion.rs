@@ -115,7 +115,10 @@ async fn delete_document(
     document_id: Uuid,
     reason: &str,
 ) -> Result<usize, JobError> {
-    let hold = interact(&ctx.db, move |conn| Ok(deletion::hold_on(conn, document_id)?)).await?;
+    let hold = interact(&ctx.db, move |conn| {
+        Ok(deletion::hold_on(conn, document_id)?)
+    })
+    .await?;
     if let Some(hold) = hold {
         return Err(JobError::permanent(format!(
             "document {document_id} cannot be deleted yet: {hold}"
@@ -183,8 +186,10 @@ async fn delete_tenant(ctx: &JobContext, job: &Job) -> Result<serde_json::Value,
         let Some(last) = page.last() else { break };
         after = Some(*last);
         for document_id in page {
-            let hold =
-                interact(&ctx.db, move |conn| Ok(deletion::hold_on(conn, document_id)?)).await?;
+            let hold = interact(&ctx.db, move |conn| {
+                Ok(deletion::hold_on(conn, document_id)?)
+            })
+            .await?;
             if let Some(hold) = hold {
                 held.push((document_id, hold));
                 continue;
@@ -196,8 +201,10 @@ async fn delete_tenant(ctx: &JobContext, job: &Job) -> Result<serde_json::Value,
 
     // Whatever else is stored for the tenant: export archives (unless their download link is
     // still open) and objects no revision records (a job that crashed before recording one).
-    let open_exports =
-        interact(&ctx.db, move |conn| Ok(Export::open_links(conn, tenant_id)?)).await?;
+    let open_exports = interact(&ctx.db, move |conn| {
+        Ok(Export::open_links(conn, tenant_id)?)
+    })
+    .await?;
     let mut kept: Vec<String> = held
         .iter()
         .map(|(id, _)| Storage::document_prefix(tenant_id, *id) + "/")
@@ -217,7 +224,10 @@ async fn delete_tenant(ctx: &JobContext, job: &Job) -> Result<serde_json::Value,
         } else {
             "object"
         };
-        if delete_object(ctx, job, &key, kind, None, &reason).await?.is_some() {
+        if delete_object(ctx, job, &key, kind, None, &reason)
+            .await?
+            .is_some()
+        {
             objects_deleted += 1;
         }
     }
@@ -229,7 +239,10 @@ async fn delete_tenant(ctx: &JobContext, job: &Job) -> Result<serde_json::Value,
             Some(format!("deletion:{}", Utc::now().format("%Y-%m-%dT%H"))),
         );
         let at = Utc::now() + ChronoDuration::hours(RECHECK_AFTER_HOURS);
-        interact(&ctx.db, move |conn| Ok(Job::insert_scheduled(conn, &retry, at)?)).await?;
+        interact(&ctx.db, move |conn| {
+            Ok(Job::insert_scheduled(conn, &retry, at)?)
+        })
+        .await?;
         return Ok(json!({
             "documents_deleted": documents_deleted,
             "objects_deleted": objects_deleted,

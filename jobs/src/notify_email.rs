@@ -54,9 +54,8 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     let template = payload.template.clone();
     let key = personal::records_key(&ctx.keys, job.tenant_id).await?;
     let prepared = interact(&ctx.db, move |conn| {
-        Ok(conn.transaction(|conn| {
-            prepare(conn, &key, &payload, &public_url, link_ttl, code_ttl)
-        })?)
+        Ok(conn
+            .transaction(|conn| prepare(conn, &key, &payload, &public_url, link_ttl, code_ttl))?)
     })
     .await?;
     let Some((email, locale)) = prepared else {

@@ -96,7 +96,9 @@ struct Personal {
 /// The signer's name in a sealed [`Personal`] (a stored payload's `personal`).
 pub async fn signer_name(keys: &Keyring, sealed: &str) -> Result<String, shomei_vault::VaultError> {
     let personal: Personal = serde_json::from_str(&personal::open_text(keys, sealed).await?)
-        .map_err(|_| shomei_vault::VaultError::Corrupt("a sign payload's personal part is not JSON"))?;
+        .map_err(|_| {
+            shomei_vault::VaultError::Corrupt("a sign payload's personal part is not JSON")
+        })?;
     Ok(personal.signer.name)
 }
 

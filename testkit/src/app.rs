@@ -255,13 +255,19 @@ impl TestApp {
         out["api_key"].clone()
     }
 
-    /// Runs `shomei-api ARGS` with the app's environment; returns its `name=value` lines.
-    fn cli(&self, args: &[&str]) -> std::collections::HashMap<String, String> {
-        let output = Command::new(bin("shomei-api"))
+    /// Runs `shomei-api ARGS` with the app's environment, whatever its outcome.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("shomei-api"))
             .args(args)
             .envs(self.env.iter().cloned())
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs `shomei-api ARGS` with the app's environment, which must succeed; returns its
+    /// `name=value` lines.
+    pub fn cli(&self, args: &[&str]) -> std::collections::HashMap<String, String> {
+        let output = self.cli_output(args);
         assert!(
             output.status.success(),
             "shomei-api {args:?}: {}",
@@ -325,6 +331,11 @@ impl TestApp {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// The HTTP client the helpers use (for methods they do not cover).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -467,6 +478,42 @@ impl TestApp {
             .unwrap()
             .into_iter()
             .map(|row| row.t)
+            .collect()
+    }
+
+    /// The labels of the secret (AES) keys in the app's copy of the token, as OpenSC's
+    /// `pkcs11-tool` lists them (an independent PKCS#11 client).
+    pub fn hsm_secret_key_labels(&self) -> Vec<String> {
+        let var = |name: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{name} not set"))
+        };
+        let pin = std::fs::read_to_string(var("SHOMEI_HSM_PIN_FILE")).unwrap();
+        let output = Command::new("pkcs11-tool")
+            .args(["--module", "/usr/lib/softhsm/libsofthsm2.so"])
+            .args([
+                "--token-label",
+                "shomei-dev",
+                "--login",
+                "--pin",
+                pin.trim(),
+            ])
+            .args(["--list-objects", "--type", "secrkey"])
+            .env("SOFTHSM2_CONF", var("SOFTHSM2_CONF"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pkcs11-tool: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("label:"))
+            .map(|l| l.trim().to_owned())
             .collect()
     }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::{Aes256Gcm, KeyInit};
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 

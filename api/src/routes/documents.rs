@@ -14,10 +14,10 @@ use warp::{Filter, Rejection};
 
 use diesel::Connection;
 use shomei_jobs::deletion::DeletionJob;
-use shomei_schema::models::deletion;
-use shomei_jobs::personal;
 use shomei_jobs::events::{self, kind, NewEvent};
+use shomei_jobs::personal;
 use shomei_jobs::sign::SignRequest;
+use shomei_schema::models::deletion;
 use shomei_schema::models::NewDocument;
 use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
 
@@ -314,7 +314,9 @@ async fn hold(
 ) -> Result<Response, ApiError> {
     caller.require_export()?;
     if body.holder.trim().is_empty() || body.holder.chars().count() > 200 {
-        return Err(ApiError::BadRequest("holder must be 1 to 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "holder must be 1 to 200 characters".into(),
+        ));
     }
     let (doc, _) = find_document(&state, caller, id).await?;
     let hold_id = interact(&state.db, move |conn| {

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Months, NaiveDate, NaiveTime, Utc};
-use shomei_jobs::calendar::{tokyo_month_of, tokyo_month_span};
 use futures::StreamExt;
+use shomei_jobs::calendar::{tokyo_month_of, tokyo_month_span};
 use uuid::Uuid;
 use warp::http::header;
 use warp::reply::{Reply, Response};
@@ -317,7 +317,6 @@ async fn usage(caller: Caller, state: Arc<AppState>, query: Query) -> Result<Res
     };
     csv_download(filename, encoding, &USAGE_COLUMNS, fetch).await
 }
-
 
 /// `YYYY-MM` as the first day of that month.
 fn parse_month(value: &str) -> Result<NaiveDate, ApiError> {

@@ -22,9 +22,8 @@ use uuid::Uuid;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use shomei_jobs::personal;
-use shomei_vault::DataKey;
 use shomei_jobs::events::{self, kind, NewEvent, Pending};
+use shomei_jobs::personal;
 use shomei_jobs::requests::{
     self, Method, RequestStep, SignerState, SignerStatus, CODE_ATTEMPTS, MAX_CODES, PIN_ATTEMPTS,
 };
@@ -33,6 +32,7 @@ use shomei_schema::{
     interact, Document, JobKind, NewJob, RequestSigner, Revision, SignatureRequest, SignerIdentity,
     Tenant,
 };
+use shomei_vault::DataKey;
 
 use super::{client_ip, respond, with_state};
 use crate::problem::ApiError;

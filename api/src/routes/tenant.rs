@@ -73,7 +73,10 @@ impl From<Tenant> for TenantView {
 }
 
 async fn show(caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let tenant = interact(&state.db, move |conn| Ok(Tenant::get(conn, caller.tenant_id)?)).await?;
+    let tenant = interact(&state.db, move |conn| {
+        Ok(Tenant::get(conn, caller.tenant_id)?)
+    })
+    .await?;
     Ok(warp::reply::json(&TenantView::from(tenant)).into_response())
 }
 

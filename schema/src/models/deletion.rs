@@ -38,7 +38,10 @@ impl DeletionRecord {
             .map(|_| ())
     }
 
-    pub fn for_tenant(conn: &mut PgConnection, tenant_id: Uuid) -> QueryResult<Vec<DeletionRecord>> {
+    pub fn for_tenant(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+    ) -> QueryResult<Vec<DeletionRecord>> {
         deletion_log::table
             .filter(deletion_log::tenant_id.eq(tenant_id))
             .order((deletion_log::deleted_at.asc(), deletion_log::id.asc()))
@@ -53,7 +56,11 @@ pub fn hold_on(conn: &mut PgConnection, document_id: Uuid) -> QueryResult<Option
     let holder: Option<String> = document_holds::table
         .filter(document_holds::document_id.eq(document_id))
         .filter(document_holds::released_at.is_null())
-        .filter(document_holds::until.is_null().or(document_holds::until.gt(now)))
+        .filter(
+            document_holds::until
+                .is_null()
+                .or(document_holds::until.gt(now)),
+        )
         .select(document_holds::holder)
         .first(conn)
         .optional()?;
@@ -115,12 +122,20 @@ pub fn undeleted_documents(
 }
 
 /// Marks a document's files deleted; its record stays.
-pub fn mark_document_deleted(conn: &mut PgConnection, document_id: Uuid, reason: &str) -> QueryResult<()> {
-    diesel::update(documents::table.find(document_id).filter(documents::deleted_at.is_null()))
-        .set((
-            documents::deleted_at.eq(diesel::dsl::now),
-            documents::deleted_reason.eq(reason),
-        ))
-        .execute(conn)
-        .map(|_| ())
+pub fn mark_document_deleted(
+    conn: &mut PgConnection,
+    document_id: Uuid,
+    reason: &str,
+) -> QueryResult<()> {
+    diesel::update(
+        documents::table
+            .find(document_id)
+            .filter(documents::deleted_at.is_null()),
+    )
+    .set((
+        documents::deleted_at.eq(diesel::dsl::now),
+        documents::deleted_reason.eq(reason),
+    ))
+    .execute(conn)
+    .map(|_| ())
 }

@@ -74,9 +74,13 @@ impl Tenant {
     /// Marks the deletion done and revokes every API key: nothing of the tenant can be acted
     /// on any more, though its records stay (R-DEL-2).
     pub fn mark_deleted(conn: &mut PgConnection, id: Uuid) -> QueryResult<()> {
-        diesel::update(tenants::table.find(id).filter(tenants::deleted_at.is_null()))
-            .set(tenants::deleted_at.eq(diesel::dsl::now))
-            .execute(conn)?;
+        diesel::update(
+            tenants::table
+                .find(id)
+                .filter(tenants::deleted_at.is_null()),
+        )
+        .set(tenants::deleted_at.eq(diesel::dsl::now))
+        .execute(conn)?;
         diesel::update(
             api_keys::table
                 .filter(api_keys::tenant_id.eq(id))

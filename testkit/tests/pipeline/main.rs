@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod batches;
+mod data_at_rest;
+mod deletion;
 mod exports;
 mod metrics;
 mod prometheus;

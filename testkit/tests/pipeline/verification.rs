@@ -120,4 +120,3 @@ async fn a_bulk_verification_reports_a_document_whose_stored_bytes_changed() {
     ));
     assert_eq!(recorded, 1);
 }
-
