@@ -4,7 +4,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use shomei_config::Config;
+use shomei_jobs::ledger::{self, ChainReport, VerifyOptions};
 use shomei_jobs::sign::SignatureLevel;
+use shomei_schema::LogName;
 
 #[derive(Parser)]
 #[command(version, about = "Shomei intake API")]
@@ -28,6 +30,25 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// The tamper-evident logs (operation log, deletion log, operator actions).
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Verify the hash chains and their time-stamp anchors; name the first entry that was
+    /// edited, inserted or removed. Exits non-zero when a chain fails.
+    Verify {
+        /// One log only: `events` (the operation log), `deletions` or `operator`.
+        #[arg(long)]
+        log: Option<LogName>,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -64,6 +85,8 @@ fn main() -> anyhow::Result<()> {
     shomei_telemetry::init();
     let cli = Cli::parse();
     let config = Config::from_env()?;
+    // Operator actions name who ran the command.
+    let actor = format!("cli:{}", config.operator);
     match cli.command {
         Command::Serve => serve(config),
         // The admin commands are short and blocking (diesel); they need no async runtime.
@@ -77,7 +100,8 @@ fn main() -> anyhow::Result<()> {
                 },
         } => {
             let db = migrate(&config)?;
-            let created = shomei_api::tenants::create(&db, &name, signature_level, access_codes)?;
+            let created =
+                shomei_api::tenants::create(&db, &actor, &name, signature_level, access_codes)?;
             // The one place a key is printed: to the operator who asked for it.
             #[allow(clippy::print_stdout)]
             {
@@ -91,7 +115,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let db = migrate(&config)?;
             let (key, secret) =
-                shomei_api::tenants::create_key(&db, tenant, role, name.as_deref())?;
+                shomei_api::tenants::create_key(&db, &actor, tenant, role, name.as_deref())?;
             #[allow(clippy::print_stdout)]
             {
                 println!("key_id={}", key.id);
@@ -99,7 +123,92 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Log {
+            command: LogCommand::Verify { log, json },
+        } => verify_logs(&config, log, json),
     }
+}
+
+/// `log verify`: read-only (no migrations run), so it may point at a replica.
+fn verify_logs(config: &Config, only: Option<LogName>, json: bool) -> anyhow::Result<()> {
+    let Some(anchors) = config.tsa.trust_anchors.as_deref() else {
+        anyhow::bail!("SHOMEI_TSA_TRUST_ANCHORS must name the CA certificates the anchors' time-stamps chain to");
+    };
+    let options = VerifyOptions {
+        trust_anchors: shomei_jobs::trust_anchors(Some(anchors))?,
+        policy: config.tsa.required_policy.clone(),
+    };
+    let db = shomei_schema::connect_for_command(&config.database_url);
+    let mut conn = db.get().context("connecting to PostgreSQL")?;
+    let logs = only.map_or(LogName::ALL.to_vec(), |log| vec![log]);
+    let mut reports = Vec::new();
+    for log in logs {
+        reports.push(
+            ledger::verify(&mut conn, log, &options)
+                .with_context(|| format!("verifying the {log} log"))?,
+        );
+    }
+    #[allow(clippy::print_stdout)]
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            println!("{}", describe(report));
+        }
+    }
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.log.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("log chain verification failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// One line per log: `events: OK, ...` or `events: FAILED at seq N (id): edited: ...`.
+fn describe(report: &ChainReport) -> String {
+    let log = report.log;
+    if let Some(problem) = &report.problem {
+        let id = problem
+            .id
+            .map(|id| format!(" (id {id})"))
+            .unwrap_or_default();
+        return format!(
+            "{log}: FAILED at seq {}{id}: {}: {}",
+            problem.seq,
+            problem.kind.as_str(),
+            problem.detail
+        );
+    }
+    let mut line = match (report.first_seq, report.last_seq) {
+        (Some(first), Some(last)) => {
+            format!(
+                "{log}: OK, {} entries (seq {first} to {last})",
+                report.entries
+            )
+        }
+        _ => format!("{log}: OK, no sealed entries"),
+    };
+    if let Some(start) = &report.starts_after {
+        line.push_str(&format!(
+            ", starting after the purge through seq {}",
+            start.through_seq
+        ));
+    }
+    line.push_str(&format!(", {} anchors verified", report.anchors));
+    if let Some(newest) = &report.newest_anchor {
+        line.push_str(&format!(
+            " (newest: seq {} at {})",
+            newest.seq,
+            newest.time.to_rfc3339()
+        ));
+    }
+    if report.unsealed > 0 {
+        line.push_str(&format!(", {} not sealed yet", report.unsealed));
+    }
+    line
 }
 
 fn migrate(config: &Config) -> anyhow::Result<shomei_schema::DbPool> {
