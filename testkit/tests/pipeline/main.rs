@@ -4,6 +4,7 @@
 mod bad_input;
 mod batches;
 mod exports;
+mod ledger;
 mod metrics;
 mod prometheus;
 mod reliability;
