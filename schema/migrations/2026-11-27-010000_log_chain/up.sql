@@ -7,19 +7,25 @@
 -- (the encoding is documented in jobs/src/ledger.rs). The first entry's prev_hash is 32 zero
 -- bytes, or the hash of the last entry a recorded purge removed.
 
+-- seq is unique through a partial index rather than a UNIQUE constraint: inserts (seq NULL)
+-- never touch it, and the sealer's UPDATE does not take the row lock that would make it wait for
+-- transactions inserting rows that reference the event (webhook_attempts), since PostgreSQL
+-- only counts full unique indexes as possible foreign-key targets.
 ALTER TABLE events
-    ADD COLUMN seq        bigint UNIQUE,
+    ADD COLUMN seq        bigint,
     ADD COLUMN prev_hash  bytea,
     ADD COLUMN entry_hash bytea,
     ADD CONSTRAINT events_sealed CHECK ((seq IS NULL) = (entry_hash IS NULL) AND (seq IS NULL) = (prev_hash IS NULL));
+CREATE UNIQUE INDEX events_seq ON events (seq) WHERE seq IS NOT NULL;
 -- The sealer's queue: small, since rows leave it within seconds.
 CREATE INDEX events_unsealed ON events (created_at, id) WHERE seq IS NULL;
 
 ALTER TABLE deletion_log
-    ADD COLUMN seq        bigint UNIQUE,
+    ADD COLUMN seq        bigint,
     ADD COLUMN prev_hash  bytea,
     ADD COLUMN entry_hash bytea,
     ADD CONSTRAINT deletion_log_sealed CHECK ((seq IS NULL) = (entry_hash IS NULL) AND (seq IS NULL) = (prev_hash IS NULL));
+CREATE UNIQUE INDEX deletion_log_seq ON deletion_log (seq) WHERE seq IS NOT NULL;
 CREATE INDEX deletion_log_unsealed ON deletion_log (deleted_at, id) WHERE seq IS NULL;
 
 -- What operators and the system itself did to the service: CLI commands (tenant create,
@@ -34,11 +40,12 @@ CREATE TABLE operator_actions (
     target     text NOT NULL,
     detail     jsonb NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now(),
-    seq        bigint UNIQUE,
+    seq        bigint,
     prev_hash  bytea,
     entry_hash bytea,
     CONSTRAINT operator_actions_sealed CHECK ((seq IS NULL) = (entry_hash IS NULL) AND (seq IS NULL) = (prev_hash IS NULL))
 );
+CREATE UNIQUE INDEX operator_actions_seq ON operator_actions (seq) WHERE seq IS NOT NULL;
 CREATE INDEX operator_actions_unsealed ON operator_actions (created_at, id) WHERE seq IS NULL;
 -- The verifier and the purge look up the newest purge and anchor records of a log.
 CREATE INDEX operator_actions_log ON operator_actions (action, target, seq) WHERE action LIKE 'log.%';
