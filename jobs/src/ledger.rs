@@ -205,7 +205,7 @@ pub fn seal_batch(conn: &mut PgConnection, log: LogName) -> QueryResult<Option<u
         if sealed != seals.len() {
             // A row went between the read and the update (deleted by hand?): sealing the rest
             // would link to a hash no row has. Try again on the next pass.
-            tracing::error!(log = %log, expected = seals.len(), sealed, "rows changed while sealing; rolled back");
+            tracing::error!(ledger.log = %log, expected = seals.len(), sealed, "rows changed while sealing; rolled back");
             return Err(diesel::result::Error::RollbackTransaction);
         }
         Ok(Some(sealed))
@@ -286,7 +286,8 @@ pub fn anchor(
     })?;
     if anchored.is_some() {
         // A copy outside the database: what an attacker who rewrote the database cannot undo.
-        tracing::info!(log = %log, log.seq = head.seq, log.entry_hash = %hex::encode(&head.entry_hash), "chain head time-stamped");
+        // (Fields are `ledger.*`: the fmt layer drops `log.*` ones, which are tracing-log's.)
+        tracing::info!(ledger.log = %log, ledger.seq = head.seq, ledger.entry_hash = %hex::encode(&head.entry_hash), "chain head time-stamped");
     }
     Ok(anchored)
 }
@@ -376,7 +377,7 @@ pub fn purge(
         })?;
         match step {
             Some((done, more)) => {
-                tracing::info!(log = %log, log.through_seq = done.through_seq, entries = done.entries, "log entries past retention purged");
+                tracing::info!(ledger.log = %log, ledger.through_seq = done.through_seq, entries = done.entries, "log entries past retention purged");
                 purges.push(done);
                 if !more {
                     break;

@@ -79,7 +79,7 @@ pub async fn run(ctx: std::sync::Arc<JobContext>) {
 pub async fn tick(ctx: &JobContext) {
     match interact(&ctx.db, |conn| Ok(ledger::seal_all(conn)?)).await {
         Ok(0) => {}
-        Ok(n) => tracing::debug!(log.sealed = n, "log entries sealed"),
+        Ok(n) => tracing::debug!(ledger.sealed = n, "log entries sealed"),
         Err(e) => tracing::warn!(error = %chain(&e), "sealing the logs failed; will try again"),
     }
     for task in Task::ALL {
