@@ -1,8 +1,10 @@
 //! Administration of tenants and their API keys from the command line
-//! (`shomei-api tenant create NAME`, `shomei-api key create --tenant ID --role ROLE`).
+//! (`shomei-api tenant create NAME`, `shomei-api key create --tenant ID --role ROLE`). Each
+//! command is recorded as an operator action in the transaction that does it.
 
+use serde_json::json;
 use shomei_jobs::sign::SignatureLevel;
-use shomei_schema::{ApiKey, DbError, DbPool, Tenant};
+use shomei_schema::{ApiKey, DbError, DbPool, OperatorAction, Tenant};
 
 use uuid::Uuid;
 
@@ -14,8 +16,10 @@ pub struct CreatedTenant {
     pub api_key: String,
 }
 
+/// `actor`: who ran the command (`cli:<operator>`), for the operator log.
 pub fn create(
     db: &DbPool,
+    actor: &str,
     name: &str,
     signature_level: SignatureLevel,
     access_codes: bool,
@@ -33,6 +37,18 @@ pub fn create(
             Role::Owner.as_str(),
             Some("owner"),
         )?;
+        OperatorAction::record(
+            conn,
+            actor,
+            "tenant.create",
+            &tenant.id.to_string(),
+            json!({
+                "name": name,
+                "signature_level": signature_level.as_str(),
+                "access_codes": access_codes,
+                "owner_key_prefix": key.prefix,
+            }),
+        )?;
         Ok::<_, diesel::result::Error>(tenant)
     })?;
     Ok(CreatedTenant {
@@ -44,20 +60,37 @@ pub fn create(
 /// A further API key for an existing tenant; the secret is returned once.
 pub fn create_key(
     db: &DbPool,
+    actor: &str,
     tenant_id: Uuid,
     role: Role,
     name: Option<&str>,
 ) -> Result<(ApiKey, String), DbError> {
+    use diesel::Connection;
     let mut conn = db.get()?;
-    Tenant::get(&mut conn, tenant_id)?;
     let key = generate_key();
-    let created = ApiKey::create(
-        &mut conn,
-        tenant_id,
-        &key.prefix,
-        &key.sha256,
-        role.as_str(),
-        name,
-    )?;
+    let created = conn.transaction(|conn| {
+        Tenant::get(conn, tenant_id)?;
+        let created = ApiKey::create(
+            conn,
+            tenant_id,
+            &key.prefix,
+            &key.sha256,
+            role.as_str(),
+            name,
+        )?;
+        OperatorAction::record(
+            conn,
+            actor,
+            "key.create",
+            &created.id.to_string(),
+            json!({
+                "tenant_id": tenant_id,
+                "role": role.as_str(),
+                "name": name,
+                "prefix": key.prefix,
+            }),
+        )?;
+        Ok::<_, diesel::result::Error>(created)
+    })?;
     Ok((created, key.secret))
 }

@@ -32,7 +32,28 @@ pub struct Config {
     pub mail: MailConfig,
     pub webhooks: WebhookConfig,
     pub exports: ExportConfig,
+    pub logs: LogConfig,
+    /// Who runs an admin command (`shomei-api tenant create`, ...), as operator actions record
+    /// it: `SHOMEI_OPERATOR`, else the login name (`USER`).
+    pub operator: String,
 }
+
+/// The tamper-evident logs (operation log, deletion log, operator actions): how often their
+/// chains are time-stamped and how long their entries are kept.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// How often each chain's newest entry is time-stamped (when it has moved).
+    pub anchor_every: Duration,
+    /// The operation log (`events`) is kept at least this long (at least 366 days).
+    pub events_retention: Duration,
+    /// The deletion log and operator actions are kept at least this long (at least 1096 days).
+    pub system_retention: Duration,
+}
+
+/// Least retention of the customer operation log: one year, leap day included.
+pub const MIN_EVENTS_RETENTION_DAYS: u64 = 366;
+/// Least retention of system and application logs: three years, a leap day included.
+pub const MIN_SYSTEM_RETENTION_DAYS: u64 = 1096;
 
 /// Bulk downloads.
 #[derive(Debug, Clone)]
@@ -223,6 +244,25 @@ impl Config {
                     "5s,5m,30m,2h,5h,10h,14h,20h,24h",
                 ),
             },
+            logs: LogConfig {
+                anchor_every: Duration::from_secs(
+                    vars.parsed("SHOMEI_LOG_ANCHOR_SECS", 300)?.max(1),
+                ),
+                events_retention: vars.days_at_least(
+                    "SHOMEI_RETENTION_EVENTS_DAYS",
+                    400,
+                    MIN_EVENTS_RETENTION_DAYS,
+                )?,
+                system_retention: vars.days_at_least(
+                    "SHOMEI_RETENTION_SYSTEM_DAYS",
+                    1100,
+                    MIN_SYSTEM_RETENTION_DAYS,
+                )?,
+            },
+            operator: vars
+                .get("SHOMEI_OPERATOR")
+                .or_else(|| vars.get("USER"))
+                .unwrap_or_else(|| "unknown".to_owned()),
         })
     }
 }
@@ -254,6 +294,24 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                     value,
                 }),
         }
+    }
+
+    /// A number of days, refused below `min` (retention the requirements demand).
+    fn days_at_least(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+    ) -> Result<Duration, ConfigError> {
+        let days: u64 = self.parsed(name, default)?;
+        if days < min {
+            return Err(ConfigError::Invalid {
+                name,
+                value: days.to_string(),
+                reason: format!("must be at least {min} days"),
+            });
+        }
+        Ok(Duration::from_secs(days * 24 * 3600))
     }
 
     /// A secret given inline or, preferably, as a file whose trimmed content is the secret.
@@ -345,6 +403,27 @@ mod tests {
             msg.contains("SHOMEI_WORKER_CONCURRENCY") && msg.contains("lots"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn retention_below_the_required_minimum_is_refused() {
+        let c = config(&[("SHOMEI_HSM_PIN", "1")]).unwrap();
+        assert_eq!(c.logs.events_retention, Duration::from_secs(400 * 86400));
+        assert_eq!(c.logs.system_retention, Duration::from_secs(1100 * 86400));
+        for (name, days) in [
+            ("SHOMEI_RETENTION_EVENTS_DAYS", "365"),
+            ("SHOMEI_RETENTION_SYSTEM_DAYS", "1095"),
+        ] {
+            let err = config(&[("SHOMEI_HSM_PIN", "1"), (name, days)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_RETENTION_EVENTS_DAYS", "366"),
+            ("SHOMEI_RETENTION_SYSTEM_DAYS", "1096"),
+        ])
+        .unwrap();
+        assert_eq!(c.logs.events_retention, Duration::from_secs(366 * 86400));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use std::time::Duration;
 
-use shomei_config::{Config, TsaConfig};
+use shomei_config::{Config, LogConfig, TsaConfig};
 use shomei_notify::mail::{MailSettings, Mailer};
 use shomei_notify::webhook::{WebhookSender, WebhookSettings};
 use shomei_schema::DbPool;
@@ -43,6 +43,8 @@ pub struct JobContext {
     pub code_ttl: Duration,
     pub export_part_bytes: u64,
     pub export_link_ttl: Duration,
+    /// Anchoring and retention of the chained logs.
+    pub logs: LogConfig,
 }
 
 impl JobContext {
@@ -94,6 +96,7 @@ impl JobContext {
             code_ttl: config.requests.code_ttl,
             export_part_bytes: config.exports.part_bytes,
             export_link_ttl: config.exports.link_ttl,
+            logs: config.logs.clone(),
             db,
             storage,
             keys,

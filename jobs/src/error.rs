@@ -41,7 +41,7 @@ impl JobError {
 }
 
 /// Renders an error with its causes, the way it is stored in `jobs.error`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -8,9 +8,10 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use models::{
-    ApiKey, Batch, DataKeyRow, Document, DocumentFilter, DocumentRow, Event, Export, Job, JobKind,
-    JobStatus, NewJob, RequestSigner, Revision, SignatureRequest, SignerIdentity, Tenant,
-    WebhookAttempt, WebhookEndpoint,
+    ApiKey, Batch, ChainRow, DataKeyRow, Document, DocumentFilter, DocumentRow, Event, Export,
+    Field, Job, JobKind, JobStatus, Ledger, LogAnchor, LogName, NewJob, OperatorAction,
+    RequestSigner, Revision, ScheduledTask, SignatureRequest, SignerIdentity, Tenant,
+    WebhookAttempt, WebhookEndpoint, ACTION_LOG_ANCHOR, ACTION_LOG_PURGE,
 };
 
 pub type DbPool = Pool<ConnectionManager<PgConnection>>;

@@ -57,6 +57,9 @@ diesel::table! {
         actor -> Text,
         job_id -> Nullable<Uuid>,
         deleted_at -> Timestamptz,
+        seq -> Nullable<Int8>,
+        prev_hash -> Nullable<Bytea>,
+        entry_hash -> Nullable<Bytea>,
     }
 }
 
@@ -117,6 +120,41 @@ diesel::table! {
         finished_at -> Nullable<Timestamptz>,
         run_after -> Nullable<Timestamptz>,
         batch_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    log_anchors (log, seq) {
+        log -> Text,
+        seq -> Int8,
+        entry_hash -> Bytea,
+        token -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    operator_actions (id) {
+        id -> Uuid,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        detail -> Jsonb,
+        created_at -> Timestamptz,
+        seq -> Nullable<Int8>,
+        prev_hash -> Nullable<Bytea>,
+        entry_hash -> Nullable<Bytea>,
+    }
+}
+
+diesel::table! {
+    scheduled_tasks (name) {
+        name -> Text,
+        next_run_at -> Timestamptz,
+        runs -> Int8,
+        last_started_at -> Nullable<Timestamptz>,
+        last_finished_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
     }
 }
 
@@ -222,6 +260,9 @@ diesel::table! {
         ip -> Nullable<Text>,
         data -> Jsonb,
         created_at -> Timestamptz,
+        seq -> Nullable<Int8>,
+        prev_hash -> Nullable<Bytea>,
+        entry_hash -> Nullable<Bytea>,
     }
 }
 
@@ -289,7 +330,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     exports,
     jobs,
+    log_anchors,
+    operator_actions,
     request_signers,
+    scheduled_tasks,
     signature_requests,
     signer_identities,
     tenants,

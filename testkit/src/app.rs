@@ -255,15 +255,6 @@ impl TestApp {
         out["api_key"].clone()
     }
 
-    /// Runs `shomei-api ARGS` with the app's environment, whatever its outcome.
-    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin("shomei-api"))
-            .args(args)
-            .envs(self.env.iter().cloned())
-            .output()
-            .unwrap()
-    }
-
     /// Runs `shomei-api ARGS` with the app's environment, which must succeed; returns its
     /// `name=value` lines.
     pub fn cli(&self, args: &[&str]) -> std::collections::HashMap<String, String> {
@@ -279,6 +270,20 @@ impl TestApp {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    /// Runs `shomei-api ARGS` with the app's environment, whatever its exit status (for
+    /// commands expected to fail, like `log verify` on a tampered log).
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(bin("shomei-api"));
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOMEI_")) {
+            command.env_remove(name);
+        }
+        command
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .output()
+            .unwrap()
     }
 
     /// Starts one more worker process; returns its index.
@@ -539,6 +544,22 @@ impl TestApp {
             .get_result::<Count>(&mut conn)
             .unwrap()
             .n
+    }
+
+    /// The text of column `t` of the first row a query returns (`None`: no row, or NULL).
+    pub fn sql_text(&self, query: &str) -> Option<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Text {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            t: Option<String>,
+        }
+        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        diesel::sql_query(query)
+            .load::<Text>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .next()
+            .and_then(|row| row.t)
     }
 
     /// A Redis key of this app's queues, e.g. `queue_key("sign:data")`.

@@ -7,7 +7,7 @@ use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::{BackendExt, Monitor, WorkerBuilder};
 
 use shomei_config::Config;
-use shomei_jobs::{reconciler, runner, JobContext};
+use shomei_jobs::{reconciler, runner, scheduler, JobContext};
 use shomei_schema::JobKind;
 
 /// How often an idle worker asks Redis for work. Without it apalis-redis only polls on its
@@ -32,6 +32,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(worker.process = %process, concurrency, "worker starting");
 
     let reconcile = tokio::spawn(reconciler::run(ctx.clone(), config.worker.reconcile_every));
+    // Seals the chained logs, anchors them and purges them past retention.
+    let schedule = tokio::spawn(scheduler::run(ctx.clone()));
 
     let mut monitor = Monitor::new();
     for kind in JobKind::ALL {
@@ -62,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
     reconcile.abort();
+    schedule.abort();
     tracing::info!("worker stopped");
     Ok(result?)
 }

@@ -7,8 +7,11 @@ mod document;
 mod event;
 mod export;
 mod job;
+mod ledger;
 mod listing;
+mod operator;
 mod request;
+mod schedule;
 mod tenant;
 
 pub use batch::Batch;
@@ -17,6 +20,9 @@ pub use document::{normalise_folder, Document, NewDocument, NewVerificationRepor
 pub use event::{Event, WebhookAttempt, WebhookEndpoint};
 pub use export::Export;
 pub use job::{Job, JobKind, JobStatus, NewJob, QueueDepth};
+pub use ledger::{ChainRow, Field, Head, Ledger, LogAnchor, LogName, Seal, Sealed};
 pub use listing::{DocumentFilter, DocumentRow, STATUSES as DOCUMENT_STATUSES};
+pub use operator::{OperatorAction, ACTION_LOG_ANCHOR, ACTION_LOG_PURGE};
 pub use request::{RequestSigner, SignatureRequest, SignerIdentity};
+pub use schedule::ScheduledTask;
 pub use tenant::{ApiKey, Tenant};

@@ -6,6 +6,7 @@ mod batches;
 mod data_at_rest;
 mod deletion;
 mod exports;
+mod ledger;
 mod metrics;
 mod prometheus;
 mod reliability;
