@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveTime, Utc};
 use serde_json::{json, Value};
-use shomei_testkit::{sample, TestApp};
+use shomei_testkit::{sample, TestApp, TestAppOptions};
 
 use crate::{assert_problem, sha256_hex, JOB_TIMEOUT};
 
@@ -88,7 +88,12 @@ fn open_sealed(app: &TestApp, file: &Path) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_tenant_is_deleted_only_when_due_and_its_backups_become_unreadable() {
-    let app = TestApp::spawn().await;
+    // Three workers run the reconciler that pushes due jobs: the deletion still runs once.
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 3,
+        ..TestAppOptions::default()
+    })
+    .await;
     let documents = [signed_document(&app).await, signed_document(&app).await];
     let tenant_dir = app.storage_dir().join(format!("tenants/{}", app.tenant_id));
 
@@ -274,6 +279,15 @@ async fn a_cancelled_tenant_is_deleted_only_when_due_and_its_backups_become_unre
         )),
         1
     );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM events WHERE tenant_id = '{}' AND kind = 'tenant.deleted'",
+            app.tenant_id
+        )),
+        1,
+        "deleted once"
+    );
+    assert_eq!(job_state(&app, &job_id).2, 2, "one early run that waited, one that deleted");
     let response = app.get(&app.api_key, "/v1/tenant").await;
     assert_problem(response, 401).await;
 }
