@@ -8,7 +8,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warp::Filter;
 
-use shomei_schema::{interact, ApiKey, DbError, DbPool};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use shomei_schema::{interact, ApiKey, DbError};
+
+use crate::client::{admitted, client_addr};
+use crate::AppState;
 
 use crate::problem::ApiError;
 
@@ -22,65 +28,158 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// What a key may do. `owner` and `admin` everything; `member` works with documents and
-/// requests; `viewer` only reads.
+/// A caller's role: what it may do ([`Role::allows`]). The matrix is the one in `README.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "snake_case")]
 pub enum Role {
+    /// Everything, cancelling the contract included.
     Owner,
+    /// Everything but cancelling the contract.
     Admin,
+    /// Documents: upload, sign, send, delete and hold, export, bulk verification.
+    DocumentManager,
+    /// Uploads documents and sends them round signers.
+    Sender,
+    /// Uploads, signs and sends.
     Member,
+    /// Reads documents and their state.
     Viewer,
+    /// Reads documents and every log: the operation log, the deletion log, statements, keys.
+    Auditor,
+}
+
+/// Something a route does; every route names the one it needs (`authorized`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Documents, requests, jobs, batches, verification reports, contract details.
+    ReadDocuments,
+    Upload,
+    /// Signatures with the service's key, conclusions, batches.
+    Sign,
+    /// Signature requests: send and cancel.
+    SendRequests,
+    /// Delete documents, put holds on them, verify all of them.
+    ManageDocuments,
+    /// Bulk downloads.
+    Export,
+    /// The operation log, the deletion log, statements, the accounts list.
+    ReadAuditLog,
+    /// Webhook endpoints and certified signers.
+    ManageIntegrations,
+    /// User groups, IP allow-lists, people who log in.
+    ManageAccess,
+    CancelContract,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 10] = [
+        Permission::ReadDocuments,
+        Permission::Upload,
+        Permission::Sign,
+        Permission::SendRequests,
+        Permission::ManageDocuments,
+        Permission::Export,
+        Permission::ReadAuditLog,
+        Permission::ManageIntegrations,
+        Permission::ManageAccess,
+        Permission::CancelContract,
+    ];
+
+    /// What it is, for a `403`'s detail.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Permission::ReadDocuments => "read documents",
+            Permission::Upload => "upload documents",
+            Permission::Sign => "sign documents",
+            Permission::SendRequests => "send signature requests",
+            Permission::ManageDocuments => "delete, hold or bulk-verify documents",
+            Permission::Export => "export documents",
+            Permission::ReadAuditLog => "read the logs, statements and accounts",
+            Permission::ManageIntegrations => "manage webhooks and certified signers",
+            Permission::ManageAccess => "manage groups, IP allow-lists and users",
+            Permission::CancelContract => "cancel the contract",
+        }
+    }
 }
 
 impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Owner,
+        Role::Admin,
+        Role::DocumentManager,
+        Role::Sender,
+        Role::Member,
+        Role::Viewer,
+        Role::Auditor,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Role::Owner => "owner",
             Role::Admin => "admin",
+            Role::DocumentManager => "document_manager",
+            Role::Sender => "sender",
             Role::Member => "member",
             Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
         }
     }
 
-    fn parse(s: &str) -> Role {
-        match s {
-            "owner" => Role::Owner,
-            "admin" => Role::Admin,
-            "member" => Role::Member,
-            // An unknown role (written by a newer release) gets the least.
-            _ => Role::Viewer,
-        }
+    pub fn parse(s: &str) -> Role {
+        // An unknown role (written by a newer release) gets the least.
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(Role::Viewer)
     }
 
-    /// Bulk exports, operation logs, statements and the accounts list.
-    pub fn may_export(self) -> bool {
-        matches!(self, Role::Owner | Role::Admin)
+    /// The permission matrix: the one place that says who may do what.
+    pub const fn allows(self, permission: Permission) -> bool {
+        use Permission as P;
+        use Role as R;
+        match permission {
+            P::ReadDocuments => true,
+            P::Upload | P::SendRequests => {
+                matches!(
+                    self,
+                    R::Owner | R::Admin | R::DocumentManager | R::Sender | R::Member
+                )
+            }
+            P::Sign => matches!(self, R::Owner | R::Admin | R::DocumentManager | R::Member),
+            P::ManageDocuments | P::Export => {
+                matches!(self, R::Owner | R::Admin | R::DocumentManager)
+            }
+            P::ReadAuditLog => matches!(self, R::Owner | R::Admin | R::Auditor),
+            P::ManageIntegrations | P::ManageAccess => matches!(self, R::Owner | R::Admin),
+            P::CancelContract => matches!(self, R::Owner),
+        }
     }
 }
 
 impl Caller {
-    /// `Ok` when the caller's role may export; a 403 problem naming the role otherwise.
-    pub fn require_export(&self) -> Result<(), ApiError> {
-        if self.role.may_export() {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "a {} key may not export; an owner or admin key may",
-                self.role.as_str()
-            )))
+    /// `Ok` when the caller's role allows `permission`; a 403 problem naming the role and the
+    /// roles that may otherwise.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.role.allows(permission) {
+            return Ok(());
         }
+        let allowed: Vec<&str> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(permission))
+            .map(Role::as_str)
+            .collect();
+        Err(ApiError::Forbidden(format!(
+            "a {} key may not {}; {} may",
+            self.role.as_str(),
+            permission.describe(),
+            allowed.join(", ")
+        )))
     }
 
-    /// `Ok` for an owner key; a 403 problem saying who may `what` otherwise.
-    pub fn require_owner(&self, what: &str) -> Result<(), ApiError> {
-        if self.role == Role::Owner {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "a {} key may not {what}; an owner key may",
-                self.role.as_str()
-            )))
-        }
+    /// Whose group memberships limit the folders this caller sees (the key; a user's id for
+    /// people who log in).
+    pub fn principal(&self) -> Uuid {
+        self.key_id
     }
 
     /// How the audit trail names this caller.
@@ -107,30 +206,56 @@ pub fn generate_key() -> NewKey {
     }
 }
 
-/// Resolves `Authorization: Bearer <key>` to a [`Caller`], or rejects with 401.
-pub fn caller(db: DbPool) -> impl Filter<Extract = (Caller,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
-        let db = db.clone();
-        async move {
-            let key = header
-                .as_deref()
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|k| k.starts_with(KEY_PREFIX))
-                .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized))?;
-            let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-            let found = interact(&db, move |conn| {
-                ApiKey::find_by_hash(conn, &digest).map_err(DbError::from)
-            })
-            .await
-            .map_err(|e| warp::reject::custom(ApiError::from(e)))?;
-            found
-                .map(|k| Caller {
-                    tenant_id: k.tenant_id,
-                    key_id: k.id,
-                    role: Role::parse(&k.role),
-                })
-                .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized))
-        }
+/// The one gate of every route with tenant data: resolves `Authorization: Bearer <key>` to a
+/// [`Caller`] (401 without a valid key), admits the client's address by the tenant's IP
+/// allow-list (403), holds the key to its rate (429) and checks that its role allows
+/// `permission` (403).
+pub fn authorized(
+    state: Arc<AppState>,
+    permission: Permission,
+) -> impl Filter<Extract = (Caller,), Error = warp::Rejection> + Clone {
+    client_addr(state.gate.clone())
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(move |ip: Option<IpAddr>, header: Option<String>| {
+            let state = state.clone();
+            async move {
+                check(&state, permission, ip, header)
+                    .await
+                    .map_err(warp::reject::custom)
+            }
+        })
+}
+
+async fn check(
+    state: &AppState,
+    permission: Permission,
+    ip: Option<IpAddr>,
+    header: Option<String>,
+) -> Result<Caller, ApiError> {
+    let key = header
+        .as_deref()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| k.starts_with(KEY_PREFIX))
+        .ok_or(ApiError::Unauthorized)?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let (key, allowlist) = interact(&state.db, move |conn| {
+        ApiKey::find_by_hash(conn, &digest).map_err(DbError::from)
     })
+    .await?
+    .ok_or(ApiError::Unauthorized)?;
+    if !admitted(allowlist.as_deref(), ip) {
+        let from = ip.map_or("an unknown address".to_owned(), |ip| ip.to_string());
+        return Err(ApiError::Forbidden(format!(
+            "requests from {from} are outside the tenant's IP allow-list"
+        )));
+    }
+    state.gate.check_key(key.id)?;
+    let caller = Caller {
+        tenant_id: key.tenant_id,
+        key_id: key.id,
+        role: Role::parse(&key.role),
+    };
+    caller.require(permission)?;
+    Ok(caller)
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod auth;
+pub mod client;
 pub mod problem;
 mod routes;
 pub mod tenants;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub link_key: secrecy::SecretSlice<u8>,
     /// Where clients reach the API (download links start with it).
     pub public_url: String,
+    /// Client addresses (trusted proxies) and rate limits.
+    pub gate: Arc<client::Gate>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             allow_private_webhooks: config.webhooks.allow_private,
             link_key: link_key(config),
             public_url: config.public_url.clone(),
+            gate: Arc::new(client::Gate::new(&config.access)),
         })
     }
 }

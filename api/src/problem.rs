@@ -41,6 +41,13 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    #[error("{what}: more than {limit} requests in a burst; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// `this API key` or `this address`.
+        what: &'static str,
+        limit: u32,
+        retry_after_secs: u64,
+    },
     #[error("{0} is unavailable; try again shortly")]
     Unavailable(&'static str),
     #[error(transparent)]
@@ -117,6 +124,11 @@ impl ApiError {
                 "idempotency-key-reused",
                 "Idempotency key reused",
             ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -171,6 +183,24 @@ fn problem(
         }
         ApiError::Unavailable(_) => {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        ApiError::RateLimited {
+            limit,
+            retry_after_secs,
+            ..
+        } => {
+            // RFC 9110 Retry-After, and the RateLimit fields of the IETF httpapi draft
+            // (limit, what remains, seconds until it resets).
+            for (name, value) in [
+                ("retry-after", retry_after_secs.to_string()),
+                ("ratelimit-limit", limit.to_string()),
+                ("ratelimit-remaining", "0".to_owned()),
+                ("ratelimit-reset", retry_after_secs.to_string()),
+            ] {
+                if let Ok(value) = header::HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
         }
         _ => {}
     }

@@ -33,9 +33,28 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub exports: ExportConfig,
     pub logs: LogConfig,
+    pub access: AccessConfig,
     /// Who runs an admin command (`shomei-api tenant create`, ...), as operator actions record
     /// it: `SHOMEI_OPERATOR`, else the login name (`USER`).
     pub operator: String,
+}
+
+/// Where callers come from and how fast they may call.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Proxies whose client-address header is believed (`SHOMEI_TRUSTED_PROXIES`, CIDRs, comma
+    /// separated; none by default: the peer address is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header those proxies put the client address in (`SHOMEI_CLIENT_IP_HEADER`).
+    pub client_ip_header: String,
+    /// Requests per second an API key may make, sustained (`SHOMEI_RATE_LIMIT_KEY_PER_SEC`).
+    pub key_rate: u32,
+    /// Requests an API key may make at once above the rate (`SHOMEI_RATE_LIMIT_KEY_BURST`).
+    pub key_burst: u32,
+    /// Requests per second from one client address (`SHOMEI_RATE_LIMIT_IP_PER_SEC`).
+    pub ip_rate: u32,
+    /// Requests from one client address at once (`SHOMEI_RATE_LIMIT_IP_BURST`).
+    pub ip_burst: u32,
 }
 
 /// The tamper-evident logs (operation log, deletion log, operator actions): how often their
@@ -259,12 +278,29 @@ impl Config {
                     MIN_SYSTEM_RETENTION_DAYS,
                 )?,
             },
+            access: AccessConfig {
+                trusted_proxies: vars.cidrs("SHOMEI_TRUSTED_PROXIES")?,
+                client_ip_header: vars
+                    .string("SHOMEI_CLIENT_IP_HEADER", "x-forwarded-for")
+                    .to_ascii_lowercase(),
+                key_rate: vars.parsed("SHOMEI_RATE_LIMIT_KEY_PER_SEC", 5000)?.max(1),
+                key_burst: vars.parsed("SHOMEI_RATE_LIMIT_KEY_BURST", 10000)?.max(1),
+                ip_rate: vars.parsed("SHOMEI_RATE_LIMIT_IP_PER_SEC", 10000)?.max(1),
+                ip_burst: vars.parsed("SHOMEI_RATE_LIMIT_IP_BURST", 20000)?.max(1),
+            },
             operator: vars
                 .get("SHOMEI_OPERATOR")
                 .or_else(|| vars.get("USER"))
                 .unwrap_or_else(|| "unknown".to_owned()),
         })
     }
+}
+
+/// A CIDR such as `10.0.0.0/8` or `2001:db8::/32`, or a bare address (one host).
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
 struct Vars<'a, F>(&'a F);
@@ -294,6 +330,25 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                     value,
                 }),
         }
+    }
+
+    /// A comma-separated list of CIDRs (a bare address is a /32 or /128).
+    fn cidrs(&self, name: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        let Some(value) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                parse_cidr(c).map_err(|reason| ConfigError::Invalid {
+                    name,
+                    value: value.clone(),
+                    reason,
+                })
+            })
+            .collect()
     }
 
     /// A number of days, refused below `min` (retention the requirements demand).

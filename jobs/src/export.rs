@@ -69,10 +69,11 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     let filter: DocumentFilter = serde_json::from_value(export.filter.clone())
         .map_err(|e| JobError::permanent(format!("unreadable export filter: {e}")))?;
     let tenant_id = export.tenant_id;
+    let principal = export.principal_id;
 
     let counted = filter.clone();
     let total = interact(&ctx.db, move |conn| {
-        let total = counted.count(conn, tenant_id, true)?;
+        let total = counted.count(conn, tenant_id, principal, true)?;
         Export::start(conn, export_id, total as i32)?;
         Ok(total)
     })
@@ -86,7 +87,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     loop {
         let page_filter = filter.clone();
         let page = interact(&ctx.db, move |conn| {
-            Ok(page_filter.page(conn, tenant_id, true, after, PAGE)?)
+            Ok(page_filter.page(conn, tenant_id, principal, true, after, PAGE)?)
         })
         .await?;
         let Some(last) = page.last() else { break };

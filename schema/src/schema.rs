@@ -27,6 +27,7 @@ diesel::table! {
         created_by -> Text,
         created_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        principal_id -> Nullable<Uuid>,
     }
 }
 
@@ -98,6 +99,29 @@ diesel::table! {
         folder -> Text,
         deleted_at -> Nullable<Timestamptz>,
         deleted_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    groups (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    group_folders (group_id, folder) {
+        group_id -> Uuid,
+        folder -> Text,
+    }
+}
+
+diesel::table! {
+    group_members (group_id, principal_id) {
+        group_id -> Uuid,
+        principal_id -> Uuid,
     }
 }
 
@@ -191,6 +215,7 @@ diesel::table! {
         cancelled_at -> Nullable<Timestamptz>,
         deletion_due_at -> Nullable<Timestamptz>,
         deleted_at -> Nullable<Timestamptz>,
+        ip_allowlist -> Nullable<Array<Text>>,
     }
 }
 
@@ -298,6 +323,9 @@ diesel::table! {
 }
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(groups -> tenants (tenant_id));
+diesel::joinable!(group_folders -> groups (group_id));
+diesel::joinable!(group_members -> groups (group_id));
 diesel::joinable!(data_keys -> tenants (tenant_id));
 diesel::joinable!(document_holds -> documents (document_id));
 diesel::joinable!(document_revisions -> documents (document_id));
@@ -329,6 +357,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     documents,
     events,
     exports,
+    group_folders,
+    group_members,
+    groups,
     jobs,
     log_anchors,
     operator_actions,

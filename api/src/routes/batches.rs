@@ -20,7 +20,7 @@ use shomei_jobs::Pending;
 use shomei_schema::{interact, Batch, DocumentFilter, Job, JobKind, NewJob, Tenant};
 
 use super::{created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -30,10 +30,9 @@ const MAX_ITEMS: usize = 10_000;
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let create = warp::path!("v1" / "batches")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::Sign))
         .and(with_state(state.clone()))
         .and(warp::body::content_length_limit(16 * 1024 * 1024))
         .and(warp::body::json())
@@ -41,7 +40,7 @@ pub fn routes(
         .map(respond);
     let show = warp::path!("v1" / "batches" / Uuid)
         .and(warp::get())
-        .and(auth)
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state))
         .then(show)
         .map(respond);
@@ -93,7 +92,9 @@ async fn create(
     let created_by = caller.actor();
     let key = shomei_jobs::personal::records_key(&state.keys, caller.tenant_id).await?;
     let accepted = interact(&state.db, move |conn| {
-        if !DocumentFilter::foreign_ids(conn, caller.tenant_id, &ids)?.is_empty() {
+        if !DocumentFilter::foreign_ids(conn, caller.tenant_id, caller.principal(), &ids)?
+            .is_empty()
+        {
             return Ok(None);
         }
         let tenant = Tenant::get(conn, caller.tenant_id)?;

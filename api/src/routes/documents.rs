@@ -1,6 +1,7 @@
 //! Documents: upload (`POST /v1/documents`), metadata, the latest PDF, and queueing a signature
 //! (`POST /v1/documents/{id}/sign`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,40 +24,40 @@ use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
 
 use super::jobs::queue_job;
 use super::{created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
+use crate::client::client_addr;
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let limit = state.max_upload_bytes;
 
     let upload = warp::path!("v1" / "documents")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::Upload))
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client_addr(state.gate.clone()))
         .and(warp::query::<UploadQuery>())
         .and(body_within(limit))
         .then(upload)
         .map(respond);
     let show = warp::path!("v1" / "documents" / Uuid)
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
         .then(show)
         .map(respond);
     let pdf = warp::path!("v1" / "documents" / Uuid / "pdf")
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
         .then(download)
         .map(respond);
     let sign = warp::path!("v1" / "documents" / Uuid / "sign")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::Sign))
         .and(with_state(state.clone()))
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(warp::body::content_length_limit(64 * 1024))
@@ -65,13 +66,13 @@ pub fn routes(
         .map(respond);
     let delete = warp::path!("v1" / "documents" / Uuid)
         .and(warp::delete())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageDocuments))
         .and(with_state(state.clone()))
         .then(delete)
         .map(respond);
     let hold = warp::path!("v1" / "documents" / Uuid / "holds")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageDocuments))
         .and(with_state(state.clone()))
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::json())
@@ -79,7 +80,7 @@ pub fn routes(
         .map(respond);
     let timestamp = warp::path!("v1" / "documents" / Uuid / "timestamp")
         .and(warp::post())
-        .and(auth)
+        .and(authorized(state.clone(), Permission::Sign))
         .and(with_state(state))
         .and(warp::header::optional::<String>("idempotency-key"))
         .then(timestamp)
@@ -155,7 +156,7 @@ impl DocumentView {
 async fn upload(
     caller: Caller,
     state: Arc<AppState>,
-    remote: Option<std::net::SocketAddr>,
+    client: Option<IpAddr>,
     query: UploadQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -169,6 +170,20 @@ async fn upload(
         None => "/".to_owned(),
         Some(f) => shomei_schema::models::normalise_folder(f).map_err(ApiError::BadRequest)?,
     };
+    let checked = folder.clone();
+    let allowed = interact(&state.db, move |conn| {
+        Ok(shomei_schema::models::may_see_folder(
+            conn,
+            caller.principal(),
+            &checked,
+        )?)
+    })
+    .await?;
+    if !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "folder {folder} is outside the folders of this key's groups"
+        )));
+    }
     let pdf = body.clone();
     let info = tokio::task::spawn_blocking(move || shomei_signing::inspect_pdf(&pdf))
         .await
@@ -208,7 +223,7 @@ async fn upload(
                     document_id: Some(doc.id),
                     request_id: None,
                     actor: caller.actor(),
-                    ip: super::client_ip(remote),
+                    ip: super::client_ip(client),
                     data: json!({"title": doc.title, "folder": doc.folder, "pages": doc.pages,
                                  "sha256": hex::encode(&first.sha256)}),
                 },
@@ -235,7 +250,7 @@ async fn find_record(
     id: Uuid,
 ) -> Result<(Document, Revision), ApiError> {
     interact(&state.db, move |conn| {
-        let Some(doc) = Document::find(conn, caller.tenant_id, id)? else {
+        let Some(doc) = Document::find(conn, caller.tenant_id, caller.principal(), id)? else {
             return Ok(None);
         };
         let latest = Revision::latest(conn, doc.id)?;
@@ -269,7 +284,6 @@ async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response
 /// Deletes the document's files (on request; R-DEL-1's path): refused while something holds
 /// it, queued as a deletion job otherwise. Its record stays, marked deleted.
 async fn delete(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    caller.require_export()?;
     let (doc, _) = find_document(&state, caller, id).await?;
     let hold = interact(&state.db, move |conn| Ok(deletion::hold_on(conn, doc.id)?)).await?;
     if let Some(hold) = hold {
@@ -312,7 +326,6 @@ async fn hold(
     state: Arc<AppState>,
     body: HoldBody,
 ) -> Result<Response, ApiError> {
-    caller.require_export()?;
     if body.holder.trim().is_empty() || body.holder.chars().count() > 200 {
         return Err(ApiError::BadRequest(
             "holder must be 1 to 200 characters".into(),

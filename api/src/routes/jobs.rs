@@ -10,10 +10,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use shomei_schema::{interact, Job, JobKind, JobStatus, NewJob};
+use shomei_schema::{interact, Document, Job, JobKind, JobStatus, NewJob};
 
 use super::{created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -22,7 +22,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "jobs" / Uuid)
         .and(warp::get())
-        .and(caller(state.db.clone()))
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state))
         .then(show)
         .map(respond)
@@ -43,7 +43,16 @@ struct JobView {
 
 async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
     let job = interact(&state.db, move |conn| {
-        Ok(Job::find(conn, caller.tenant_id, id)?)
+        let Some(job) = Job::find(conn, caller.tenant_id, id)? else {
+            return Ok(None);
+        };
+        // A job on a document in a folder the caller may not see is not there for it.
+        if let Some(document_id) = job.document_id {
+            if Document::find(conn, caller.tenant_id, caller.principal(), document_id)?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(job))
     })
     .await?
     .ok_or(ApiError::NotFound("job"))?;

@@ -2,6 +2,7 @@
 //! [`Caller`](crate::auth::Caller) and scopes its queries by the caller's tenant, so another
 //! tenant's ids answer 404 exactly like ids that do not exist.
 
+mod access;
 mod batches;
 mod documents;
 mod exports;
@@ -28,6 +29,7 @@ use crate::AppState;
 pub fn all(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Rejection> + Clone {
+    let gate = state.gate.clone();
     // Each resource's routes are boxed: one long chain of `or`s makes a type too deep for
     // the compiler's default recursion limit in release builds.
     let resources = [
@@ -42,16 +44,38 @@ pub fn all(
         reports::routes(state.clone()).boxed(),
         exports::routes(state.clone()).boxed(),
         batches::routes(state.clone()).boxed(),
-        tenant::routes(state).boxed(),
+        tenant::routes(state.clone()).boxed(),
+        access::routes(state).boxed(),
         shomei_telemetry::metrics::route().boxed(),
     ];
     let [first, rest @ ..] = resources;
-    rest.into_iter()
-        .fold(first, |all, next| all.or(next).unify().boxed())
+    let routes = rest
+        .into_iter()
+        .fold(first, |all, next| all.or(next).unify().boxed());
+    per_address_limit(gate)
+        .and(routes)
         .recover(problem::recover)
         .unify()
         .with(warp::trace::request())
         .with(warp::log::custom(record_request))
+}
+
+/// Every request counts against its client address's rate (`429` past it), signing links
+/// (no API key) included.
+fn per_address_limit(
+    gate: Arc<crate::client::Gate>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    crate::client::client_addr(gate.clone())
+        .and_then(move |ip: Option<std::net::IpAddr>| {
+            let gate = gate.clone();
+            async move {
+                match ip {
+                    Some(ip) => gate.check_ip(ip).map_err(warp::reject::custom),
+                    None => Ok(()),
+                }
+            }
+        })
+        .untuple_one()
 }
 
 /// Counts a request and its latency by route template, method and status.
@@ -90,10 +114,10 @@ fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Respons
     .into_response()
 }
 
-/// The caller's address as the audit trail records it: the peer of the connection (a proxy in
-/// front must be trusted explicitly before `X-Forwarded-For` could count).
-fn client_ip(remote: Option<std::net::SocketAddr>) -> Option<String> {
-    remote.map(|addr| addr.ip().to_string())
+/// The caller's address as the audit trail records it ([`crate::client::Gate::client_addr`]:
+/// the peer, or what trusted proxies report).
+fn client_ip(client: Option<std::net::IpAddr>) -> Option<String> {
+    client.map(|ip| ip.to_string())
 }
 
 /// A response body from any stream of chunks. warp needs a `Sync` body stream, which most

@@ -2,7 +2,7 @@
 //! round an ordered list of signers, `GET /v1/requests/{id}` shows where it is, and
 //! `POST /v1/requests/{id}/cancel` stops it. The state machine is `shomei_jobs::requests`.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use diesel::Connection;
@@ -16,38 +16,38 @@ use warp::{Filter, Rejection};
 use shomei_jobs::personal;
 use shomei_jobs::requests::{self, Method, NewRequest, NewSigner, SignerState};
 use shomei_jobs::sign::check_email;
-use shomei_schema::{interact, RequestSigner, SignatureRequest, SignerIdentity, Tenant};
+use shomei_schema::{interact, Document, RequestSigner, SignatureRequest, SignerIdentity, Tenant};
 
 use super::documents::find_document;
 use super::{client_ip, created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
+use crate::client::client_addr;
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let create = warp::path!("v1" / "documents" / Uuid / "requests")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::SendRequests))
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client_addr(state.gate.clone()))
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json())
         .then(create)
         .map(respond);
     let show = warp::path!("v1" / "requests" / Uuid)
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
         .then(show)
         .map(respond);
     let cancel = warp::path!("v1" / "requests" / Uuid / "cancel")
         .and(warp::post())
-        .and(auth)
-        .and(with_state(state))
-        .and(warp::addr::remote())
+        .and(authorized(state.clone(), Permission::SendRequests))
+        .and(with_state(state.clone()))
+        .and(client_addr(state.gate.clone()))
         .then(cancel)
         .map(respond);
     create.or(show).unify().or(cancel).unify()
@@ -181,7 +181,7 @@ async fn create(
     document_id: Uuid,
     caller: Caller,
     state: Arc<AppState>,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: CreateBody,
 ) -> Result<Response, ApiError> {
     check_name("owner.name", &body.owner.name)?;
@@ -214,7 +214,7 @@ async fn create(
         }
     }
     let (doc, _) = find_document(&state, caller, document_id).await?;
-    let ip = client_ip(remote);
+    let ip = client_ip(client);
     let tenant_id = caller.tenant_id;
     let signers_in = body.signers;
     let owner = body.owner;
@@ -307,6 +307,16 @@ async fn find(
         let Some(request) = SignatureRequest::find(conn, caller.tenant_id, id)? else {
             return Ok(None);
         };
+        if Document::find(
+            conn,
+            caller.tenant_id,
+            caller.principal(),
+            request.document_id,
+        )?
+        .is_none()
+        {
+            return Ok(None);
+        }
         let signers = request.signers(conn)?;
         Ok(Some((request, signers)))
     })
@@ -323,10 +333,10 @@ async fn cancel(
     id: Uuid,
     caller: Caller,
     state: Arc<AppState>,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
     find(&state, caller, id).await?;
-    let ip = client_ip(remote);
+    let ip = client_ip(client);
     let outcome = interact(&state.db, move |conn| {
         Ok(conn.transaction(|conn| {
             let mut request = SignatureRequest::lock(conn, id)?;

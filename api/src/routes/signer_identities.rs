@@ -24,17 +24,16 @@ use shomei_schema::schema::signer_identities;
 use shomei_schema::{interact, SignerIdentity};
 
 use super::{created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let enroll = warp::path!("v1" / "signer-identities")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .and(warp::body::content_length_limit(8 * 1024))
         .and(warp::body::json())
@@ -42,13 +41,13 @@ pub fn routes(
         .map(respond);
     let list = warp::path!("v1" / "signer-identities")
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .then(list)
         .map(respond);
     let unlock = warp::path!("v1" / "signer-identities" / Uuid / "unlock")
         .and(warp::post())
-        .and(auth)
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state))
         .then(unlock)
         .map(respond);

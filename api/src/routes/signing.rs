@@ -11,7 +11,7 @@
 //! Every wrong code, PIN or access code is counted (and committed) before the answer goes
 //! out: a code is spent after 5 wrong tries, a certified signer is locked after 5 wrong PINs.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -35,6 +35,7 @@ use shomei_schema::{
 use shomei_vault::DataKey;
 
 use super::{client_ip, respond, with_state};
+use crate::client::client_addr;
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -54,21 +55,21 @@ pub fn routes(
     let code = warp::path!("v1" / "signing" / String / "code")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client_addr(state.gate.clone()))
         .then(send_code)
         .map(respond);
     let sign = warp::path!("v1" / "signing" / String / "sign")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client_addr(state.gate.clone()))
         .and(warp::body::content_length_limit(4 * 1024))
         .and(warp::body::json())
         .then(sign)
         .map(respond);
     let decline = warp::path!("v1" / "signing" / String / "decline")
         .and(warp::post())
-        .and(with_state(state))
-        .and(warp::addr::remote())
+        .and(with_state(state.clone()))
+        .and(client_addr(state.gate.clone()))
         .and(warp::body::content_length_limit(4 * 1024))
         .and(warp::body::json())
         .then(decline)
@@ -218,9 +219,9 @@ async fn pdf(token: String, state: Arc<AppState>) -> Result<Response, ApiError> 
 async fn send_code(
     token: String,
     state: Arc<AppState>,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(remote);
+    let ip = client_ip(client);
     let pending = with_link(&state, token, |conn, _, request, mut signer| {
             if signer.method != Method::Witness.as_str() {
                 return Ok(Err(ApiError::Conflict(
@@ -275,10 +276,10 @@ struct SignBody {
 async fn sign(
     token: String,
     state: Arc<AppState>,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: SignBody,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(remote);
+    let ip = client_ip(client);
     let (job_id, pending) = with_link(&state, token, |conn, key, request, signer| {
         authenticate_and_queue(conn, key, request, signer, body, ip)
     })
@@ -451,7 +452,7 @@ struct DeclineBody {
 async fn decline(
     token: String,
     state: Arc<AppState>,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: DeclineBody,
 ) -> Result<Response, ApiError> {
     if body
@@ -463,7 +464,7 @@ async fn decline(
             "reason is longer than 1000 characters".into(),
         ));
     }
-    let ip = client_ip(remote);
+    let ip = client_ip(client);
     let pending = with_link(&state, token, |conn, _, mut request, mut signer| {
         Ok(Ok(requests::decline(
             conn,

@@ -1,6 +1,7 @@
 //! The caller's own tenant: its state, cancellation (which schedules the deletion of its files,
 //! R-DEL-1) and the evidence of what was deleted.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use diesel::Connection;
@@ -17,30 +18,30 @@ use shomei_schema::models::deletion::DeletionRecord;
 use shomei_schema::{interact, Job, Tenant};
 
 use super::{client_ip, created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
+use crate::client::client_addr;
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let show = warp::path!("v1" / "tenant")
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
         .then(show)
         .map(respond);
     let cancel = warp::path!("v1" / "tenant" / "cancel")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::CancelContract))
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client_addr(state.gate.clone()))
         .then(cancel)
         .map(respond);
     let evidence = warp::path!("v1" / "tenant" / "deletion-log")
         .and(warp::get())
-        .and(auth)
+        .and(authorized(state.clone(), Permission::ReadAuditLog))
         .and(with_state(state))
         .then(deletion_log)
         .map(respond);
@@ -85,10 +86,9 @@ async fn show(caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError
 async fn cancel(
     caller: Caller,
     state: Arc<AppState>,
-    remote: Option<std::net::SocketAddr>,
+    client: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
-    caller.require_owner("cancel the contract")?;
-    let ip = client_ip(remote);
+    let ip = client_ip(client);
     let (tenant, job, pending) = interact(&state.db, move |conn| {
         Ok(conn.transaction(|conn| {
             let tenant = Tenant::lock(conn, caller.tenant_id)?;
@@ -141,7 +141,6 @@ struct EvidenceView {
 }
 
 async fn deletion_log(caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
-    caller.require_export()?;
     let records = interact(&state.db, move |conn| {
         Ok(DeletionRecord::for_tenant(conn, caller.tenant_id)?)
     })

@@ -17,30 +17,29 @@ use shomei_signing::VerificationReport;
 use super::documents::{body_within, find_document};
 use super::jobs::queue_job;
 use super::{respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let upload = warp::path!("v1" / "verify")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
         .and(body_within(state.max_upload_bytes))
         .then(verify_upload)
         .map(respond);
     let stored = warp::path!("v1" / "documents" / Uuid / "verification")
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
         .then(verify_stored)
         .map(respond);
     let bulk = warp::path!("v1" / "verifications")
         .and(warp::post())
-        .and(auth)
+        .and(authorized(state.clone(), Permission::ManageDocuments))
         .and(with_state(state))
         .and(warp::header::optional::<String>("idempotency-key"))
         .then(verify_all)

@@ -18,17 +18,16 @@ use shomei_notify::webhook::{check_target, WebhookSecret};
 use shomei_schema::{interact, Event, Job, JobKind, NewJob, WebhookAttempt, WebhookEndpoint};
 
 use super::{created, respond, with_state};
-use crate::auth::{caller, Caller};
+use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let auth = caller(state.db.clone());
     let create = warp::path!("v1" / "webhooks")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::json())
@@ -36,37 +35,37 @@ pub fn routes(
         .map(respond);
     let list = warp::path!("v1" / "webhooks")
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .then(list)
         .map(respond);
     let show = warp::path!("v1" / "webhooks" / Uuid)
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .then(show)
         .map(respond);
     let delete = warp::path!("v1" / "webhooks" / Uuid)
         .and(warp::delete())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .then(delete)
         .map(respond);
     let enable = warp::path!("v1" / "webhooks" / Uuid / "enable")
         .and(warp::post())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .then(enable)
         .map(respond);
     let deliveries = warp::path!("v1" / "webhooks" / Uuid / "deliveries")
         .and(warp::get())
-        .and(auth.clone())
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
         .then(deliveries)
         .map(respond);
     let resend = warp::path!("v1" / "webhooks" / Uuid / "deliveries" / Uuid / "resend")
         .and(warp::post())
-        .and(auth)
+        .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state))
         .then(resend)
         .map(respond);

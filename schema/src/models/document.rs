@@ -63,14 +63,17 @@ impl Document {
     }
 
     /// The document if it belongs to `tenant_id`; another tenant's document is simply absent.
+    /// The tenant's document, if it is in a folder `principal` (an API key or a user) may see.
     pub fn find(
         conn: &mut PgConnection,
         tenant_id: Uuid,
+        principal: Uuid,
         id: Uuid,
     ) -> QueryResult<Option<Document>> {
         documents::table
             .filter(documents::id.eq(id))
             .filter(documents::tenant_id.eq(tenant_id))
+            .filter(super::folder_visible(principal, documents::folder))
             .select(Document::as_select())
             .first(conn)
             .optional()

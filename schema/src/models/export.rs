@@ -23,6 +23,8 @@ pub struct Export {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Whose view of the tenant's folders the export selects from (an API key or a user).
+    pub principal_id: Option<Uuid>,
 }
 
 impl Export {

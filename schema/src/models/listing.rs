@@ -104,6 +104,7 @@ SELECT * FROM (
        AND ($3::uuid IS NULL OR d.id > $3)
        AND ($4::text IS NULL OR d.title ILIKE '%' || $4 || '%' ESCAPE '\')
        AND ($10::text IS NULL OR d.folder = $10 OR d.folder LIKE $9 || '/%' ESCAPE '\')
+       AND ($11::uuid IS NULL OR folder_visible($11, d.folder))
 ) listed
 WHERE ($5::text IS NULL OR status = $5)
   AND ($6::timestamptz IS NULL OR signed_at >= $6)
@@ -118,11 +119,13 @@ fn like_escaped(s: &str) -> String {
 }
 
 impl DocumentFilter {
-    /// `sql` (which uses the listing's parameters $1 to $10) with the filter bound.
+    /// `sql` (which uses the listing's parameters $1 to $11) with the filter bound. `principal`
+    /// (an API key or a user) limits the selection to the folders its groups allow.
     fn bound(
         &self,
         sql: String,
         tenant_id: Uuid,
+        principal: Option<Uuid>,
         signed_only: bool,
         after: Option<Uuid>,
     ) -> diesel::query_builder::BoxedSqlQuery<
@@ -143,6 +146,7 @@ impl DocumentFilter {
             .bind::<Bool, _>(signed_only)
             .bind::<Nullable<Text>, _>(folder.as_deref().map(like_escaped))
             .bind::<Nullable<Text>, _>(folder)
+            .bind::<Nullable<SqlUuid>, _>(principal)
     }
 
     /// Up to `limit` matching documents after `after`, by id. `signed_only` keeps documents
@@ -151,13 +155,15 @@ impl DocumentFilter {
         &self,
         conn: &mut PgConnection,
         tenant_id: Uuid,
+        principal: Option<Uuid>,
         signed_only: bool,
         after: Option<Uuid>,
         limit: i64,
     ) -> QueryResult<Vec<DocumentRow>> {
         self.bound(
-            format!("{SELECT} ORDER BY id LIMIT $11"),
+            format!("{SELECT} ORDER BY id LIMIT $12"),
             tenant_id,
+            principal,
             signed_only,
             after,
         )
@@ -170,6 +176,7 @@ impl DocumentFilter {
         &self,
         conn: &mut PgConnection,
         tenant_id: Uuid,
+        principal: Option<Uuid>,
         signed_only: bool,
     ) -> QueryResult<i64> {
         #[derive(QueryableByName)]
@@ -180,6 +187,7 @@ impl DocumentFilter {
         self.bound(
             format!("SELECT count(*) AS n FROM ({SELECT}) counted"),
             tenant_id,
+            principal,
             signed_only,
             None,
         )
@@ -187,16 +195,19 @@ impl DocumentFilter {
         .map(|c| c.n)
     }
 
-    /// Of `ids`, those that are not the tenant's documents (to refuse a list naming them).
+    /// Of `ids`, those that are not the tenant's documents, or not in a folder `principal` may
+    /// see (to refuse a list naming them).
     pub fn foreign_ids(
         conn: &mut PgConnection,
         tenant_id: Uuid,
+        principal: Uuid,
         ids: &[Uuid],
     ) -> QueryResult<Vec<Uuid>> {
         use crate::schema::documents;
         let own: Vec<Uuid> = documents::table
             .filter(documents::tenant_id.eq(tenant_id))
             .filter(documents::id.eq_any(ids))
+            .filter(super::folder_visible(principal, documents::folder))
             .select(documents::id)
             .load(conn)?;
         Ok(ids.iter().filter(|id| !own.contains(id)).copied().collect())

@@ -19,6 +19,8 @@ pub struct Tenant {
     pub deletion_due_at: Option<DateTime<Utc>>,
     /// When the deletion finished.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// CIDRs its API calls must come from; `None`: anywhere.
+    pub ip_allowlist: Option<Vec<String>>,
 }
 
 impl Tenant {
@@ -69,6 +71,18 @@ impl Tenant {
             ))
             .returning(Tenant::as_returning())
             .get_result(conn)
+    }
+
+    /// Sets (or with `None` clears) the IP allow-list.
+    pub fn set_ip_allowlist(
+        conn: &mut PgConnection,
+        id: Uuid,
+        cidrs: Option<&[String]>,
+    ) -> QueryResult<()> {
+        diesel::update(tenants::table.find(id))
+            .set(tenants::ip_allowlist.eq(cidrs))
+            .execute(conn)
+            .map(|_| ())
     }
 
     /// Marks the deletion done and revokes every API key: nothing of the tenant can be acted
@@ -138,11 +152,16 @@ impl ApiKey {
     }
 
     /// The live (not revoked) key with this hash.
-    pub fn find_by_hash(conn: &mut PgConnection, key_sha256: &[u8]) -> QueryResult<Option<ApiKey>> {
+    /// The live key with this hash, and its tenant's IP allow-list.
+    pub fn find_by_hash(
+        conn: &mut PgConnection,
+        key_sha256: &[u8],
+    ) -> QueryResult<Option<(ApiKey, Option<Vec<String>>)>> {
         api_keys::table
+            .inner_join(tenants::table)
             .filter(api_keys::key_sha256.eq(key_sha256))
             .filter(api_keys::revoked_at.is_null())
-            .select(ApiKey::as_select())
+            .select((ApiKey::as_select(), tenants::ip_allowlist))
             .first(conn)
             .optional()
     }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the running pipeline: real `shomei-api` and `shomei-worker` processes,
 //! PostgreSQL, Redis and SoftHSM2. One test binary, one module per concern.
 
+mod access;
 mod bad_input;
 mod batches;
 mod data_at_rest;
