@@ -24,8 +24,18 @@ const KEY_PREFIX: &str = "shk_";
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub tenant_id: Uuid,
-    pub key_id: Uuid,
+    /// The API key's id, or the logged-in user's.
+    pub principal_id: Uuid,
+    pub kind: CallerKind,
     pub role: Role,
+}
+
+/// What authenticated the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    ApiKey,
+    /// A person, through a session from `POST /v1/auth/challenges/{id}/verify`.
+    User,
 }
 
 /// A caller's role: what it may do ([`Role::allows`]). The matrix is the one in `README.md`.
@@ -169,7 +179,7 @@ impl Caller {
             .map(Role::as_str)
             .collect();
         Err(ApiError::Forbidden(format!(
-            "a {} key may not {}; {} may",
+            "a {} may not {}; {} may",
             self.role.as_str(),
             permission.describe(),
             allowed.join(", ")
@@ -179,12 +189,15 @@ impl Caller {
     /// Whose group memberships limit the folders this caller sees (the key; a user's id for
     /// people who log in).
     pub fn principal(&self) -> Uuid {
-        self.key_id
+        self.principal_id
     }
 
     /// How the audit trail names this caller.
     pub fn actor(&self) -> String {
-        format!("api_key:{}", self.key_id)
+        match self.kind {
+            CallerKind::ApiKey => format!("api_key:{}", self.principal_id),
+            CallerKind::User => format!("user:{}", self.principal_id),
+        }
     }
 }
 
@@ -232,30 +245,48 @@ async fn check(
     ip: Option<IpAddr>,
     header: Option<String>,
 ) -> Result<Caller, ApiError> {
-    let key = header
+    let token = header
         .as_deref()
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|k| k.starts_with(KEY_PREFIX))
         .ok_or(ApiError::Unauthorized)?;
-    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let (key, allowlist) = interact(&state.db, move |conn| {
-        ApiKey::find_by_hash(conn, &digest).map_err(DbError::from)
-    })
-    .await?
-    .ok_or(ApiError::Unauthorized)?;
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let (caller, allowlist) = if token.starts_with(KEY_PREFIX) {
+        let (key, allowlist) = interact(&state.db, move |conn| {
+            ApiKey::find_by_hash(conn, &digest).map_err(DbError::from)
+        })
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+        let caller = Caller {
+            tenant_id: key.tenant_id,
+            principal_id: key.id,
+            kind: CallerKind::ApiKey,
+            role: Role::parse(&key.role),
+        };
+        (caller, allowlist)
+    } else if token.starts_with(crate::login::SESSION_PREFIX) {
+        let (user, allowlist) = interact(&state.db, move |conn| {
+            shomei_schema::models::user::session_user(conn, &digest).map_err(DbError::from)
+        })
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+        let caller = Caller {
+            tenant_id: user.tenant_id,
+            principal_id: user.id,
+            kind: CallerKind::User,
+            role: Role::parse(&user.role),
+        };
+        (caller, allowlist)
+    } else {
+        return Err(ApiError::Unauthorized);
+    };
     if !admitted(allowlist.as_deref(), ip) {
         let from = ip.map_or("an unknown address".to_owned(), |ip| ip.to_string());
         return Err(ApiError::Forbidden(format!(
             "requests from {from} are outside the tenant's IP allow-list"
         )));
     }
-    state.gate.check_key(key.id)?;
-    let caller = Caller {
-        tenant_id: key.tenant_id,
-        key_id: key.id,
-        role: Role::parse(&key.role),
-    };
+    state.gate.check_key(caller.principal_id)?;
     caller.require(permission)?;
     Ok(caller)
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use shomei_notify::mail::{Email, MailError};
 use shomei_notify::templates::{self, Locale, Message};
+use shomei_schema::models::user::{LoginChallenge, User};
 use shomei_schema::{interact, Document, Job, RequestSigner, SignatureRequest, Tenant};
 use shomei_vault::DataKey;
 
@@ -45,17 +46,37 @@ pub enum Recipient {
     Signer(Uuid),
 }
 
+/// The payload of a notify_email job that sends a person the code of a login
+/// (`POST /v1/auth/challenges/{id}/email`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginCodeJob {
+    pub login_challenge: Uuid,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Payload {
+    Request(EmailJob),
+    Login(LoginCodeJob),
+}
+
 pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
-    let payload: EmailJob = serde_json::from_value(job.payload.clone())
+    let payload: Payload = serde_json::from_value(job.payload.clone())
         .map_err(|e| JobError::permanent(format!("unreadable notify_email payload: {e}")))?;
     let link_ttl = ctx.link_ttl;
     let code_ttl = ctx.code_ttl;
     let public_url = ctx.public_url.clone();
-    let template = payload.template.clone();
+    let template = match &payload {
+        Payload::Request(email) => template_name(&email.template),
+        Payload::Login(_) => "login_code",
+    };
     let key = personal::records_key(&ctx.keys, job.tenant_id).await?;
     let prepared = interact(&ctx.db, move |conn| {
-        Ok(conn
-            .transaction(|conn| prepare(conn, &key, &payload, &public_url, link_ttl, code_ttl))?)
+        Ok(conn.transaction(|conn| match &payload {
+            Payload::Request(email) => prepare(conn, &key, email, &public_url, link_ttl, code_ttl),
+            Payload::Login(login) => prepare_login_code(conn, &key, login, code_ttl),
+        })?)
     })
     .await?;
     let Some((email, locale)) = prepared else {
@@ -83,7 +104,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         .with_label_values(&[outcome])
         .inc();
     sent?;
-    Ok(serde_json::json!({"sent": template_name(&template)}))
+    Ok(serde_json::json!({"sent": template}))
 }
 
 struct To {
@@ -193,6 +214,46 @@ fn prepare(
         },
     };
     Ok(Some(((to, message), locale)))
+}
+
+/// A login's code: made here, stored as SHA-256 bound to the login, e-mailed. `None` when the
+/// login is over (completed, expired) or has had its ten codes.
+fn prepare_login_code(
+    conn: &mut PgConnection,
+    key: &DataKey,
+    job: &LoginCodeJob,
+    code_ttl: std::time::Duration,
+) -> QueryResult<Option<((To, Message), Locale)>> {
+    let Some(challenge) = LoginChallenge::lock(conn, job.login_challenge)? else {
+        return Ok(None);
+    };
+    if challenge.completed_at.is_some()
+        || challenge.expires_at <= chrono::Utc::now()
+        || challenge.codes_sent >= requests::MAX_CODES
+    {
+        return Ok(None);
+    }
+    let user = User::get(conn, challenge.user_id)?;
+    let code = requests::random_code();
+    let expires_at = chrono::Utc::now()
+        + chrono::Duration::from_std(code_ttl).unwrap_or(chrono::Duration::minutes(10));
+    LoginChallenge::set_code(
+        conn,
+        challenge.id,
+        &requests::code_hash(challenge.id, &code),
+        expires_at,
+    )?;
+    let name = personal::open(key, &user.name)?;
+    let message = Message::LoginCode {
+        name: name.clone(),
+        code,
+        valid_minutes: (code_ttl.as_secs() / 60).max(1) as u32,
+    };
+    let to = To {
+        name,
+        address: personal::open(key, &user.email)?,
+    };
+    Ok(Some(((to, message), Locale::default())))
 }
 
 /// A refused address or a 5xx reply fails the job once; anything else waits and tries again

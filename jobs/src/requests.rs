@@ -409,8 +409,13 @@ pub fn issue_link(signer: &mut RequestSigner, ttl: Duration) -> (String, DateTim
 }
 
 /// A new 6-digit one-time code (the previous one stops working); only its hash is kept.
+/// A fresh 6-digit one-time code.
+pub fn random_code() -> String {
+    format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000))
+}
+
 pub fn issue_code(signer: &mut RequestSigner, ttl: Duration) -> String {
-    let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000));
+    let code = random_code();
     signer.otp_sha256 = Some(code_hash(signer.id, &code));
     signer.otp_expires_at = Some(Utc::now() + ttl);
     signer.otp_failures = 0;
@@ -422,9 +427,11 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 }
 
 /// Bound to the signer, so one code's hash says nothing about another signer's.
-pub fn code_hash(signer_id: Uuid, code: &str) -> Vec<u8> {
+/// How a one-time code is stored: SHA-256 over the id it was made for (a signer, a login) and
+/// the code.
+pub fn code_hash(owner_id: Uuid, code: &str) -> Vec<u8> {
     Sha256::new()
-        .chain_update(signer_id.as_bytes())
+        .chain_update(owner_id.as_bytes())
         .chain_update(code.as_bytes())
         .finalize()
         .to_vec()

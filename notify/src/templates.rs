@@ -79,6 +79,12 @@ pub enum Message {
         code: String,
         valid_minutes: u32,
     },
+    /// To a person signing in: the second factor, one code per login.
+    LoginCode {
+        name: String,
+        code: String,
+        valid_minutes: u32,
+    },
     /// To the owner and every signer when the last signer has signed.
     Completed {
         recipient_name: String,
@@ -120,6 +126,12 @@ struct Invitation<'a> {
 struct VerificationCode<'a> {
     signer_name: &'a str,
     document_title: &'a str,
+    code: &'a str,
+    valid_minutes: u32,
+}
+
+struct LoginCode<'a> {
+    name: &'a str,
     code: &'a str,
     valid_minutes: u32,
 }
@@ -168,6 +180,10 @@ templates! {
     html CodeJaHtml(VerificationCode) = "ja/verification_code.html";
     text CodeEnTxt(VerificationCode) = "en/verification_code.txt";
     html CodeEnHtml(VerificationCode) = "en/verification_code.html";
+    text LoginJaTxt(LoginCode) = "ja/login_code.txt";
+    html LoginJaHtml(LoginCode) = "ja/login_code.html";
+    text LoginEnTxt(LoginCode) = "en/login_code.txt";
+    html LoginEnHtml(LoginCode) = "en/login_code.html";
     text CompletedJaTxt(Notice) = "ja/completed.txt";
     html CompletedJaHtml(Notice) = "ja/completed.html";
     text CompletedEnTxt(Notice) = "en/completed.txt";
@@ -273,6 +289,31 @@ pub fn render(message: &Message, locale: Locale) -> Rendered {
                 format!("Your verification code: {document_title}")
             };
             bodies!(locale, subject, m, CodeJaTxt, CodeJaHtml, CodeEnTxt, CodeEnHtml)
+        }
+        Message::LoginCode {
+            name,
+            code,
+            valid_minutes,
+        } => {
+            let m = LoginCode {
+                name,
+                code,
+                valid_minutes: *valid_minutes,
+            };
+            let subject = if ja {
+                "ログイン確認コードのお知らせ".to_owned()
+            } else {
+                "Your code to sign in".to_owned()
+            };
+            bodies!(
+                locale,
+                subject,
+                m,
+                LoginJaTxt,
+                LoginJaHtml,
+                LoginEnTxt,
+                LoginEnHtml
+            )
         }
         Message::Completed {
             recipient_name,

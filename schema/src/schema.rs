@@ -148,6 +148,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    login_challenges (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        code_sha256 -> Nullable<Bytea>,
+        code_expires_at -> Nullable<Timestamptz>,
+        codes_sent -> Int4,
+        failures -> Int4,
+        expires_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     log_anchors (log, seq) {
         log -> Text,
         seq -> Int8,
@@ -194,6 +208,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    users (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Bytea,
+        email -> Bytea,
+        email_index -> Bytea,
+        role -> Text,
+        password_hash -> Text,
+        totp_secret -> Nullable<Bytea>,
+        totp_enabled -> Bool,
+        failed_logins -> Int4,
+        locked_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     verification_reports (job_id, document_id) {
         job_id -> Uuid,
         document_id -> Uuid,
@@ -231,6 +262,17 @@ diesel::table! {
         name -> Bytea,
         email -> Bytea,
         email_index -> Bytea,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        token_sha256 -> Bytea,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -323,6 +365,9 @@ diesel::table! {
 }
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(users -> tenants (tenant_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(login_challenges -> users (user_id));
 diesel::joinable!(groups -> tenants (tenant_id));
 diesel::joinable!(group_folders -> groups (group_id));
 diesel::joinable!(group_members -> groups (group_id));
@@ -362,12 +407,15 @@ diesel::allow_tables_to_appear_in_same_query!(
     groups,
     jobs,
     log_anchors,
+    login_challenges,
     operator_actions,
     request_signers,
     scheduled_tasks,
+    sessions,
     signature_requests,
     signer_identities,
     tenants,
+    users,
     verification_reports,
     webhook_attempts,
     webhook_endpoints,

@@ -14,6 +14,7 @@ mod operator;
 mod request;
 mod schedule;
 mod tenant;
+pub mod user;
 
 pub use batch::Batch;
 

@@ -1,0 +1,3 @@
+DROP TABLE sessions;
+DROP TABLE login_challenges;
+DROP TABLE users;
