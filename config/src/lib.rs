@@ -514,8 +514,11 @@ mod tests {
 
     #[test]
     fn plain_http_needs_the_explicit_flag_even_on_loopback() {
-        let c = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_API_ADDR", "127.0.0.1:8080")])
-            .unwrap();
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_API_ADDR", "127.0.0.1:8080"),
+        ])
+        .unwrap();
         let msg = c.api_transport_required().unwrap_err().to_string();
         for name in [
             "SHOMEI_TLS_CERT",
@@ -525,7 +528,10 @@ mod tests {
             assert!(msg.contains(name), "{msg}");
         }
         let c = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_API_PLAIN_HTTP", "true")]).unwrap();
-        assert_eq!(c.api_transport_required().unwrap(), &ApiTransport::PlainHttp);
+        assert_eq!(
+            c.api_transport_required().unwrap(),
+            &ApiTransport::PlainHttp
+        );
         let c = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_API_PLAIN_HTTP", "false")]).unwrap();
         assert!(c.api_transport_required().is_err());
     }
