@@ -37,7 +37,7 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(super::remote())
         .and(warp::query::<UploadQuery>())
         .and(body_within(limit))
         .then(upload)

@@ -23,6 +23,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::problem::{self, ApiError};
+pub(crate) use crate::server::remote;
 use crate::AppState;
 
 pub fn all(
@@ -90,8 +91,9 @@ fn created(body: &impl Serialize, location: &str, status: StatusCode) -> Respons
     .into_response()
 }
 
-/// The caller's address as the audit trail records it: the peer of the connection (a proxy in
-/// front must be trusted explicitly before `X-Forwarded-For` could count).
+/// The caller's address as the audit trail records it: the peer of the connection, from
+/// [`remote`] (never `warp::addr::remote()`, which is empty under our server). A proxy in front
+/// must be trusted explicitly before `X-Forwarded-For` could count.
 fn client_ip(remote: Option<std::net::SocketAddr>) -> Option<String> {
     remote.map(|addr| addr.ip().to_string())
 }

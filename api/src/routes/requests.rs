@@ -32,7 +32,7 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(super::remote())
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json())
         .then(create)
@@ -47,7 +47,7 @@ pub fn routes(
         .and(warp::post())
         .and(auth)
         .and(with_state(state))
-        .and(warp::addr::remote())
+        .and(super::remote())
         .then(cancel)
         .map(respond);
     create.or(show).unify().or(cancel).unify()

@@ -35,7 +35,7 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(super::remote())
         .then(cancel)
         .map(respond);
     let evidence = warp::path!("v1" / "tenant" / "deletion-log")
