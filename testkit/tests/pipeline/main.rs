@@ -14,6 +14,7 @@ mod reports;
 mod requests;
 mod signing_flow;
 mod timestamps;
+mod tls;
 mod verification;
 mod webhooks;
 
