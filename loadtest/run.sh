@@ -54,6 +54,9 @@ export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
 export SHOMEI_QUEUE_NAMESPACE=$DB
 export SHOMEI_STORAGE_DIR=$RUN/storage
 export SHOMEI_API_ADDR=127.0.0.1:$PORT
+# Plain HTTP on loopback, said explicitly (the API refuses to start without this or a certificate).
+unset SHOMEI_TLS_CERT SHOMEI_TLS_KEY
+export SHOMEI_API_PLAIN_HTTP=true
 export SHOMEI_WORKER_CONCURRENCY=${SHOMEI_WORKER_CONCURRENCY:-8}
 export SHOMEI_HSM_POOL_SIZE=${SHOMEI_HSM_POOL_SIZE:-4}
 export RUST_LOG=${RUST_LOG:-info}

@@ -34,6 +34,11 @@ eval "$(scripts/dev-hsm.sh "$ROOT/var/dev-hsm")"
 export SHOMEI_DATABASE_URL=${SHOMEI_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/shomei}
 export SHOMEI_STORAGE_DIR=${SHOMEI_STORAGE_DIR:-$ROOT/var/storage}
 export SHOMEI_API_ADDR=${SHOMEI_API_ADDR:-127.0.0.1:8080}
+# Plain HTTP on loopback, said explicitly (the API refuses to start without either this or a
+# certificate): the curl calls below, README's examples and dashboards/prometheus/prometheus.yml
+# all use http://127.0.0.1:8080. For HTTPS, see api/README.md.
+unset SHOMEI_TLS_CERT SHOMEI_TLS_KEY
+export SHOMEI_API_PLAIN_HTTP=true
 export SHOMEI_TSA_ADDR=${SHOMEI_TSA_ADDR:-127.0.0.1:8318}
 export SHOMEI_TSA_URLS=${SHOMEI_TSA_URLS:-http://$SHOMEI_TSA_ADDR/}
 export SHOMEI_TSA_TRUST_ANCHORS=${SHOMEI_TSA_TRUST_ANCHORS:-$ROOT/var/dev-hsm/ca/ca.pem}

@@ -19,6 +19,8 @@ use crate::AppState;
 use crate::problem::ApiError;
 
 const KEY_PREFIX: &str = "shk_";
+/// Session tokens of people who logged in (`POST /v1/auth/challenges/{id}/verify`).
+pub const SESSION_PREFIX: &str = "shs_";
 
 /// Who is calling: every handler receives this and scopes every query by `tenant_id`.
 #[derive(Debug, Clone, Copy)]
@@ -264,7 +266,7 @@ async fn check(
             role: Role::parse(&key.role),
         };
         (caller, allowlist)
-    } else if token.starts_with(crate::login::SESSION_PREFIX) {
+    } else if token.starts_with(SESSION_PREFIX) {
         let (user, allowlist) = interact(&state.db, move |conn| {
             shomei_schema::models::user::session_user(conn, &digest).map_err(DbError::from)
         })

@@ -106,7 +106,7 @@ fn wait_secs(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> 
 pub fn client_addr(
     gate: Arc<Gate>,
 ) -> impl Filter<Extract = (Option<IpAddr>,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote()
+    crate::server::remote()
         .and(warp::header::headers_cloned())
         .map(move |peer: Option<SocketAddr>, headers: HeaderMap| gate.client_addr(peer, &headers))
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod problem;
 mod routes;
+pub mod server;
 pub mod tenants;
 
 use std::future::Future;
@@ -101,18 +102,19 @@ fn link_key(config: &Config) -> secrecy::SecretSlice<u8> {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves the API on `listener`, over TLS when `tls` is given ([`server::tls_acceptor`]), until
+/// `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let routes = routes::all(Arc::new(state));
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    use warp::{Filter, Reply};
+    let routes = routes::all(Arc::new(state))
+        .map(Reply::into_response)
+        .boxed();
+    server::serve(routes, listener, tls, shutdown).await;
 }
 
 /// Binds the configured address; returns the listener and the address actually bound (port 0

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use shomei_config::Config;
+use shomei_config::{ApiTransport, Config};
 use shomei_jobs::ledger::{self, ChainReport, VerifyOptions};
 use shomei_jobs::sign::SignatureLevel;
 use shomei_schema::LogName;
@@ -341,11 +341,25 @@ fn migrate(config: &Config) -> anyhow::Result<shomei_schema::DbPool> {
 
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // First, so a missing or broken certificate stops the start before anything is touched.
+    let tls = match config.api_transport_required()? {
+        ApiTransport::Https { cert, key } => Some(shomei_api::server::tls_acceptor(cert, key)?),
+        ApiTransport::PlainHttp => {
+            if !config.api_addr.ip().is_loopback() {
+                tracing::warn!(
+                    addr = %config.api_addr,
+                    "serving plain HTTP on a non-loopback address (SHOMEI_API_PLAIN_HTTP=true)"
+                );
+            }
+            None
+        }
+    };
     shomei_telemetry::metrics::init("api");
     tokio::task::block_in_place(|| migrate(&config))?;
     let state = shomei_api::AppState::new(&config).await?;
     let (listener, addr) = shomei_api::bind(config.api_addr).await?;
-    tracing::info!(%addr, "API listening");
-    shomei_api::serve(state, listener, shomei_telemetry::shutdown_signal()).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "API listening");
+    shomei_api::serve(state, listener, tls, shomei_telemetry::shutdown_signal()).await;
     Ok(())
 }

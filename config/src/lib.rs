@@ -20,6 +20,11 @@ pub struct Config {
     pub queue_namespace: String,
     pub storage_dir: PathBuf,
     pub api_addr: SocketAddr,
+    /// How `shomei-api serve` talks to clients: HTTPS (`SHOMEI_TLS_CERT` and `SHOMEI_TLS_KEY`)
+    /// or plain HTTP (`SHOMEI_API_PLAIN_HTTP=true`, local use). `None` when neither is
+    /// configured: the API refuses to start ([`Config::api_transport_required`]), the other
+    /// processes do not care.
+    pub api_transport: Option<ApiTransport>,
     pub max_upload_bytes: u64,
     /// PEM file of the CA certificates signatures are verified against (none: no chain is trusted).
     pub trust_anchors: Option<PathBuf>,
@@ -55,6 +60,15 @@ pub struct AccessConfig {
     pub ip_rate: u32,
     /// Requests from one client address at once (`SHOMEI_RATE_LIMIT_IP_BURST`).
     pub ip_burst: u32,
+}
+
+/// How the API serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTransport {
+    /// HTTPS only (TLS 1.2 and 1.3), with this certificate chain and private key (PEM files).
+    Https { cert: PathBuf, key: PathBuf },
+    /// Plain HTTP, for local use: asked for explicitly, never a fallback.
+    PlainHttp,
 }
 
 /// The tamper-evident logs (operation log, deletion log, operator actions): how often their
@@ -166,6 +180,17 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("{set} is set but {missing} is not: set both or neither")]
+    Unpaired {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error(
+        "the API has neither HTTPS nor plain HTTP configured: set SHOMEI_TLS_CERT and \
+         SHOMEI_TLS_KEY (PEM certificate chain and private key) to serve HTTPS, or \
+         SHOMEI_API_PLAIN_HTTP=true to serve plain HTTP (local use only)"
+    )]
+    NoApiTransport,
     #[error("could not read {name} from {path}: {source}")]
     File {
         name: &'static str,
@@ -185,6 +210,11 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(&lookup);
         let api_addr = vars.parsed("SHOMEI_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let api_transport = vars.api_transport()?;
+        let scheme = match api_transport {
+            Some(ApiTransport::Https { .. }) => "https",
+            _ => "http",
+        };
         Ok(Self {
             database_url: vars.string(
                 "SHOMEI_DATABASE_URL",
@@ -195,6 +225,7 @@ impl Config {
             queue_namespace: vars.string("SHOMEI_QUEUE_NAMESPACE", "shomei"),
             storage_dir: vars.string("SHOMEI_STORAGE_DIR", "var/storage").into(),
             api_addr,
+            api_transport,
             max_upload_bytes: vars.parsed("SHOMEI_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)?,
             trust_anchors: vars.get("SHOMEI_TRUST_ANCHORS").map(PathBuf::from),
             hsm: HsmConfig {
@@ -231,7 +262,7 @@ impl Config {
                 required_policy: vars.get("SHOMEI_TSA_REQUIRED_POLICY"),
             },
             public_url: vars
-                .string("SHOMEI_PUBLIC_URL", &format!("http://{api_addr}"))
+                .string("SHOMEI_PUBLIC_URL", &format!("{scheme}://{api_addr}"))
                 .trim_end_matches('/')
                 .to_owned(),
             requests: RequestConfig {
@@ -303,6 +334,17 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
+impl Config {
+    /// How the API must serve, or the error that names the variables to set. Only
+    /// `shomei-api serve` asks: a loopback address alone does not allow plain HTTP, since a
+    /// proxy or a port forward can put a loopback listener on the network unnoticed.
+    pub fn api_transport_required(&self) -> Result<&ApiTransport, ConfigError> {
+        self.api_transport
+            .as_ref()
+            .ok_or(ConfigError::NoApiTransport)
+    }
+}
+
 struct Vars<'a, F>(&'a F);
 
 impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
@@ -349,6 +391,30 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                 })
             })
             .collect()
+    }
+
+    /// `SHOMEI_TLS_CERT` + `SHOMEI_TLS_KEY` (HTTPS, whatever the plain-HTTP flag says), else
+    /// `SHOMEI_API_PLAIN_HTTP=true`, else nothing. One file of the pair alone is an error.
+    fn api_transport(&self) -> Result<Option<ApiTransport>, ConfigError> {
+        const CERT: &str = "SHOMEI_TLS_CERT";
+        const KEY: &str = "SHOMEI_TLS_KEY";
+        match (self.get(CERT), self.get(KEY)) {
+            (Some(cert), Some(key)) => Ok(Some(ApiTransport::Https {
+                cert: cert.into(),
+                key: key.into(),
+            })),
+            (Some(_), None) => Err(ConfigError::Unpaired {
+                set: CERT,
+                missing: KEY,
+            }),
+            (None, Some(_)) => Err(ConfigError::Unpaired {
+                set: KEY,
+                missing: CERT,
+            }),
+            (None, None) => Ok(self
+                .parsed("SHOMEI_API_PLAIN_HTTP", false)?
+                .then_some(ApiTransport::PlainHttp)),
+        }
     }
 
     /// A number of days, refused below `min` (retention the requirements demand).
@@ -479,6 +545,67 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.logs.events_retention, Duration::from_secs(366 * 86400));
+    }
+
+    #[test]
+    fn the_api_serves_https_when_given_a_certificate_and_its_key() {
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_TLS_CERT", "/etc/shomei/chain.pem"),
+            ("SHOMEI_TLS_KEY", "/etc/shomei/key.pem"),
+            // HTTPS wins: the flag only matters when no certificate is configured.
+            ("SHOMEI_API_PLAIN_HTTP", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.api_transport_required().unwrap(),
+            &ApiTransport::Https {
+                cert: "/etc/shomei/chain.pem".into(),
+                key: "/etc/shomei/key.pem".into()
+            }
+        );
+        assert_eq!(c.public_url, "https://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn plain_http_needs_the_explicit_flag_even_on_loopback() {
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_API_ADDR", "127.0.0.1:8080"),
+        ])
+        .unwrap();
+        let msg = c.api_transport_required().unwrap_err().to_string();
+        for name in [
+            "SHOMEI_TLS_CERT",
+            "SHOMEI_TLS_KEY",
+            "SHOMEI_API_PLAIN_HTTP=true",
+        ] {
+            assert!(msg.contains(name), "{msg}");
+        }
+        let c = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_API_PLAIN_HTTP", "true")]).unwrap();
+        assert_eq!(
+            c.api_transport_required().unwrap(),
+            &ApiTransport::PlainHttp
+        );
+        let c = config(&[("SHOMEI_HSM_PIN", "1"), ("SHOMEI_API_PLAIN_HTTP", "false")]).unwrap();
+        assert!(c.api_transport_required().is_err());
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_or_the_reverse_is_refused() {
+        for (set, missing) in [
+            ("SHOMEI_TLS_CERT", "SHOMEI_TLS_KEY"),
+            ("SHOMEI_TLS_KEY", "SHOMEI_TLS_CERT"),
+        ] {
+            let err = config(&[
+                ("SHOMEI_HSM_PIN", "1"),
+                ("SHOMEI_API_PLAIN_HTTP", "true"),
+                (set, "/etc/shomei/x.pem"),
+            ])
+            .unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with(set) && msg.contains(missing), "{msg}");
+        }
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct TestAppOptions {
     pub worker_env: Vec<(String, String)>,
     /// TSA URLs tried before the app's own `shomei-tsa` (e.g. one that is down).
     pub tsa_urls_before: Vec<String>,
+    /// Serve the API over HTTPS with the dev certificate for localhost and 127.0.0.1
+    /// (`tls/localhost.pem` of the dev HSM directory); [`TestApp::client`] then trusts the dev
+    /// CA. Default: plain HTTP (`SHOMEI_API_PLAIN_HTTP=true`).
+    pub tls: bool,
 }
 
 impl Default for TestAppOptions {
@@ -37,6 +41,7 @@ impl Default for TestAppOptions {
             env: vec![],
             worker_env: vec![],
             tsa_urls_before: vec![],
+            tls: false,
         }
     }
 }
@@ -61,7 +66,8 @@ pub struct TestApp {
     worker_metrics: Vec<String>,
 }
 
-fn bin(name: &str) -> PathBuf {
+/// The path of a built Shomei binary (`shomei-api`, ...).
+pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("SHOMEI_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -106,6 +112,7 @@ impl TestApp {
             .cloned()
             .chain([format!("http://127.0.0.1:{tsa_port}/")])
             .collect();
+        let scheme = if options.tls { "https" } else { "http" };
         let redis_url = format!("redis://127.0.0.1:6379/{}", options.redis_db);
         let namespace = format!("t{}", &id[..12]);
         let mut env: Vec<(String, String)> = vec![
@@ -153,7 +160,7 @@ impl TestApp {
             ("RUST_LOG".into(), "info".into()),
             (
                 "SHOMEI_PUBLIC_URL".into(),
-                format!("http://127.0.0.1:{port}"),
+                format!("{scheme}://127.0.0.1:{port}"),
             ),
             (
                 "SHOMEI_MAIL_DIR".into(),
@@ -166,14 +173,29 @@ impl TestApp {
             ("SHOMEI_WEBHOOK_TIMEOUT_SECS".into(), "5".into()),
             ("SHOMEI_SMTP_TIMEOUT_SECS".into(), "10".into()),
         ];
+        if options.tls {
+            let tls = hsm.join("tls");
+            env.extend([
+                (
+                    "SHOMEI_TLS_CERT".into(),
+                    tls.join("localhost.pem").display().to_string(),
+                ),
+                (
+                    "SHOMEI_TLS_KEY".into(),
+                    tls.join("localhost.key").display().to_string(),
+                ),
+            ]);
+        } else {
+            env.push(("SHOMEI_API_PLAIN_HTTP".into(), "true".into()));
+        }
         if let Some(limit) = options.max_upload_bytes {
             env.push(("SHOMEI_MAX_UPLOAD_BYTES".into(), limit.to_string()));
         }
         env.extend(options.env.iter().cloned());
 
         let mut app = TestApp {
-            base_url: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            base_url: format!("{scheme}://127.0.0.1:{port}"),
+            client: client(options.tls.then(|| hsm.join("ca/ca.pem")).as_deref()),
             api_key: String::new(),
             tenant_id: String::new(),
             api: spawn_logged(
@@ -341,6 +363,13 @@ impl TestApp {
     /// The HTTP client the helpers use (for methods they do not cover).
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Where the API listens, `127.0.0.1:PORT` (for tools that take an address, not a URL).
+    pub fn api_addr(&self) -> &str {
+        self.base_url
+            .split_once("://")
+            .map_or(&self.base_url, |(_, addr)| addr)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -614,6 +643,16 @@ impl Drop for TestApp {
             }
         }
     }
+}
+
+/// The harness's HTTP client; over HTTPS it trusts the dev CA (`ca`) as well.
+fn client(ca: Option<&Path>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap();
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    }
+    builder.build().unwrap()
 }
 
 /// A copy of the dev token for one app, and the SoftHSM2 configuration pointing at it. SoftHSM2

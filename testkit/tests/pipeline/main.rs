@@ -15,6 +15,7 @@ mod reports;
 mod requests;
 mod signing_flow;
 mod timestamps;
+mod tls;
 mod verification;
 mod webhooks;
 
