@@ -8,6 +8,7 @@ mod documents;
 mod exports;
 mod health;
 mod jobs;
+mod login;
 mod reports;
 mod requests;
 mod signer_identities;
@@ -45,7 +46,8 @@ pub fn all(
         exports::routes(state.clone()).boxed(),
         batches::routes(state.clone()).boxed(),
         tenant::routes(state.clone()).boxed(),
-        access::routes(state).boxed(),
+        access::routes(state.clone()).boxed(),
+        login::routes(state).boxed(),
         shomei_telemetry::metrics::route().boxed(),
     ];
     let [first, rest @ ..] = resources;

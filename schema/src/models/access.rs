@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use crate::schema::{api_keys, group_folders, group_members, groups};
+use crate::schema::{api_keys, group_folders, group_members, groups, users};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = groups)]
@@ -101,7 +101,7 @@ impl Group {
             .collect())
     }
 
-    /// Adds an API key of the same tenant to the group. `false` when the group or the key is
+    /// Adds an API key or a user of the same tenant to the group. `false` when the group or the key is
     /// not the tenant's.
     pub fn add_member(
         conn: &mut PgConnection,
@@ -121,7 +121,13 @@ impl Group {
             .count()
             .get_result::<i64>(conn)?
             == 1;
-        if !(group_is_theirs && key_is_theirs) {
+        let user_is_theirs = users::table
+            .filter(users::id.eq(principal_id))
+            .filter(users::tenant_id.eq(tenant_id))
+            .count()
+            .get_result::<i64>(conn)?
+            == 1;
+        if !(group_is_theirs && (key_is_theirs || user_is_theirs)) {
             return Ok(false);
         }
         diesel::insert_into(group_members::table)

@@ -8,6 +8,7 @@ mod data_at_rest;
 mod deletion;
 mod exports;
 mod ledger;
+mod login;
 mod metrics;
 mod prometheus;
 mod reliability;
