@@ -169,6 +169,15 @@ impl Role {
 }
 
 impl Caller {
+    fn new(tenant_id: Uuid, principal_id: Uuid, kind: CallerKind, role: &str) -> Self {
+        Self {
+            tenant_id,
+            principal_id,
+            kind,
+            role: Role::parse(role),
+        }
+    }
+
     /// `Ok` when the caller's role allows `permission`; a 403 problem naming the role and the
     /// roles that may otherwise.
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
@@ -259,12 +268,7 @@ async fn check(
         })
         .await?
         .ok_or(ApiError::Unauthorized)?;
-        let caller = Caller {
-            tenant_id: key.tenant_id,
-            principal_id: key.id,
-            kind: CallerKind::ApiKey,
-            role: Role::parse(&key.role),
-        };
+        let caller = Caller::new(key.tenant_id, key.id, CallerKind::ApiKey, &key.role);
         (caller, allowlist)
     } else if token.starts_with(SESSION_PREFIX) {
         let (user, allowlist) = interact(&state.db, move |conn| {
@@ -272,12 +276,7 @@ async fn check(
         })
         .await?
         .ok_or(ApiError::Unauthorized)?;
-        let caller = Caller {
-            tenant_id: user.tenant_id,
-            principal_id: user.id,
-            kind: CallerKind::User,
-            role: Role::parse(&user.role),
-        };
+        let caller = Caller::new(user.tenant_id, user.id, CallerKind::User, &user.role);
         (caller, allowlist)
     } else {
         return Err(ApiError::Unauthorized);

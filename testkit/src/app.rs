@@ -441,6 +441,27 @@ impl TestApp {
         body["job_id"].as_str().unwrap().to_owned()
     }
 
+    /// Uploads the sample contract and signs it through a job that must succeed; returns the
+    /// document's id.
+    pub async fn signed_document(&self) -> String {
+        let document = self.upload_ok(crate::sample("contract.pdf")).await;
+        let job = self
+            .wait_for_job(
+                &self.sign_ok(&document, "Taro Suzuki").await,
+                Duration::from_secs(60),
+            )
+            .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        document
+    }
+
+    /// The job id of a response that must be `202 Accepted`.
+    pub async fn accepted_job(response: reqwest::Response) -> String {
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["job_id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))

@@ -161,19 +161,7 @@ async fn add_member(
     caller: Caller,
     state: Arc<AppState>,
 ) -> Result<Response, ApiError> {
-    let added = interact(&state.db, move |conn| {
-        Ok(Group::add_member(
-            conn,
-            caller.tenant_id,
-            group_id,
-            principal_id,
-        )?)
-    })
-    .await?;
-    if !added {
-        return Err(ApiError::NotFound("group or API key"));
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    change_member(caller, state, group_id, principal_id, true).await
 }
 
 async fn remove_member(
@@ -182,17 +170,31 @@ async fn remove_member(
     caller: Caller,
     state: Arc<AppState>,
 ) -> Result<Response, ApiError> {
-    let removed = interact(&state.db, move |conn| {
-        Ok(Group::remove_member(
-            conn,
-            caller.tenant_id,
-            group_id,
-            principal_id,
-        )?)
+    change_member(caller, state, group_id, principal_id, false).await
+}
+
+async fn change_member(
+    caller: Caller,
+    state: Arc<AppState>,
+    group_id: Uuid,
+    principal_id: Uuid,
+    add: bool,
+) -> Result<Response, ApiError> {
+    let tenant_id = caller.tenant_id;
+    let changed = interact(&state.db, move |conn| {
+        Ok(if add {
+            Group::add_member(conn, tenant_id, group_id, principal_id)?
+        } else {
+            Group::remove_member(conn, tenant_id, group_id, principal_id)?
+        })
     })
     .await?;
-    if !removed {
-        return Err(ApiError::NotFound("group member"));
+    if !changed {
+        return Err(ApiError::NotFound(if add {
+            "group, API key or user"
+        } else {
+            "group member"
+        }));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

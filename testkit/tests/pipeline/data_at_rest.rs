@@ -77,12 +77,7 @@ async fn storage_and_a_database_dump_hold_no_plaintext_pdf_name_or_address() {
         "signer": {"name": signer_name, "email": signer_address},
         "reason": format!("approved by {signer_name}"),
     });
-    let response = app.sign(&app.api_key, &signed_doc, &body).await;
-    assert_eq!(response.status(), 202);
-    let job_id = response.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = TestApp::accepted_job(app.sign(&app.api_key, &signed_doc, &body).await).await;
     let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 
@@ -175,11 +170,7 @@ async fn storage_and_a_database_dump_hold_no_plaintext_pdf_name_or_address() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_keks_rewraps_data_keys_and_leaves_every_stored_file_as_it_was() {
     let app = TestApp::spawn().await;
-    let document = app.upload_ok(sample("contract.pdf")).await;
-    let job = app
-        .wait_for_job(&app.sign_ok(&document, "Taro Suzuki").await, JOB_TIMEOUT)
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let document = app.signed_document().await;
     let signed = app.download(&document).await;
     let before_files = files(&app.storage_dir());
     let before_labels = app.sql_texts("SELECT kek_label AS t FROM data_keys ORDER BY id");

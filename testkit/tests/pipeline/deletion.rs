@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveTime, Utc};
 use serde_json::{json, Value};
-use shomei_testkit::{sample, TestApp, TestAppOptions};
+use shomei_testkit::{TestApp, TestAppOptions};
 
 use crate::{assert_problem, sha256_hex, JOB_TIMEOUT};
 
@@ -42,15 +42,6 @@ fn end_of_second_month_after(t: DateTime<Utc>) -> DateTime<Utc> {
         .and_local_timezone(tokyo)
         .unwrap()
         .with_timezone(&Utc)
-}
-
-async fn signed_document(app: &TestApp) -> String {
-    let document = app.upload_ok(sample("contract.pdf")).await;
-    let job = app
-        .wait_for_job(&app.sign_ok(&document, "Taro Suzuki").await, JOB_TIMEOUT)
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    document
 }
 
 async fn cancel(app: &TestApp) -> Value {
@@ -94,7 +85,7 @@ async fn a_cancelled_tenant_is_deleted_only_when_due_and_its_backups_become_unre
         ..TestAppOptions::default()
     })
     .await;
-    let documents = [signed_document(&app).await, signed_document(&app).await];
+    let documents = [app.signed_document().await, app.signed_document().await];
     let tenant_dir = app.storage_dir().join(format!("tenants/{}", app.tenant_id));
 
     let cancelled = cancel(&app).await;
@@ -299,8 +290,8 @@ async fn a_cancelled_tenant_is_deleted_only_when_due_and_its_backups_become_unre
 #[tokio::test(flavor = "multi_thread")]
 async fn a_document_deleted_on_request_leaves_evidence_and_a_held_one_is_kept() {
     let app = TestApp::spawn().await;
-    let deleted = signed_document(&app).await;
-    let held = signed_document(&app).await;
+    let deleted = app.signed_document().await;
+    let held = app.signed_document().await;
 
     let response = app
         .post_json(
@@ -341,11 +332,7 @@ async fn a_document_deleted_on_request_leaves_evidence_and_a_held_one_is_kept() 
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202);
-    let job_id = response.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = TestApp::accepted_job(response).await;
     let job = app.wait_for_job(&job_id, JOB_TIMEOUT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(files(&doc_dir).is_empty());
