@@ -97,6 +97,17 @@ impl DataKey {
         sealed::seal_field(self, text)
     }
 
+    /// Opens an object sealed with this key.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        sealed::open_object(self, sealed)
+    }
+
+    /// A key of fixed bytes, for benchmarks only (it protects nothing).
+    #[doc(hidden)]
+    pub fn for_benchmark() -> Self {
+        Self::from_bytes(Uuid::nil(), &[0x5a; 32])
+    }
+
     /// Opens a field sealed with this key.
     pub fn open_field(&self, sealed: &[u8]) -> Result<String, VaultError> {
         sealed::open_field(self, sealed)
