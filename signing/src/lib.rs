@@ -3,6 +3,7 @@
 mod cms;
 mod error;
 mod hsm;
+mod intake;
 mod kek;
 mod pdf;
 mod tsa;
@@ -13,7 +14,8 @@ use chrono::{DateTime, Utc};
 
 pub use error::{HsmError, PdfError, SignError};
 pub use hsm::{Hsm, HsmSettings, KeyAlgorithm, SigningIdentity};
-pub use pdf::{inspect_pdf, PdfInfo};
+pub use intake::PdfLimits;
+pub use pdf::{inspect_pdf, inspect_pdf_with, PdfInfo};
 pub use tsa::{issue_token, reply_to_query, TokenIssue};
 pub use tsp::{
     certificates_from_pem, positive_int, verify_response, verify_token, Accuracy, FailureInfo,

@@ -39,7 +39,10 @@ fn pieces(pdf: &[u8]) -> Vec<&[u8]> {
         .map(|at| &pdf[at..at + 32])
         .filter(|w| distinct(w) >= 12)
         .collect();
-    assert!(pieces.len() >= pdf.len() / 8192, "too few distinctive pieces");
+    assert!(
+        pieces.len() >= pdf.len() / 8192,
+        "too few distinctive pieces"
+    );
     pieces
 }
 

@@ -287,7 +287,11 @@ async fn a_cancelled_tenant_is_deleted_only_when_due_and_its_backups_become_unre
         1,
         "deleted once"
     );
-    assert_eq!(job_state(&app, &job_id).2, 2, "one early run that waited, one that deleted");
+    assert_eq!(
+        job_state(&app, &job_id).2,
+        2,
+        "one early run that waited, one that deleted"
+    );
     let response = app.get(&app.api_key, "/v1/tenant").await;
     assert_problem(response, 401).await;
 }
