@@ -160,14 +160,21 @@ pub(crate) fn prescan(bytes: &[u8], limits: &PdfLimits) -> Result<Prescan, PdfEr
                 }
             })?;
         if is_object_stream {
-            objects.members += check_object_stream(&content, &dict)
-                .map_err(|why| PdfError::Unreadable(format!("object stream {}: {why}", at())))?;
+            objects.members +=
+                check_object_stream(&content, &dict, limits.max_objects).map_err(|e| match e {
+                    ObjStmError::TooMany(found) => PdfError::TooManyObjects {
+                        found,
+                        limit: limits.max_objects,
+                    },
+                    ObjStmError::Bad(why) => {
+                        PdfError::Unreadable(format!("object stream {}: {why}", at()))
+                    }
+                })?;
             objects.check()?;
         }
         if is_xref_stream {
-            xref_stream_entries(&content, &dict, &mut offsets, &mut objects).map_err(|why| {
-                PdfError::Unreadable(format!("cross-reference stream {}: {why}", at()))
-            })?;
+            xref_stream_entries(&content, &dict, &mut offsets, &mut objects)
+                .map_err(|e| e.into_error(|| format!("cross-reference stream {}", at())))?;
         }
     }
     Ok(scan)
@@ -281,12 +288,30 @@ impl ObjectCount {
 struct OffsetOwners(HashMap<u64, u32>);
 
 impl OffsetOwners {
-    fn claim(&mut self, offset: u64, id: u32) -> Result<(), String> {
-        match self.0.insert(offset, id) {
-            Some(other) if other != id => Err(format!(
-                "objects {other} and {id} are both at byte {offset}"
-            )),
-            _ => Ok(()),
+    /// Records that object `id` is at `offset`, and counts the objects listed so far.
+    fn claim(&mut self, offset: u64, id: u32, objects: &mut ObjectCount) -> Result<(), Claim> {
+        if let Some(other) = self.0.insert(offset, id) {
+            if other != id {
+                return Err(Claim::Shared(format!(
+                    "objects {other} and {id} are both at byte {offset}"
+                )));
+            }
+        }
+        objects.listed = self.0.len() as u64;
+        objects.check().map_err(Claim::Limit)
+    }
+}
+
+enum Claim {
+    Shared(String),
+    Limit(PdfError),
+}
+
+impl Claim {
+    fn into_error(self, what: impl FnOnce() -> String) -> PdfError {
+        match self {
+            Claim::Limit(e) => e,
+            Claim::Shared(why) => PdfError::Unreadable(format!("{}: {why}", what())),
         }
     }
 }
@@ -695,8 +720,11 @@ impl<'a> Dictionaries<'a> {
             return Err(&bytes[since..keyword]);
         };
         let region = &bytes[since.max(header)..keyword];
+        // Objects do not nest: a dictionary ends before the next header, which also keeps
+        // the parses of all headers together linear in the file.
+        let next = self.headers.get(before).copied().unwrap_or(bytes.len());
         let read = self.read.entry(header).or_insert_with(|| {
-            let end = bytes.len().min(header + 3 + DICT_WINDOW);
+            let end = next.min(header + 3 + DICT_WINDOW);
             let mut parser = Parser {
                 bytes: &bytes[..end],
                 at: header + 3,
@@ -840,7 +868,7 @@ fn paeth(a: u8, b: u8, c: u8) -> u8 {
 /// Checks an object stream's index as lopdf reads it (pairs of numbers before `/First`), and
 /// returns how many objects it names. Every entry must point at its own object, at the top
 /// level of the content: then lopdf parses each byte once.
-fn check_object_stream(content: &[u8], dict: &Dict) -> Result<u64, String> {
+fn check_object_stream(content: &[u8], dict: &Dict, limit: u64) -> Result<u64, ObjStmError> {
     let Some(first) = dict.int(b"First").and_then(|n| usize::try_from(n).ok()) else {
         return Ok(0);
     };
@@ -848,16 +876,20 @@ fn check_object_stream(content: &[u8], dict: &Dict) -> Result<u64, String> {
         return Ok(0); // lopdf refuses it
     };
     let text = String::from_utf8_lossy(index);
-    let numbers: Vec<Option<u32>> = text
-        .split(['\r', '\n'])
-        .flat_map(|line| {
-            line.split('%')
-                .next()
-                .unwrap_or_default()
-                .split_whitespace()
-        })
-        .map(|n| n.parse().ok())
-        .collect();
+    // lopdf collects every token of the index: so many cannot be fewer objects.
+    let tokens = text.split(['\r', '\n']).flat_map(|line| {
+        line.split('%')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+    });
+    let mut numbers: Vec<Option<u32>> = Vec::new();
+    for token in tokens {
+        if numbers.len() as u64 >= 2 * limit + 2 {
+            return Err(ObjStmError::TooMany(numbers.len() as u64 / 2 + 1));
+        }
+        numbers.push(token.parse().ok());
+    }
     let starts = TopLevel::scan(&content[first..]);
     let mut seen = HashSet::new();
     let mut named = 0u64;
@@ -871,15 +903,20 @@ fn check_object_stream(content: &[u8], dict: &Dict) -> Result<u64, String> {
         }
         named += 1;
         if !seen.insert(offset) {
-            return Err(format!("two objects at offset {offset}"));
+            return Err(ObjStmError::Bad(format!("two objects at offset {offset}")));
         }
         if !starts.allows(offset) {
-            return Err(format!(
+            return Err(ObjStmError::Bad(format!(
                 "an object at offset {offset}, inside another object"
-            ));
+            )));
         }
     }
     Ok(named)
+}
+
+enum ObjStmError {
+    TooMany(u64),
+    Bad(String),
 }
 
 /// Which offsets of an object stream's objects are at the top level, between tokens.
@@ -947,7 +984,7 @@ fn xref_stream_entries(
     dict: &Dict,
     offsets: &mut OffsetOwners,
     objects: &mut ObjectCount,
-) -> Result<(), String> {
+) -> Result<(), Claim> {
     let ints = |v: Option<&Value>| -> Option<Vec<i64>> {
         match v? {
             Value::Array(items) => items
@@ -989,11 +1026,9 @@ fn xref_stream_entries(
             let kind = if widths[0] == 0 { 1 } else { field(kind) };
             if kind == 1 {
                 let id = start.wrapping_add(k as u32);
-                offsets.claim(field(offset), id)?;
-                objects.listed = offsets.0.len() as u64;
+                offsets.claim(field(offset), id, objects)?;
             }
         }
-        objects.check().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -1044,14 +1079,10 @@ fn classic_xref_tables(
                 }
                 if kind == b"n" {
                     offsets
-                        .claim(offset, start.wrapping_add(k as u32))
-                        .map_err(|why| {
-                            PdfError::Unreadable(format!("cross-reference table: {why}"))
-                        })?;
+                        .claim(offset, start.wrapping_add(k as u32), objects)
+                        .map_err(|e| e.into_error(|| "cross-reference table".into()))?;
                 }
             }
-            objects.listed = offsets.0.len() as u64;
-            objects.check()?;
         }
     }
     Ok(())
