@@ -229,7 +229,7 @@ pub(crate) fn check_loaded(
         }
         let bound = limits
             .max_stream_bytes
-            .min(limits.max_total_stream_bytes - total);
+            .min(limits.max_total_stream_bytes.saturating_sub(total));
         let at = format!("{} {} obj", id.0, id.1);
         let size = match stream
             .decompressed_content_with_limit(usize::try_from(bound).unwrap_or(usize::MAX))
@@ -242,7 +242,7 @@ pub(crate) fn check_loaded(
             // then its own business, and the stored bytes are bounded by the body size.
             Err(_) => 0,
         };
-        total += size;
+        total = total.saturating_add(size);
     }
     Ok(())
 }
@@ -422,7 +422,7 @@ impl Inflater {
         loop {
             let read = self.state.total_in() as usize;
             let written = self.state.total_out();
-            let room = (limit + 1 - written).min(self.scratch.len() as u64) as usize;
+            let room = (limit.saturating_add(1) - written).min(self.scratch.len() as u64) as usize;
             if room == 0 {
                 break;
             }
@@ -804,8 +804,12 @@ fn structure_content(
                 let columns = params.int(b"Columns").unwrap_or(1);
                 let colors = params.int(b"Colors").unwrap_or(1);
                 let bits = params.int(b"BitsPerComponent").unwrap_or(8);
-                let row = (columns.saturating_mul(colors).saturating_mul(bits) + 7) / 8;
-                let pixel = ((colors.saturating_mul(bits) + 7) / 8).max(1);
+                let row = columns
+                    .saturating_mul(colors)
+                    .saturating_mul(bits)
+                    .saturating_add(7)
+                    / 8;
+                let pixel = (colors.saturating_mul(bits).saturating_add(7) / 8).max(1);
                 match (usize::try_from(row), usize::try_from(pixel)) {
                     (Ok(row), Ok(pixel)) if row > 0 && row < 1 << 20 => {
                         content = png_unpredict(&content, row, pixel);
