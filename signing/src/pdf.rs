@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use chrono::{DateTime, Utc};
+use lopdf::xref::XrefEntry;
 use lopdf::{
     dictionary, Dictionary, Document, IncrementalDocument, LoadOptions, Object, ObjectId, Stream,
     StringFormat,
@@ -84,6 +85,21 @@ pub(crate) fn load_with(bytes: &[u8], limits: &PdfLimits) -> Result<Document, Pd
     // The revision we append must chain to a cross-reference section that
     // describes the file; one rebuilt by scanning does not.
     if doc.xref_recovery.is_some() || doc.xref_start == 0 {
+        return Err(PdfError::Truncated);
+    }
+    // lopdf skips an object it cannot read at its entry's offset; what is left is another
+    // document than the one described, and one that reads differently once a revision is
+    // appended (found by fuzzing: the page count changed on signing).
+    let unread = doc
+        .reference_table
+        .entries
+        .iter()
+        .any(|(&id, entry)| match entry {
+            XrefEntry::Normal { generation, .. } => !doc.objects.contains_key(&(id, *generation)),
+            XrefEntry::Compressed { .. } => !doc.objects.contains_key(&(id, 0)),
+            _ => false,
+        });
+    if unread {
         return Err(PdfError::Truncated);
     }
     guarded(|| intake::check_loaded(&doc, &scan, limits))?;

@@ -250,3 +250,16 @@ fn installed_limits_apply_to_inspect_pdf() {
     assert_eq!(PdfLimits::current(), PdfLimits::default());
     inspect_pdf(&hostile::many_pages(11)).unwrap();
 }
+
+#[test]
+fn objects_the_cross_reference_data_lists_but_that_do_not_load_are_damage() {
+    // Found by fuzzing pdf_sign_prepare: lopdf skipped the objects it could not read, and the
+    // signed file then read as four pages instead of three.
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fuzz-sign-page-count.pdf"
+    ))
+    .unwrap();
+    let err = inspect_pdf(&bytes).unwrap_err();
+    assert!(matches!(err, PdfError::Truncated), "{err:?}");
+}
