@@ -15,5 +15,6 @@ cargo test --workspace --locked
 # Bounded fuzzing of PDF intake and signing (fuzz/README.md); SHOMEI_FUZZ_SECONDS=0 skips it.
 if [ "${SHOMEI_FUZZ_SECONDS:-45}" != 0 ]; then
     echo "==> fuzzing"
-    scripts/fuzz.sh "${SHOMEI_FUZZ_SECONDS:-45}"
+    SHOMEI_FUZZ_TARGET_DIR=${SHOMEI_FUZZ_TARGET_DIR:-$HOME/.cache/shomei/fuzz-target} \
+        scripts/fuzz.sh "${SHOMEI_FUZZ_SECONDS:-45}"
 fi
