@@ -46,6 +46,8 @@ pub struct AppState {
 
 impl AppState {
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        // Every PDF this process reads (uploads, verification) is held to these.
+        shomei_signing::PdfLimits::from_config(&config.pdf).install();
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
         let queue = Queue::connect(config)
             .await

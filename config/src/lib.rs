@@ -26,6 +26,8 @@ pub struct Config {
     /// processes do not care.
     pub api_transport: Option<ApiTransport>,
     pub max_upload_bytes: u64,
+    /// What a PDF may hold before intake refuses it (`422`), whoever reads it.
+    pub pdf: PdfConfig,
     /// PEM file of the CA certificates signatures are verified against (none: no chain is trusted).
     pub trust_anchors: Option<PathBuf>,
     pub hsm: HsmConfig,
@@ -132,6 +134,32 @@ pub struct WebhookConfig {
     pub retry_schedule: String,
 }
 
+/// Limits of PDF intake, against hostile files: each bounds the memory or time one document
+/// can cost a process. The defaults are far above any contract and far below what hurts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PdfConfig {
+    /// Pages (`SHOMEI_PDF_MAX_PAGES`).
+    pub max_pages: u32,
+    /// Indirect objects, counted in the file, its cross-reference data and its object streams
+    /// (`SHOMEI_PDF_MAX_OBJECTS`).
+    pub max_objects: u64,
+    /// Bytes one stream may decompress to (`SHOMEI_PDF_MAX_STREAM_BYTES`).
+    pub max_stream_bytes: u64,
+    /// Bytes all streams together may decompress to (`SHOMEI_PDF_MAX_TOTAL_STREAM_BYTES`).
+    pub max_total_stream_bytes: u64,
+}
+
+impl Default for PdfConfig {
+    fn default() -> Self {
+        Self {
+            max_pages: 2_000,
+            max_objects: 250_000,
+            max_stream_bytes: 64 * 1024 * 1024,
+            max_total_stream_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HsmConfig {
     pub module_path: PathBuf,
@@ -227,6 +255,19 @@ impl Config {
             api_addr,
             api_transport,
             max_upload_bytes: vars.parsed("SHOMEI_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)?,
+            pdf: {
+                let d = PdfConfig::default();
+                PdfConfig {
+                    max_pages: vars.parsed("SHOMEI_PDF_MAX_PAGES", d.max_pages)?,
+                    max_objects: vars.parsed("SHOMEI_PDF_MAX_OBJECTS", d.max_objects)?,
+                    max_stream_bytes: vars
+                        .parsed("SHOMEI_PDF_MAX_STREAM_BYTES", d.max_stream_bytes)?,
+                    max_total_stream_bytes: vars.parsed(
+                        "SHOMEI_PDF_MAX_TOTAL_STREAM_BYTES",
+                        d.max_total_stream_bytes,
+                    )?,
+                }
+            },
             trust_anchors: vars.get("SHOMEI_TRUST_ANCHORS").map(PathBuf::from),
             hsm: HsmConfig {
                 module_path: vars
@@ -484,6 +525,20 @@ mod tests {
         assert_eq!(c.api_addr.port(), 8080);
         assert_eq!(c.worker.concurrency, 8);
         assert_eq!(c.hsm.key_label, "shomei-dev-rsa");
+        assert_eq!(c.pdf, PdfConfig::default());
+    }
+
+    #[test]
+    fn pdf_limits_are_read_from_the_environment() {
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            ("SHOMEI_PDF_MAX_PAGES", "10"),
+            ("SHOMEI_PDF_MAX_STREAM_BYTES", "4096"),
+        ])
+        .unwrap();
+        assert_eq!(c.pdf.max_pages, 10);
+        assert_eq!(c.pdf.max_stream_bytes, 4096);
+        assert_eq!(c.pdf.max_objects, PdfConfig::default().max_objects);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct JobContext {
 impl JobContext {
     /// Opens PostgreSQL, storage, Redis and the HSM session pool.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        // The same limits as the API's intake, for every PDF a job reads.
+        shomei_signing::PdfLimits::from_config(&config.pdf).install();
         let db = shomei_schema::connect(&config.database_url, config.db_pool_size);
         let queue = Queue::connect(config)
             .await

@@ -91,6 +91,21 @@ pub enum PdfError {
 
     #[error("PDF cannot be read: {0}")]
     Unreadable(String),
+
+    #[error("PDF has {pages} pages, more than the limit of {limit} pages")]
+    TooManyPages { pages: u64, limit: u32 },
+
+    #[error("PDF has {found} objects, more than the limit of {limit} objects")]
+    TooManyObjects { found: u64, limit: u64 },
+
+    /// A decompression bomb, refused without inflating more than the limit.
+    #[error(
+        "a stream of the PDF ({stream}) decompresses to more than the per-stream limit of {limit} bytes"
+    )]
+    StreamTooLarge { stream: String, limit: u64 },
+
+    #[error("the streams of the PDF decompress to more than the total limit of {limit} bytes")]
+    StreamsTooLarge { limit: u64 },
 }
 
 impl PdfError {

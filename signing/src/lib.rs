@@ -3,6 +3,7 @@
 mod cms;
 mod error;
 mod hsm;
+mod intake;
 mod kek;
 mod pdf;
 mod tsa;
@@ -13,7 +14,8 @@ use chrono::{DateTime, Utc};
 
 pub use error::{HsmError, PdfError, SignError};
 pub use hsm::{Hsm, HsmSettings, KeyAlgorithm, SigningIdentity};
-pub use pdf::{inspect_pdf, PdfInfo};
+pub use intake::PdfLimits;
+pub use pdf::{inspect_pdf, inspect_pdf_with, PdfInfo};
 pub use tsa::{issue_token, reply_to_query, TokenIssue};
 pub use tsp::{
     certificates_from_pem, positive_int, verify_response, verify_token, Accuracy, FailureInfo,
@@ -181,6 +183,53 @@ pub fn timestamp_pdf(
     Err(SignError::BadTimestamp(
         "token size kept growing between attempts".into(),
     ))
+}
+
+/// The PDF work of signing and time-stamping without the HSM or a TSA, for the fuzz targets
+/// (`fuzz/`): what `sign_pdf` and `timestamp_pdf` do to a document that passed intake, with a
+/// dummy CMS or token in place of the real one. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Intake, the signature revision with its placeholders, the digest, and a dummy CMS
+    /// embedded; returns the signed bytes.
+    pub fn prepare_signature(pdf: &[u8]) -> Result<Vec<u8>, SignError> {
+        let doc = pdf::load(pdf)?;
+        let fields = pdf::SignatureFields {
+            name: "Fuzz 署名",
+            email: Some("fuzz@example.com"),
+            reason: Some("fuzzing"),
+            location: None,
+            signing_time: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let revision =
+            pdf::PreparedRevision::new(pdf, doc, &pdf::FieldKind::Signature(&fields), None, 256)?;
+        let digest = revision.digest();
+        revision
+            .embed(&[&[0x30, 0x22, 0x04, 0x20][..], &digest[..]].concat())
+            .map_err(|needed| SignError::Cms(format!("dummy CMS of {needed} bytes did not fit")))
+    }
+
+    /// Intake, the document time-stamp revision with a DSS merged in, and a dummy token.
+    pub fn prepare_timestamp(pdf: &[u8]) -> Result<Vec<u8>, SignError> {
+        let doc = pdf::load(pdf)?;
+        let validation = ValidationData {
+            certificates: vec![b"certificate".to_vec()],
+            crls: vec![b"crl".to_vec()],
+        };
+        let revision = pdf::PreparedRevision::new(
+            pdf,
+            doc,
+            &pdf::FieldKind::DocTimeStamp,
+            Some(&validation),
+            128,
+        )?;
+        let digest = revision.digest();
+        revision
+            .embed(&digest)
+            .map_err(|needed| SignError::Cms(format!("dummy token of {needed} bytes did not fit")))
+    }
 }
 
 /// Collects what a verifier needs to validate `pdf` later: every certificate

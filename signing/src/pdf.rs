@@ -9,12 +9,15 @@ use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use chrono::{DateTime, Utc};
+use lopdf::xref::XrefEntry;
 use lopdf::{
-    dictionary, Dictionary, Document, IncrementalDocument, Object, ObjectId, Stream, StringFormat,
+    dictionary, Dictionary, Document, IncrementalDocument, LoadOptions, Object, ObjectId, Stream,
+    StringFormat,
 };
 use sha2::{Digest, Sha256};
 
 use crate::error::{PdfError, SignError};
+use crate::intake::{self, find, PdfLimits};
 use crate::ValidationData;
 
 /// What the intake check learned about a PDF.
@@ -25,11 +28,17 @@ pub struct PdfInfo {
     pub signatures: usize,
 }
 
-/// Intake check: is this a readable, unencrypted, complete PDF with pages?
+/// Intake check: is this a readable, unencrypted, complete PDF with pages, within the
+/// process's [`PdfLimits`]?
 ///
 /// Never panics, whatever the bytes.
 pub fn inspect_pdf(bytes: &[u8]) -> Result<PdfInfo, PdfError> {
-    let doc = load(bytes)?;
+    inspect_pdf_with(bytes, &PdfLimits::current())
+}
+
+/// [`inspect_pdf`] with the given limits.
+pub fn inspect_pdf_with(bytes: &[u8], limits: &PdfLimits) -> Result<PdfInfo, PdfError> {
+    let doc = load_with(bytes, limits)?;
     guarded(|| {
         Ok(PdfInfo {
             pages: u32::try_from(doc.get_pages().len()).unwrap_or(u32::MAX),
@@ -43,8 +52,13 @@ const HEADER_WINDOW: usize = 1024;
 /// Trailing bytes searched for the end-of-file marker.
 const EOF_WINDOW: usize = 1024;
 
-/// Parses `bytes`, classifying every way a document can be unusable.
+/// Parses `bytes` within the process's limits, classifying every way a document can be
+/// unusable.
 pub(crate) fn load(bytes: &[u8]) -> Result<Document, PdfError> {
+    load_with(bytes, &PdfLimits::current())
+}
+
+pub(crate) fn load_with(bytes: &[u8], limits: &PdfLimits) -> Result<Document, PdfError> {
     let head = &bytes[..bytes.len().min(HEADER_WINDOW)];
     if find(head, b"%PDF-").is_none() {
         return Err(PdfError::NotPdf);
@@ -56,7 +70,15 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Document, PdfError> {
         return Err(PdfError::Truncated);
     }
 
-    let doc = guarded(|| Document::load_mem(bytes).map_err(classify_load_error))?;
+    // What lopdf would parse is checked before it parses it (see `intake`).
+    let scan = guarded(|| intake::prescan(bytes, limits))?;
+    let options = LoadOptions {
+        max_decompressed_size: Some(usize::try_from(limits.max_stream_bytes).unwrap_or(usize::MAX)),
+        ..LoadOptions::default()
+    };
+    let doc = guarded(|| {
+        Document::load_mem_with_options(bytes, options).map_err(|e| classify_load_error(e, limits))
+    })?;
     if doc.trailer.has(b"Encrypt") || doc.encryption_state.is_some() {
         return Err(PdfError::Encrypted);
     }
@@ -65,15 +87,38 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Document, PdfError> {
     if doc.xref_recovery.is_some() || doc.xref_start == 0 {
         return Err(PdfError::Truncated);
     }
+    // lopdf skips an object it cannot read at its entry's offset; what is left is another
+    // document than the one described, and one that reads differently once a revision is
+    // appended (found by fuzzing: the page count changed on signing).
+    let unread = doc
+        .reference_table
+        .entries
+        .iter()
+        .any(|(&id, entry)| match entry {
+            XrefEntry::Normal { generation, .. } => !doc.objects.contains_key(&(id, *generation)),
+            XrefEntry::Compressed { .. } => !doc.objects.contains_key(&(id, 0)),
+            _ => false,
+        });
+    if unread {
+        return Err(PdfError::Truncated);
+    }
+    guarded(|| intake::check_loaded(&doc, &scan, limits))?;
     let pages = guarded(|| Ok(doc.get_pages().len()))?;
     if pages == 0 {
         return Err(PdfError::NoPages);
     }
+    intake::check_pages(pages, limits)?;
     Ok(doc)
 }
 
-fn classify_load_error(error: lopdf::Error) -> PdfError {
+fn classify_load_error(error: lopdf::Error, limits: &PdfLimits) -> PdfError {
     match error {
+        lopdf::Error::Decompress(lopdf::DecompressError::MemoryLimitExceeded { .. }) => {
+            PdfError::StreamTooLarge {
+                stream: "an object or cross-reference stream".into(),
+                limit: limits.max_stream_bytes,
+            }
+        }
         lopdf::Error::Decryption(_)
         | lopdf::Error::InvalidPassword
         | lopdf::Error::AlreadyEncrypted => PdfError::Encrypted,
@@ -88,10 +133,6 @@ fn classify_load_error(error: lopdf::Error) -> PdfError {
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, PdfError>) -> Result<T, PdfError> {
     catch_unwind(AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(PdfError::Unreadable("PDF structure is malformed".into())))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Bounds recursion through /Kids of hostile form trees.

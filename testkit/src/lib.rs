@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod app;
+pub mod hostile;
 pub mod smtp;
 pub mod validate;
 pub mod webhook_receiver;

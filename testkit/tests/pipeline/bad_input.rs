@@ -1,4 +1,5 @@
 use serde_json::{json, Value};
+use shomei_testkit::hostile;
 use shomei_testkit::{sample, TestApp, TestAppOptions};
 
 use crate::assert_problem;
@@ -40,6 +41,75 @@ async fn unreadable_uploads_are_refused_with_the_reason() {
         app.sql_count("SELECT count(*) AS n FROM documents"),
         0,
         "nothing refused is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_pdfs_are_refused_with_the_limit_they_break_and_the_api_stays_healthy() {
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        env: [
+            ("SHOMEI_PDF_MAX_PAGES", "10"),
+            ("SHOMEI_PDF_MAX_OBJECTS", "200"),
+            ("SHOMEI_PDF_MAX_STREAM_BYTES", "1048576"),
+            ("SHOMEI_PDF_MAX_TOTAL_STREAM_BYTES", "3145728"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec(),
+        ..Default::default()
+    })
+    .await;
+    const GIB: u64 = 1 << 30;
+    let cases: [(&str, Vec<u8>, &str); 6] = [
+        (
+            "11 pages",
+            hostile::many_pages(11),
+            "PDF has 11 pages, more than the limit of 10 pages",
+        ),
+        (
+            "300 objects",
+            hostile::many_objects(300),
+            "more than the limit of 200 objects",
+        ),
+        (
+            "1 MB of deflate inflating to 1 GiB in a content stream",
+            hostile::content_bomb(GIB),
+            "decompresses to more than the per-stream limit of 1048576 bytes",
+        ),
+        (
+            "the same bomb in an object stream",
+            hostile::object_stream_bomb(GIB),
+            "decompresses to more than the per-stream limit of 1048576 bytes",
+        ),
+        (
+            "four streams of 1 MiB",
+            hostile::many_streams(4, 1024 * 1024 - 100),
+            "decompress to more than the total limit of 3145728 bytes",
+        ),
+        (
+            "an object stream naming one array of 100,000 numbers 150 times",
+            hostile::aliased_object_stream(150, 100_000),
+            "two objects at offset",
+        ),
+    ];
+    for (what, body, named) in cases {
+        let started = std::time::Instant::now();
+        let detail = detail_of_upload(&app, body, 422).await;
+        assert!(detail.contains(named), "{what}: {detail}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{what} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the API survived every upload");
+    app.upload_ok(sample("contract.pdf")).await;
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM documents"),
+        1,
+        "only the good document is stored"
     );
 }
 
