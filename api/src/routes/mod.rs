@@ -8,6 +8,7 @@ mod documents;
 mod exports;
 mod health;
 mod jobs;
+mod openapi;
 mod reports;
 mod requests;
 mod signer_identities;
@@ -46,6 +47,7 @@ pub fn all(
         batches::routes(state.clone()).boxed(),
         tenant::routes(state.clone()).boxed(),
         access::routes(state).boxed(),
+        openapi::routes().boxed(),
         shomei_telemetry::metrics::route().boxed(),
     ];
     let [first, rest @ ..] = resources;
