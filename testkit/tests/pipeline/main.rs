@@ -9,6 +9,7 @@ mod deletion;
 mod exports;
 mod ledger;
 mod metrics;
+mod openapi;
 mod prometheus;
 mod reliability;
 mod reports;
