@@ -262,6 +262,39 @@ mod tests {
     }
 
     #[test]
+    fn every_event_kind_is_a_documented_webhook() {
+        let doc = super::document();
+        // `pub const DOCUMENT_SIGNED: &str = "document.signed";` in `pub mod kind`.
+        let source = include_str!("../../../jobs/src/events.rs");
+        let module = source
+            .split("pub mod kind {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("jobs/src/events.rs has `pub mod kind`");
+        let mut kinds: Vec<&str> = module
+            .lines()
+            .filter_map(|line| line.split('"').nth(1))
+            .collect();
+        kinds.sort_unstable();
+        let mut types: Vec<&str> = doc["components"]["schemas"]["EventType"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        types.sort_unstable();
+        let mut webhooks: Vec<&str> = doc["webhooks"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        webhooks.sort_unstable();
+        assert_eq!(types, kinds, "EventType lists the event kinds");
+        assert_eq!(webhooks, kinds, "one webhook per event kind");
+    }
+
+    #[test]
     fn the_problem_schema_lists_every_slug_the_api_answers() {
         let doc = super::document();
         let mut documented: Vec<String> = doc["components"]["schemas"]["Problem"]["properties"]
