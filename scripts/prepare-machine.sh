@@ -19,6 +19,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Python's venv with pip: the API contract checks (scripts/schemathesis.sh) make a virtualenv
+# under target/ and install their pinned packages from PyPI into it.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "==> installing python3-venv"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        python3 python3-venv >/dev/null
+fi
+
 if ! command -v cargo >/dev/null; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"

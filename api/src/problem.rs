@@ -60,9 +60,24 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(_) => ApiError::Unavailable("the database"),
+            DbError::Query(diesel::result::Error::DatabaseError(_, ref info))
+                if refuses_nul(info.message()) =>
+            {
+                ApiError::BadRequest(
+                    "a text value contains the NUL character (U+0000), which cannot be stored"
+                        .into(),
+                )
+            }
             other => ApiError::Internal(other.into()),
         }
     }
+}
+
+/// PostgreSQL refuses U+0000 in `text` (SQLSTATE 22021) and in `jsonb` (22P05), whichever
+/// field of a request carried it there: the caller's mistake, not ours.
+fn refuses_nul(message: &str) -> bool {
+    message.contains("invalid byte sequence for encoding \"UTF8\": 0x00")
+        || message.contains("unsupported Unicode escape sequence")
 }
 
 impl From<VaultError> for ApiError {
@@ -223,6 +238,15 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Rejection> {
         ApiError::BadRequest(format!("invalid query string: {e}"))
     } else if let Some(e) = rejection.find::<InvalidHeader>() {
         ApiError::BadRequest(e.to_string())
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        // A JSON route's `content_length_limit`; uploads answer `TooLarge` with their limit.
+        return Ok(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Body too large",
+            "the body is larger than this route accepts".into(),
+            &ApiError::LengthRequired,
+        ));
     } else if rejection.find::<UnsupportedMediaType>().is_some() {
         ApiError::BadRequest("the body must be JSON (Content-Type: application/json)".into())
     } else if rejection.find::<MethodNotAllowed>().is_some() {

@@ -101,8 +101,8 @@ pub fn routes(
         .unify()
 }
 
-/// At least 8 characters (at most 128) of at least two kinds: lower case, upper case, digits,
-/// anything else.
+/// At least 8 characters (at most 128) of at least two kinds: lower case, upper case, letters
+/// without case (kana, kanji), digits, anything else.
 pub fn check_password(password: &str) -> Result<(), String> {
     let n = password.chars().count();
     if !(8..=128).contains(&n) {
@@ -111,13 +111,16 @@ pub fn check_password(password: &str) -> Result<(), String> {
     let kinds = [
         password.chars().any(|c| c.is_lowercase()),
         password.chars().any(|c| c.is_uppercase()),
-        password.chars().any(|c| c.is_ascii_digit()),
+        password
+            .chars()
+            .any(|c| c.is_alphabetic() && !c.is_lowercase() && !c.is_uppercase()),
+        password.chars().any(|c| c.is_numeric()),
         password.chars().any(|c| !c.is_alphanumeric()),
     ];
     if kinds.iter().filter(|k| **k).count() < 2 {
         return Err(
             "password must mix at least two kinds of characters (lower case, upper case, \
-             digits, symbols)"
+             other letters, digits, symbols)"
                 .into(),
         );
     }

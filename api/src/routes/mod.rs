@@ -9,6 +9,7 @@ mod exports;
 mod health;
 mod jobs;
 mod login;
+mod openapi;
 mod reports;
 mod requests;
 mod signer_identities;
@@ -48,6 +49,7 @@ pub fn all(
         tenant::routes(state.clone()).boxed(),
         access::routes(state.clone()).boxed(),
         login::routes(state).boxed(),
+        openapi::routes().boxed(),
         shomei_telemetry::metrics::route().boxed(),
     ];
     let [first, rest @ ..] = resources;

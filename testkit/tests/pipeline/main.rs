@@ -10,6 +10,7 @@ mod exports;
 mod ledger;
 mod login;
 mod metrics;
+mod openapi;
 mod prometheus;
 mod reliability;
 mod reports;
