@@ -436,22 +436,19 @@ async fn enrol_totp(caller: Caller, state: Arc<AppState>) -> Result<Response, Ap
     })
     .await?;
     let account = key.open_field(&user.email)?;
-    let url = format!(
-        "otpauth://totp/Shomei:{}?secret={secret}&issuer=Shomei&algorithm=SHA1&digits=6&period=30",
-        urlencode(&account)
-    );
+    // totp-rs writes the otpauth:// URL (issuer, account, parameters encoded).
+    let url = totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        raw.to_vec(),
+        Some("Shomei".into()),
+        account,
+    )
+    .map_err(|e| anyhow::anyhow!("TOTP secret: {e}"))?
+    .get_url();
     Ok(warp::reply::json(&json!({"secret": secret, "otpauth_url": url})).into_response())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 #[derive(Debug, Deserialize)]
