@@ -15,7 +15,7 @@ use shomei_schema::models::access::{Group, GroupDetail};
 use shomei_schema::models::normalise_folder;
 use shomei_schema::{interact, Tenant};
 
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::client::{admitted, client_addr};
 use crate::problem::ApiError;
@@ -29,8 +29,7 @@ pub fn routes(
         .and(warp::post())
         .and(manage())
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json())
+        .and(json_body(64 * 1024))
         .then(create_group)
         .map(respond);
     let list = warp::path!("v1" / "groups")
@@ -62,8 +61,7 @@ pub fn routes(
         .and(manage())
         .and(with_state(state.clone()))
         .and(client_addr(state.gate.clone()))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json())
+        .and(json_body(64 * 1024))
         .then(set_allowlist)
         .map(respond);
     create

@@ -19,7 +19,7 @@ use shomei_jobs::sign::SignRequest;
 use shomei_jobs::Pending;
 use shomei_schema::{interact, Batch, DocumentFilter, Job, JobKind, NewJob, Tenant};
 
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
@@ -34,8 +34,7 @@ pub fn routes(
         .and(warp::post())
         .and(authorized(state.clone(), Permission::Sign))
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(16 * 1024 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024 * 1024))
         .then(create)
         .map(respond);
     let show = warp::path!("v1" / "batches" / Uuid)

@@ -23,7 +23,7 @@ use shomei_schema::models::NewDocument;
 use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
 
 use super::jobs::queue_job;
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::client::client_addr;
 use crate::problem::ApiError;
@@ -60,8 +60,7 @@ pub fn routes(
         .and(authorized(state.clone(), Permission::Sign))
         .and(with_state(state.clone()))
         .and(warp::header::optional::<String>("idempotency-key"))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json())
+        .and(json_body(64 * 1024))
         .then(sign)
         .map(respond);
     let delete = warp::path!("v1" / "documents" / Uuid)
@@ -74,8 +73,7 @@ pub fn routes(
         .and(warp::post())
         .and(authorized(state.clone(), Permission::ManageDocuments))
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024))
         .then(hold)
         .map(respond);
     let timestamp = warp::path!("v1" / "documents" / Uuid / "timestamp")

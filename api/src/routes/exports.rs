@@ -20,7 +20,7 @@ use shomei_jobs::export::{link_signature, link_signature_ok, ExportJob, Part};
 use shomei_jobs::Pending;
 use shomei_schema::{interact, DocumentFilter, Export, Job, JobKind, NewJob};
 
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
@@ -32,8 +32,7 @@ pub fn routes(
         .and(warp::post())
         .and(authorized(state.clone(), Permission::Export))
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(1024 * 1024))
-        .and(warp::body::json())
+        .and(json_body(1024 * 1024))
         .then(create)
         .map(respond);
     let show = warp::path!("v1" / "exports" / Uuid)

@@ -31,7 +31,7 @@ use shomei_jobs::Pending;
 use shomei_schema::models::user::{start_session, LoginChallenge, User};
 use shomei_schema::{interact, Job, JobKind, NewJob, Tenant};
 
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, CallerKind, Permission, Role, SESSION_PREFIX};
 use crate::problem::ApiError;
 use crate::AppState;
@@ -50,8 +50,7 @@ pub fn routes(
     let login = warp::path!("v1" / "auth" / "login")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024))
         .then(login)
         .map(respond);
     let email = warp::path!("v1" / "auth" / "challenges" / Uuid / "email")
@@ -62,8 +61,7 @@ pub fn routes(
     let verify = warp::path!("v1" / "auth" / "challenges" / Uuid / "verify")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024))
         .then(verify)
         .map(respond);
     let enrol = warp::path!("v1" / "auth" / "totp")
@@ -76,16 +74,14 @@ pub fn routes(
         .and(warp::post())
         .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024))
         .then(confirm_totp)
         .map(respond);
     let create_user = warp::path!("v1" / "users")
         .and(warp::post())
         .and(authorized(state.clone(), Permission::ManageAccess))
         .and(with_state(state))
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024))
         .then(create_user)
         .map(respond);
     login

@@ -95,6 +95,27 @@ fn record_request(info: warp::log::Info<'_>) {
         .observe(info.elapsed().as_secs_f64());
 }
 
+/// A JSON body of at most `limit` bytes, read into `T`. It must be a JSON object: serde would
+/// otherwise take an array for a struct's fields in order (`[null, null]` as a filter), which
+/// no client means. Errors are `400` problems naming what is wrong.
+fn json_body<T>(limit: u64) -> impl Filter<Extract = (T,), Error = Rejection> + Clone
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    warp::body::content_length_limit(limit)
+        .and(warp::body::json::<serde_json::Value>())
+        .and_then(|value: serde_json::Value| async move {
+            if !value.is_object() {
+                return Err(warp::reject::custom(ApiError::BadRequest(
+                    "the body must be a JSON object".into(),
+                )));
+            }
+            serde_json::from_value(value).map_err(|e| {
+                warp::reject::custom(ApiError::BadRequest(format!("invalid JSON body: {e}")))
+            })
+        })
+}
+
 /// Hands `state` to a filter chain.
 fn with_state(
     state: Arc<AppState>,

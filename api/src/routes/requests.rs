@@ -19,7 +19,7 @@ use shomei_jobs::sign::check_email;
 use shomei_schema::{interact, Document, RequestSigner, SignatureRequest, SignerIdentity, Tenant};
 
 use super::documents::find_document;
-use super::{client_ip, created, respond, with_state};
+use super::{client_ip, created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::client::client_addr;
 use crate::problem::ApiError;
@@ -33,8 +33,7 @@ pub fn routes(
         .and(authorized(state.clone(), Permission::SendRequests))
         .and(with_state(state.clone()))
         .and(client_addr(state.gate.clone()))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json())
+        .and(json_body(64 * 1024))
         .then(create)
         .map(respond);
     let show = warp::path!("v1" / "requests" / Uuid)

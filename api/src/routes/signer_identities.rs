@@ -23,7 +23,7 @@ use shomei_jobs::sign::{check_email, check_name};
 use shomei_schema::schema::signer_identities;
 use shomei_schema::{interact, SignerIdentity};
 
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
@@ -35,8 +35,7 @@ pub fn routes(
         .and(warp::post())
         .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(8 * 1024))
-        .and(warp::body::json())
+        .and(json_body(8 * 1024))
         .then(enroll)
         .map(respond);
     let list = warp::path!("v1" / "signer-identities")

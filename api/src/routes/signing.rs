@@ -34,7 +34,7 @@ use shomei_schema::{
 };
 use shomei_vault::DataKey;
 
-use super::{client_ip, respond, with_state};
+use super::{client_ip, json_body, respond, with_state};
 use crate::client::client_addr;
 use crate::problem::ApiError;
 use crate::AppState;
@@ -62,16 +62,14 @@ pub fn routes(
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(client_addr(state.gate.clone()))
-        .and(warp::body::content_length_limit(4 * 1024))
-        .and(warp::body::json())
+        .and(json_body(4 * 1024))
         .then(sign)
         .map(respond);
     let decline = warp::path!("v1" / "signing" / String / "decline")
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(client_addr(state.gate.clone()))
-        .and(warp::body::content_length_limit(4 * 1024))
-        .and(warp::body::json())
+        .and(json_body(4 * 1024))
         .then(decline)
         .map(respond);
     show.or(pdf)

@@ -17,7 +17,7 @@ use shomei_jobs::Pending;
 use shomei_notify::webhook::{check_target, WebhookSecret};
 use shomei_schema::{interact, Event, Job, JobKind, NewJob, WebhookAttempt, WebhookEndpoint};
 
-use super::{created, respond, with_state};
+use super::{created, json_body, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
 use crate::problem::ApiError;
 use crate::AppState;
@@ -29,8 +29,7 @@ pub fn routes(
         .and(warp::post())
         .and(authorized(state.clone(), Permission::ManageIntegrations))
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
+        .and(json_body(16 * 1024))
         .then(create)
         .map(respond);
     let list = warp::path!("v1" / "webhooks")

@@ -212,3 +212,30 @@ async fn malformed_sign_requests_name_what_is_wrong() {
         .await;
     assert_problem(bad_id, 404).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_bodies_must_be_objects_not_arrays_taken_for_fields_in_order() {
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..TestAppOptions::default()
+    })
+    .await;
+    // serde would read `[null, null]` as a filter's first two fields; the API refuses it.
+    for (path, body) in [
+        ("/v1/exports", json!([null, null])),
+        ("/v1/webhooks", json!(["http://127.0.0.1:9/hook"])),
+        ("/v1/groups", json!("sales")),
+    ] {
+        let response = app.post_json(Some(&app.api_key), path, &body).await;
+        let problem = assert_problem(response, 400).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("JSON object"),
+            "{path}: {problem}"
+        );
+    }
+    // An object still works.
+    let response = app
+        .post_json(Some(&app.api_key), "/v1/exports", &json!({}))
+        .await;
+    assert_eq!(response.status(), 202);
+}
