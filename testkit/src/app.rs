@@ -270,7 +270,7 @@ impl TestApp {
         (out["api_key"].clone(), out["tenant_id"].clone())
     }
 
-    /// Another API key of the test tenant with `role` (`owner`, `admin`, `member`, `viewer`).
+    /// Another API key of the test tenant with `role` (one of the seven, e.g. `viewer`).
     pub async fn create_key(&self, role: &str) -> String {
         let tenant = self.tenant_id.clone();
         let out = self.cli(&["key", "create", "--tenant", &tenant, "--role", role]);
