@@ -77,6 +77,13 @@ pub fn routes(
         .and(json_body(16 * 1024))
         .then(confirm_totp)
         .map(respond);
+    let logout = warp::path!("v1" / "auth" / "logout")
+        .and(warp::post())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
+        .and(with_state(state.clone()))
+        .and(warp::header::<String>("authorization"))
+        .then(logout)
+        .map(respond);
     let create_user = warp::path!("v1" / "users")
         .and(warp::post())
         .and(authorized(state.clone(), Permission::ManageAccess))
@@ -92,6 +99,8 @@ pub fn routes(
         .or(enrol)
         .unify()
         .or(confirm)
+        .unify()
+        .or(logout)
         .unify()
         .or(create_user)
         .unify()
@@ -406,12 +415,31 @@ fn totp_matches(secret_base32: &str, code: &str) -> bool {
     totp(secret_base32).is_some_and(|t| t.check_current(code.trim()).unwrap_or(false))
 }
 
+/// Ends the calling session: its token stops working at once.
+async fn logout(
+    caller: Caller,
+    state: Arc<AppState>,
+    authorization: String,
+) -> Result<Response, ApiError> {
+    require_user(&caller)?;
+    let token = authorization
+        .trim_start_matches("Bearer ")
+        .trim()
+        .to_owned();
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    interact(&state.db, move |conn| {
+        Ok(shomei_schema::models::user::end_session(conn, &digest)?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 fn require_user(caller: &Caller) -> Result<(), ApiError> {
     if caller.kind == CallerKind::User {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
-            "TOTP belongs to a person: call with a session token, not an API key".into(),
+            "this is for a person who logged in: call with a session token, not an API key".into(),
         ))
     }
 }

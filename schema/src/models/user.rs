@@ -196,6 +196,18 @@ pub fn start_session(
         .map(|_| ())
 }
 
+/// Ends a session (logging out); `false` if it had ended already.
+pub fn end_session(conn: &mut PgConnection, token_sha256: &[u8]) -> QueryResult<bool> {
+    diesel::update(
+        sessions::table
+            .filter(sessions::token_sha256.eq(token_sha256))
+            .filter(sessions::revoked_at.is_null()),
+    )
+    .set(sessions::revoked_at.eq(diesel::dsl::now))
+    .execute(conn)
+    .map(|n| n == 1)
+}
+
 /// The user of a live session (and the tenant's IP allow-list), by token hash.
 pub fn session_user(
     conn: &mut PgConnection,

@@ -179,6 +179,14 @@ async fn a_person_logs_in_with_a_password_and_an_emailed_code_or_totp() {
     )
     .await;
     assert_eq!(status, 200, "{session}");
+
+    // Logging out ends that session at once; the first one still works.
+    let second = session["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.get(&second, "/v1/tenant").await.status(), 200);
+    let (status, _) = post(&app, Some(&second), "/v1/auth/logout", json!({})).await;
+    assert_eq!(status, 204);
+    assert_problem(app.get(&second, "/v1/tenant").await, 401).await;
+    assert_eq!(app.get(&token, "/v1/tenant").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
