@@ -140,6 +140,9 @@ struct Inner {
     hsm: Hsm,
     keys: Mutex<HashMap<Uuid, (Arc<DataKey>, Instant)>>,
     live: Mutex<HashMap<(Uuid, Purpose), Uuid>>,
+    /// Held while a process looks up or makes a tenant's first key, so concurrent first
+    /// requests make one key (other processes are settled by the unique index).
+    creating: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Keyring {
@@ -163,6 +166,7 @@ impl Keyring {
                 hsm,
                 keys: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -187,13 +191,21 @@ impl Keyring {
             }
         }
         let p = purpose.as_str();
-        let row = match interact(&self.inner.db, move |conn| {
-            Ok(DataKeyRow::live(conn, tenant_id, p)?)
-        })
-        .await?
-        {
+        let live = || {
+            interact(&self.inner.db, move |conn| {
+                Ok(DataKeyRow::live(conn, tenant_id, p)?)
+            })
+        };
+        let row = match live().await? {
             Some(row) => row,
-            None => self.create(tenant_id, purpose).await?,
+            None => {
+                let _creating = self.inner.creating.lock().await;
+                // Another request of this process may have made it while this one waited.
+                match live().await? {
+                    Some(row) => row,
+                    None => self.create(tenant_id, purpose).await?,
+                }
+            }
         };
         self.inner
             .live
@@ -311,6 +323,7 @@ impl Keyring {
     async fn unwrap_row(&self, row: DataKeyRow) -> Result<Arc<DataKey>, VaultError> {
         let hsm = self.inner.hsm.clone();
         let id = row.id;
+        let label = row.kek_label.clone();
         let key = blocking(move || {
             let wrapped = row
                 .wrapped
@@ -326,7 +339,8 @@ impl Keyring {
                     })?;
             Ok(DataKey::from_bytes(row.id, &bytes))
         })
-        .await?;
+        .await
+        .inspect_err(|e| tracing::warn!(data_key = %id, kek = %label, error = %e, "unwrapping a data key failed"))?;
         let key = Arc::new(key);
         self.inner
             .keys
@@ -341,7 +355,7 @@ impl Keyring {
     async fn create(&self, tenant_id: Uuid, purpose: Purpose) -> Result<DataKeyRow, VaultError> {
         let db = self.inner.db.clone();
         let hsm = self.inner.hsm.clone();
-        blocking(move || {
+        let made = blocking(move || {
             let id = Uuid::now_v7();
             let label = kek_label(id, 1);
             hsm.create_kek(id.as_bytes(), &label)?;
@@ -369,7 +383,10 @@ impl Keyring {
                 .map_err(shomei_schema::DbError::from)?
                 .ok_or(VaultError::UnknownKey(id))
         })
-        .await
+        .await;
+        made.inspect_err(|e| {
+            tracing::warn!(%tenant_id, purpose = purpose.as_str(), error = %e, "making a data key failed")
+        })
     }
 }
 
