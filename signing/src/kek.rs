@@ -115,15 +115,6 @@ impl Hsm {
             Ok(destroyed)
         })
     }
-
-    /// Whether a KEK labelled `label` is in the token.
-    pub fn has_kek(&self, label: &str) -> Result<bool, HsmError> {
-        self.with_session("C_FindObjects", |session| match find_kek(session, label) {
-            Ok(_) => Ok(true),
-            Err(CkError::Pkcs11(cryptoki::error::RvError::KeyHandleInvalid, _)) => Ok(false),
-            Err(e) => Err(e),
-        })
-    }
 }
 
 fn find_kek(session: &Session, label: &str) -> Result<ObjectHandle, CkError> {

@@ -410,6 +410,19 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// Uploads the sample contract into `folder` with `key`, whatever the answer.
+    pub async fn upload_to_folder(&self, key: &str, folder: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/documents"))
+            .query(&[("folder", folder), ("title", folder)])
+            .bearer_auth(key)
+            .header("content-type", "application/pdf")
+            .body(crate::sample("contract.pdf"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Uploads a PDF that must be accepted; returns its id.
     pub async fn upload_ok(&self, pdf: Vec<u8>) -> String {
         let response = self.upload(&self.api_key, pdf, Some("Contract")).await;

@@ -131,17 +131,17 @@ async fn create_group(
             normalise_folder(f).map_err(|e| ApiError::BadRequest(format!("folders[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let created = interact(&state.db, move |conn| {
+    let group = interact(&state.db, move |conn| {
         Ok(Group::create(conn, caller.tenant_id, &name, &folders)?)
     })
     .await?
     .ok_or_else(|| ApiError::Conflict("the tenant already has a group with this name".into()))?;
-    let location = format!("/v1/groups/{}", created.group.id);
-    Ok(created_response(GroupView::from(created), &location))
-}
-
-fn created_response(view: GroupView, location: &str) -> Response {
-    created(&view, location, StatusCode::CREATED)
+    let location = format!("/v1/groups/{}", group.group.id);
+    Ok(created(
+        &GroupView::from(group),
+        &location,
+        StatusCode::CREATED,
+    ))
 }
 
 async fn list_groups(caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {

@@ -394,11 +394,9 @@ async fn verify(id: Uuid, state: Arc<AppState>, body: VerifyBody) -> Result<Resp
     .into_response())
 }
 
-/// RFC 6238: SHA-1, 6 digits, 30-second steps, one step of clock skew either way.
-fn totp(secret_base32: &str) -> Option<totp_rs::TOTP> {
-    let secret = totp_rs::Secret::Encoded(secret_base32.to_owned())
-        .to_bytes()
-        .ok()?;
+/// RFC 6238: SHA-1, 6 digits, 30-second steps, one step of clock skew either way; `account`
+/// only names the key in authenticator apps.
+fn totp(secret: Vec<u8>, account: String) -> Result<totp_rs::TOTP, totp_rs::TotpUrlError> {
     totp_rs::TOTP::new(
         totp_rs::Algorithm::SHA1,
         6,
@@ -406,13 +404,16 @@ fn totp(secret_base32: &str) -> Option<totp_rs::TOTP> {
         30,
         secret,
         Some("Shomei".into()),
-        "user".into(),
+        account,
     )
-    .ok()
 }
 
 fn totp_matches(secret_base32: &str, code: &str) -> bool {
-    totp(secret_base32).is_some_and(|t| t.check_current(code.trim()).unwrap_or(false))
+    totp_rs::Secret::Encoded(secret_base32.to_owned())
+        .to_bytes()
+        .ok()
+        .and_then(|secret| totp(secret, "user".into()).ok())
+        .is_some_and(|t| t.check_current(code.trim()).unwrap_or(false))
 }
 
 /// Ends the calling session: its token stops working at once.
@@ -461,17 +462,9 @@ async fn enrol_totp(caller: Caller, state: Arc<AppState>) -> Result<Response, Ap
     .await?;
     let account = key.open_field(&user.email)?;
     // totp-rs writes the otpauth:// URL (issuer, account, parameters encoded).
-    let url = totp_rs::TOTP::new(
-        totp_rs::Algorithm::SHA1,
-        6,
-        1,
-        30,
-        raw.to_vec(),
-        Some("Shomei".into()),
-        account,
-    )
-    .map_err(|e| anyhow::anyhow!("TOTP secret: {e}"))?
-    .get_url();
+    let url = totp(raw.to_vec(), account)
+        .map_err(|e| anyhow::anyhow!("TOTP secret: {e}"))?
+        .get_url();
     Ok(warp::reply::json(&json!({"secret": secret, "otpauth_url": url})).into_response())
 }
 

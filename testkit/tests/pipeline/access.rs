@@ -346,16 +346,7 @@ async fn a_key_in_a_group_sees_and_acts_only_in_its_groups_folders() {
     let upload = |folder: &'static str| {
         let app = &app;
         async move {
-            let response = app
-                .client()
-                .post(app.url("/v1/documents"))
-                .query(&[("folder", folder), ("title", folder)])
-                .bearer_auth(&app.api_key)
-                .header("content-type", "application/pdf")
-                .body(sample("contract.pdf"))
-                .send()
-                .await
-                .unwrap();
+            let response = app.upload_to_folder(&app.api_key, folder).await;
             assert_eq!(response.status(), 201);
             response.json::<Value>().await.unwrap()["id"]
                 .as_str()
@@ -426,16 +417,7 @@ async fn a_key_in_a_group_sees_and_acts_only_in_its_groups_folders() {
     assert_problem(app.get(&member, &format!("/v1/jobs/{job}")).await, 404).await;
     // It may put documents only into its folders.
     for (folder, status) in [("/legal", 403), ("/sales/2027", 201)] {
-        let response = app
-            .client()
-            .post(app.url("/v1/documents"))
-            .query(&[("folder", folder)])
-            .bearer_auth(&member)
-            .header("content-type", "application/pdf")
-            .body(sample("contract.pdf"))
-            .send()
-            .await
-            .unwrap();
+        let response = app.upload_to_folder(&member, folder).await;
         assert_eq!(response.status(), status, "{folder}");
     }
     // The owner's key is in no group: it sees everything.

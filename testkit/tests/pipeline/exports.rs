@@ -283,16 +283,7 @@ async fn an_export_selects_a_folder_with_its_subfolders() {
     let app = TestApp::spawn().await;
     let mut by_folder = std::collections::BTreeMap::new();
     for folder in ["/sales", "/sales/2026", "/salesforce", "/"] {
-        let response = app
-            .client
-            .post(app.url("/v1/documents"))
-            .query(&[("title", "Folder test"), ("folder", folder)])
-            .bearer_auth(&app.api_key)
-            .header("content-type", "application/pdf")
-            .body(sample("contract.pdf"))
-            .send()
-            .await
-            .unwrap();
+        let response = app.upload_to_folder(&app.api_key, folder).await;
         assert_eq!(response.status(), 201);
         let doc: Value = response.json().await.unwrap();
         assert_eq!(doc["folder"], folder);
