@@ -112,6 +112,19 @@ done
 SETTLE=${LOADTEST_SETTLE_SECS:-$(( ${SHOMEI_HEARTBEAT_SECS:-3} + 1 ))}
 sleep "$SETTLE"
 
+# CPU time per process during the measured phase: the API, the workers, the TSA, and the
+# PostgreSQL and Redis servers this deployment uses (found by their listening port).
+listener() { ss -Htlnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+CPU_OF=(--cpu-of "tsa=${PIDS[0]}" --cpu-of "api=${PIDS[1]}")
+for i in $(seq "$WORKERS"); do CPU_OF+=(--cpu-of "worker-$i=${PIDS[$((i + 1))]}"); done
+PG_PID=$(listener 5432)
+REDIS_PID=$(listener "$(echo "$REDIS_URL" | sed -E 's|.*:([0-9]+)(/.*)?$|\1|')")
+[ -z "$PG_PID" ] || CPU_OF+=(--cpu-of "postgres=$PG_PID")
+[ -z "$REDIS_PID" ] || CPU_OF+=(--cpu-of "redis=$REDIS_PID")
+# A B-T document costs two HSM signatures: its own and its time-stamp token's (our TSA signs
+# with the same token).
+if [ "${LOADTEST_SIGNATURE_LEVEL:-B-T}" = B-T ]; then SIGNATURES=2; else SIGNATURES=1; fi
+
 SHOMEI_LOADTEST_KEY=$("$BIN/shomei-api" tenant create "Load test $ID" --signature-level "${LOADTEST_SIGNATURE_LEVEL:-B-T}" | sed -n 's/^api_key=//p')
 export SHOMEI_LOADTEST_KEY
 [ -n "$SHOMEI_LOADTEST_KEY" ] || { echo "no API key from shomei-api tenant create" >&2; exit 1; }
@@ -121,7 +134,8 @@ echo "==> load test: $DOCUMENTS documents, concurrency $CONCURRENCY, $WORKERS wo
 "$BIN/shomei-loadtest" --api "$API" --documents "$DOCUMENTS" --concurrency "$CONCURRENCY" \
     --pdf "${LOADTEST_PDF:-samples/contract-160k.pdf}" --json "$RUN/report.json" \
     --warmup "${LOADTEST_WARMUP:-$((4 * WORKERS))}" --hsm-seconds "${LOADTEST_HSM_SECONDS:-5}" \
-    ${LOADTEST_HSM_THREADS:+--hsm-threads "$LOADTEST_HSM_THREADS"} ${LOADTEST_ARGS:-} |
+    ${LOADTEST_HSM_THREADS:+--hsm-threads "$LOADTEST_HSM_THREADS"} \
+    --signatures-per-document "$SIGNATURES" "${CPU_OF[@]}" ${LOADTEST_ARGS:-} |
     tee "$RUN/report.txt"
 
 echo "==> warnings and errors in the logs"

@@ -16,6 +16,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+mod cpu;
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Load test of a running Shomei deployment")]
 struct Cli {
@@ -70,6 +72,14 @@ struct Cli {
     /// Threads signing at once for the raw HSM rate (default: the number of CPUs).
     #[arg(long)]
     hsm_threads: Option<u32>,
+    /// HSM signatures one document costs (2 for B-T with a TSA that signs with the same HSM):
+    /// the HSM bound is the raw rate divided by this.
+    #[arg(long, default_value_t = 1)]
+    signatures_per_document: u32,
+    /// Report the CPU time this process (and its children) used during the measured phase:
+    /// NAME=PID, repeatable (the API, each worker, the TSA, the PostgreSQL postmaster, Redis).
+    #[arg(long = "cpu-of", value_parser = cpu::parse_watched)]
+    cpu_of: Vec<cpu::Watched>,
 }
 
 /// Error and retry tallies, keyed by a short description.
@@ -218,6 +228,13 @@ struct Report {
     hsm: Option<HsmRate>,
     /// documents_per_second ÷ hsm.signatures_per_second.
     pipeline_to_hsm_ratio: Option<f64>,
+    signatures_per_document: u32,
+    /// hsm.signatures_per_second ÷ signatures_per_document: documents/s if the HSM were all.
+    hsm_bound_documents_per_second: Option<f64>,
+    /// documents_per_second ÷ hsm_bound_documents_per_second.
+    pipeline_to_bound_ratio: Option<f64>,
+    /// CPU time per process during the measured phase (first submission → last job finished).
+    cpu: Vec<cpu::Usage>,
 }
 
 #[tokio::main]
@@ -292,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
         cli.poll_concurrency.max(1),
         Duration::from_secs(cli.stall_timeout_secs),
     ));
+    let cpu_before = cpu::snapshot(&cli.cpu_of);
     let pipeline_start = Instant::now();
     let submit_latencies: Vec<Duration> = if cli.batch_size > 0 {
         let documents: Vec<Uuid> = uploads.iter().map(|u| u.0).collect();
@@ -323,6 +341,7 @@ async fn main() -> anyhow::Result<()> {
     let submit_seconds = pipeline_start.elapsed().as_secs_f64();
     drop(tx);
     let (finished, timed_out) = poller.await.context("poller")?;
+    let cpu_after = cpu::snapshot(&cli.cpu_of);
     ticker.abort();
     if std::io::stderr().is_terminal() {
         eprintln!();
@@ -380,6 +399,12 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .filter(|h| h.signatures_per_second > 0.0)
         .map(|h| documents_per_second / h.signatures_per_second);
+    let signatures_per_document = cli.signatures_per_document.max(1);
+    let hsm_bound_documents_per_second = hsm
+        .as_ref()
+        .map(|h| h.signatures_per_second / f64::from(signatures_per_document));
+    let pipeline_to_bound_ratio =
+        pipeline_to_hsm_ratio.map(|r| r * f64::from(signatures_per_document));
 
     let report = Report {
         api: shared.api.clone(),
@@ -416,6 +441,10 @@ async fn main() -> anyhow::Result<()> {
         retry_reasons: retry_reasons.snapshot(),
         hsm,
         pipeline_to_hsm_ratio,
+        signatures_per_document,
+        hsm_bound_documents_per_second,
+        pipeline_to_bound_ratio,
+        cpu: cpu::usage(&cpu_before, &cpu_after, succeeded),
     };
     print_report(&report);
     if let Some(path) = &cli.json {
@@ -1017,5 +1046,28 @@ fn print_report(r: &Report) {
             ratio,
             ratio * 100.0
         );
+    }
+    if let (Some(bound), Some(ratio)) =
+        (r.hsm_bound_documents_per_second, r.pipeline_to_bound_ratio)
+    {
+        println!(
+            "HSM bound   {bound:.1} documents/s ({} signature(s) per document); pipeline at {:.1} % of it",
+            r.signatures_per_document,
+            ratio * 100.0
+        );
+    }
+    if !r.cpu.is_empty() {
+        println!("CPU during the measured phase (process and its children)");
+        for u in &r.cpu {
+            println!(
+                "  {:<12} {:>8.2} s  {:>6.2} ms/document  {:>5.1} %",
+                u.process,
+                u.cpu_seconds,
+                u.ms_per_document,
+                u.share * 100.0
+            );
+        }
+        let total: f64 = r.cpu.iter().map(|u| u.ms_per_document).sum();
+        println!("  {:<12} {:>8} {:>8.2} ms/document", "all", "", total);
     }
 }
