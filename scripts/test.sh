@@ -6,6 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prepare-machine.sh
 
+# The container set-up (docker-compose.yml, docs/compose.production.yml and Prometheus's
+# config for it): no Docker daemon is needed to check them, and none is here; images are not
+# built (docs/operations.md, "Containers").
+echo "==> docker-compose config"
+compose_check() {
+    local out
+    out=$(docker-compose --env-file .env.example "$@" config -q 2>&1) || { echo "$out"; return 1; }
+}
+compose_check -f docker-compose.yml
+# The overlay's own variables, as its header lists them (the environment wins over the file).
+SHOMEI_HSM_MODULE_DIR=/opt/hsm SHOMEI_HSM_MODULE=/opt/hsm/module.so SHOMEI_HSM_TOKEN_LABEL=t \
+    SHOMEI_HSM_KEY_LABEL=k SHOMEI_TSA_KEY_LABEL=k SHOMEI_TSA_POLICY_OID=1.2.3 \
+    SHOMEI_API_HOSTNAME=api.example compose_check -f docker-compose.yml -f docs/compose.production.yml
+out=$(promtool check config dashboards/prometheus/prometheus.compose.yml 2>&1) || { echo "$out"; exit 1; }
+
 echo "==> building"
 cargo build --workspace --bins --locked
 echo "==> lints"
