@@ -7,7 +7,8 @@
 #
 # Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (4),
 # LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
-# shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage).
+# shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
+# LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -90,6 +91,9 @@ trap 'exit 130' INT TERM
 
 echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, API on $API"
 "${PG[@]}" -c "CREATE DATABASE $DB" >/dev/null
+# Profiling: every statement on this database goes to the PostgreSQL server log.
+[ "${LOADTEST_PG_LOG_STATEMENTS:-0}" != 1 ] ||
+    "${PG[@]}" -c "ALTER DATABASE $DB SET log_statement = 'all'" >/dev/null
 
 echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool $SHOMEI_HSM_POOL_SIZE; logs in $RUN)"
 "$BIN/shomei-tsa" >"$RUN/tsa.log" 2>&1 &

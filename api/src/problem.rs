@@ -59,7 +59,7 @@ impl warp::reject::Reject for ApiError {}
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(_) => ApiError::Unavailable("the database"),
+            e if e.is_unavailable() => ApiError::Unavailable("the database"),
             DbError::Query(diesel::result::Error::DatabaseError(_, ref info))
                 if refuses_nul(info.message()) =>
             {

@@ -12,21 +12,36 @@ use crate::error::JobError;
 use crate::events::{self, kind, NewEvent, Pending};
 use crate::{deletion, export, notify_email, notify_webhook, requests, sign, timestamp, verify};
 
-/// Runs the handler of `kind`; its `Ok` value is stored as the job's `result`.
-pub(crate) async fn dispatch(
-    kind: JobKind,
-    ctx: &JobContext,
-    job: &Job,
-) -> Result<serde_json::Value, JobError> {
+/// What a handler that succeeded hands back to the runner.
+pub(crate) enum Done {
+    /// The job's `result`: the runner marks the job succeeded with it.
+    Result(serde_json::Value),
+    /// The handler marked the job succeeded itself, in the transaction of the change it made
+    /// ([`crate::revisions::record`]): one commit per job instead of two.
+    Recorded,
+}
+
+/// Runs the handler of `kind`.
+pub(crate) async fn dispatch(kind: JobKind, ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     match kind {
         JobKind::Sign => sign::run(ctx, job).await,
         JobKind::Timestamp => timestamp::run(ctx, job).await,
-        JobKind::Verify => verify::run(ctx, job).await,
-        JobKind::NotifyEmail => notify_email::run(ctx, job).await,
-        JobKind::NotifyWebhook => notify_webhook::run(ctx, job).await,
-        JobKind::BulkDownload => export::run(ctx, job).await,
-        JobKind::Deletion => deletion::run(ctx, job).await,
+        JobKind::Verify => verify::run(ctx, job).await.map(Done::Result),
+        JobKind::NotifyEmail => notify_email::run(ctx, job).await.map(Done::Result),
+        JobKind::NotifyWebhook => notify_webhook::run(ctx, job).await.map(Done::Result),
+        JobKind::BulkDownload => export::run(ctx, job).await.map(Done::Result),
+        JobKind::Deletion => deletion::run(ctx, job).await.map(Done::Result),
     }
+}
+
+/// Marks `job` succeeded with `result`; in the transaction, its batch may be complete.
+pub(crate) fn on_succeeded(
+    conn: &mut PgConnection,
+    job: &Job,
+    result: &serde_json::Value,
+) -> diesel::QueryResult<Pending> {
+    Job::succeed(conn, job.id, result)?;
+    crate::batches::job_finished(conn, job)
 }
 
 /// Runs in the transaction that fails a job for good: its batch may be complete; a sign job of

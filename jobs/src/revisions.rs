@@ -17,6 +17,7 @@ use shomei_schema::{interact, Job, Revision};
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::Pending;
+use crate::registry::{self, Done};
 
 pub(crate) enum Start {
     /// The job already made its revision; this is its result.
@@ -47,16 +48,17 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
     Ok(Start::Work { latest, bytes })
 }
 
-/// Stores `bytes` as the revision after `latest`, made by `job`, and returns the job's result.
+/// Stores `bytes` as the revision after `latest`, made by `job`, and marks the job succeeded.
 /// `then` runs in the transaction that records the revision (the state changes and events the
-/// revision brings), so it happens exactly once however often the job runs.
+/// revision brings), so it happens exactly once however often the job runs; the job's success
+/// is recorded in that transaction too.
 pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     latest: &Revision,
     bytes: Vec<u8>,
     then: F,
-) -> Result<serde_json::Value, JobError>
+) -> Result<Done, JobError>
 where
     F: FnOnce(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
 {
@@ -74,15 +76,18 @@ where
         created_at: chrono::Utc::now(),
     };
     let outcome = result(&revision);
+    let job = job.clone();
     let pending = interact(&ctx.db, move |conn| {
         Ok(conn.transaction(|conn| {
             revision.insert(conn)?;
-            then(conn, &revision)
+            let mut pending = then(conn, &revision)?;
+            pending.add(registry::on_succeeded(conn, &job, &outcome)?);
+            diesel::QueryResult::Ok(pending)
         })?)
     })
     .await?;
     pending.push(&ctx.queue).await;
-    Ok(outcome)
+    Ok(Done::Recorded)
 }
 
 fn result(revision: &Revision) -> serde_json::Value {

@@ -20,7 +20,7 @@ use shomei_telemetry::metrics;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::queue::JobMessage;
-use crate::registry::dispatch;
+use crate::registry::{dispatch, Done};
 
 pub async fn handle(message: JobMessage, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let span =
@@ -85,16 +85,17 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     }
 
     match outcome {
-        Ok(result) => {
-            let finished = job.clone();
-            let pending = interact(&ctx.db, move |conn| {
-                Ok(conn.transaction(|conn| {
-                    Job::succeed(conn, job_id, &result)?;
-                    crate::batches::job_finished(conn, &finished)
-                })?)
-            })
-            .await?;
-            pending.push(&ctx.queue).await;
+        Ok(done) => {
+            if let Done::Result(result) = done {
+                let finished = job.clone();
+                let pending = interact(&ctx.db, move |conn| {
+                    Ok(conn.transaction(|conn| {
+                        crate::registry::on_succeeded(conn, &finished, &result)
+                    })?)
+                })
+                .await?;
+                pending.push(&ctx.queue).await;
+            }
             tracing::info!(job.attempts = job.attempts, "job succeeded");
             Ok(())
         }

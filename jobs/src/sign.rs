@@ -17,6 +17,7 @@ use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::{self, kind, NewEvent, Pending};
 use crate::personal;
+use crate::registry::Done;
 use crate::requests::{self, RequestStep, SignerState, SignerStatus};
 use crate::revisions::{self, Start};
 
@@ -207,14 +208,14 @@ pub fn check_email(field: &str, email: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
+pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let request = SignRequest::from_payload(&ctx.keys, &job.payload).await?;
     let timestamper = match request.level.unwrap_or(SignatureLevel::Timestamped) {
         SignatureLevel::Basic => None,
         SignatureLevel::Timestamped => Some(ctx.timestamper()?),
     };
     let (latest, bytes) = match revisions::begin(ctx, job).await? {
-        Start::AlreadyDone(result) => return Ok(result),
+        Start::AlreadyDone(result) => return Ok(Done::Result(result)),
         Start::Work { latest, bytes } => (latest, bytes),
     };
     if let Some(step) = &request.step {
@@ -250,7 +251,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     let step = request.step;
     let conclude = ctx.concludes_with_timestamp();
     let done = job.clone();
-    let result = revisions::record(ctx, job, &latest, signed, move |conn, revision| {
+    let done = revisions::record(ctx, job, &latest, signed, move |conn, revision| {
         data["revision"] = json!(revision.revision);
         if let Some(step) = &step {
             data["signer_id"] = json!(step.signer_id);
@@ -288,7 +289,7 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     shomei_telemetry::metrics::DOCUMENTS_SIGNED
         .with_label_values(&[level.as_str()])
         .inc();
-    Ok(result)
+    Ok(done)
 }
 
 /// The request step of a sign job, if it was made for a signature request.

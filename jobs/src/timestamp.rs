@@ -11,13 +11,14 @@ use shomei_signing::ValidationData;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::Pending;
+use crate::registry::Done;
 use crate::requests;
 use crate::revisions::{self, Start};
 
-pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobError> {
+pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
     let (latest, bytes) = match revisions::begin(ctx, job).await? {
-        Start::AlreadyDone(result) => return Ok(result),
+        Start::AlreadyDone(result) => return Ok(Done::Result(result)),
         Start::Work { latest, bytes } => (latest, bytes),
     };
     let stamped = tokio::task::spawn_blocking(move || {
