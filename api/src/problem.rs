@@ -60,6 +60,13 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Unavailable(_) => ApiError::Unavailable("the database"),
+            // The connection died under the query (PostgreSQL restarting or cut off): the same
+            // outage as a pool that cannot connect, not a bug of ours.
+            DbError::Query(diesel::result::Error::DatabaseError(ref kind, ref info))
+                if connection_lost(kind, info.message()) =>
+            {
+                ApiError::Unavailable("the database")
+            }
             DbError::Query(diesel::result::Error::DatabaseError(_, ref info))
                 if refuses_nul(info.message()) =>
             {
@@ -71,6 +78,20 @@ impl From<DbError> for ApiError {
             other => ApiError::Internal(other.into()),
         }
     }
+}
+
+/// Whether a query failed because its connection went away: libpq's own report, or PostgreSQL
+/// ending the session (a shutdown, an administrator's `pg_terminate_backend`, a crash).
+fn connection_lost(kind: &diesel::result::DatabaseErrorKind, message: &str) -> bool {
+    matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
+        || [
+            "terminating connection",
+            "server closed the connection",
+            "no connection to the server",
+            "the database system is",
+        ]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// PostgreSQL refuses U+0000 in `text` (SQLSTATE 22021) and in `jsonb` (22P05), whichever
