@@ -110,8 +110,9 @@ impl JobContext {
             hsm,
             key_label: config.hsm.key_label.clone(),
             max_attempts: config.worker.max_attempts,
-            timeouts: timeouts(&config.worker.job_timeouts)
-                .map_err(|e| anyhow::anyhow!("SHOMEI_JOB_TIMEOUTS {:?}: {e}", config.worker.job_timeouts))?,
+            timeouts: timeouts(&config.worker.job_timeouts).map_err(|e| {
+                anyhow::anyhow!("SHOMEI_JOB_TIMEOUTS {:?}: {e}", config.worker.job_timeouts)
+            })?,
             sweep_grace: config.worker.sweep_grace,
             timestamper,
             trust_anchors: trust_anchors(config.trust_anchors.as_deref())?,

@@ -13,6 +13,9 @@ use shomei_schema::JobKind;
 /// How often an idle worker asks Redis for work. Without it apalis-redis only polls on its
 /// heartbeat tick, and a fresh job waits for it.
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// On SIGTERM the worker stops taking jobs and waits this long for the running ones; past it,
+/// it exits anyway and their jobs are run again elsewhere (apalis hands a silent worker's
+/// tasks to the others; the sweeper takes back their rows).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
@@ -65,6 +68,6 @@ async fn main() -> anyhow::Result<()> {
         .await;
     reconcile.abort();
     schedule.abort();
-    tracing::info!("worker stopped");
+    tracing::info!("worker shut down");
     Ok(result?)
 }

@@ -62,7 +62,11 @@ struct DeadQuery {
     after: Option<Uuid>,
 }
 
-async fn dead(caller: Caller, query: DeadQuery, state: Arc<AppState>) -> Result<Response, ApiError> {
+async fn dead(
+    caller: Caller,
+    query: DeadQuery,
+    state: Arc<AppState>,
+) -> Result<Response, ApiError> {
     let kind = match query.kind.as_deref() {
         None => None,
         Some(name) => Some(JobKind::parse(name).ok_or_else(|| {
