@@ -4,7 +4,7 @@
 //! nothing it cannot, SIGTERM stops a worker and the API cleanly, and a sign job run again after
 //! its revision was recorded signs nothing twice.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,19 +72,23 @@ async fn assert_signed_once(app: &TestApp, document: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_timeout_is_cancelled_and_the_job_retried() {
-    // A TSA, tried first, that takes the first connection and never answers it (the client
-    // would wait its full 120 s), then hangs up on every later one (the client moves on to the
-    // app's own TSA at once).
+    // A TSA, tried first, that takes connections and never answers them (the client would
+    // wait its full 120 s) until told to hang up on every new one (the client then moves on
+    // to the app's own TSA at once).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hanging = format!("http://{}/", listener.local_addr().unwrap());
+    let hang = Arc::new(AtomicBool::new(true));
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    let server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                held.push(stream);
+    let server = tokio::spawn({
+        let (hang, accepted) = (hang.clone(), accepted.clone());
+        async move {
+            let mut held = Vec::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                if hang.load(Ordering::SeqCst) {
+                    held.push(stream);
+                }
             }
         }
     });
@@ -97,6 +101,22 @@ async fn a_run_past_its_timeout_is_cancelled_and_the_job_retried() {
     .await;
     let document = app.upload_ok(sample("contract.pdf")).await;
     let job = app.sign_ok(&document, "Taro Suzuki").await;
+
+    // The first run waits on the TSA until the job's timeout cuts it off.
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    let error = loop {
+        let error = app.sql_text(&format!("SELECT error AS t FROM jobs WHERE id = '{job}'"));
+        if let Some(error) = error.filter(|e| e.contains("timeout")) {
+            break error;
+        }
+        assert!(Instant::now() < deadline, "no run timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        error.contains("sign job timeout of 5 s") && error.contains("cancelled"),
+        "{error}"
+    );
+    hang.store(false, Ordering::SeqCst);
 
     let state = app.wait_for_job(&job, JOB_TIMEOUT).await;
     assert_eq!(state["status"], "succeeded", "{state}");
