@@ -260,9 +260,9 @@ async fn a_dead_letter_is_listed_and_retried_by_an_owner_or_admin_once_its_cause
 
     // The key is fixed (a healthy worker); the admin retries the first job, twice.
     let (document, job) = &jobs[0];
-    assert_problem(retry(&app, &viewer, &job).await, 403).await;
+    assert_problem(retry(&app, &viewer, job).await, 403).await;
     for _ in 0..2 {
-        let response = retry(&app, &admin, &job).await;
+        let response = retry(&app, &admin, job).await;
         assert_eq!(TestApp::accepted_job(response).await, *job);
     }
     let state: Value = app
@@ -292,7 +292,7 @@ async fn a_dead_letter_is_listed_and_retried_by_an_owner_or_admin_once_its_cause
     assert_signed_once(&app, document).await;
 
     // Nothing to retry on a job that succeeded, an unknown one, or another tenant's.
-    assert_problem(retry(&app, &admin, &job).await, 409).await;
+    assert_problem(retry(&app, &admin, job).await, 409).await;
     let unknown = uuid::Uuid::now_v7().to_string();
     assert_problem(retry(&app, &admin, &unknown).await, 404).await;
     let stranger = app.create_tenant("Stranger KK").await;
