@@ -18,8 +18,22 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// tasks to the others; the sweeper takes back their rows).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// What the exit waits for blocking calls still running (dropping a tokio runtime would wait
+/// for them for ever).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run());
+    // A run cancelled at its timeout may have left a blocking call behind (a PKCS#11 call or a
+    // TSA request on a blocking thread); it must not hold up the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     shomei_telemetry::init();
     let config = Config::from_env()?;
     shomei_telemetry::metrics::init("worker");
