@@ -80,11 +80,13 @@ pub enum Permission {
     ManageIntegrations,
     /// User groups, IP allow-lists, people who log in.
     ManageAccess,
+    /// The dead letters (jobs failed for good): list them, retry one.
+    ManageJobs,
     CancelContract,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 11] = [
         Permission::ReadDocuments,
         Permission::Upload,
         Permission::Sign,
@@ -94,6 +96,7 @@ impl Permission {
         Permission::ReadAuditLog,
         Permission::ManageIntegrations,
         Permission::ManageAccess,
+        Permission::ManageJobs,
         Permission::CancelContract,
     ];
 
@@ -109,6 +112,7 @@ impl Permission {
             Permission::ReadAuditLog => "read the logs, statements and accounts",
             Permission::ManageIntegrations => "manage webhooks and certified signers",
             Permission::ManageAccess => "manage groups, IP allow-lists and users",
+            Permission::ManageJobs => "list or retry failed jobs",
             Permission::CancelContract => "cancel the contract",
         }
     }
@@ -162,7 +166,9 @@ impl Role {
                 matches!(self, R::Owner | R::Admin | R::DocumentManager)
             }
             P::ReadAuditLog => matches!(self, R::Owner | R::Admin | R::Auditor),
-            P::ManageIntegrations | P::ManageAccess => matches!(self, R::Owner | R::Admin),
+            P::ManageIntegrations | P::ManageAccess | P::ManageJobs => {
+                matches!(self, R::Owner | R::Admin)
+            }
             P::CancelContract => matches!(self, R::Owner),
         }
     }

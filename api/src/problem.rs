@@ -59,6 +59,8 @@ impl warp::reject::Reject for ApiError {}
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
+            // The pool cannot connect, or the connection died under the query (PostgreSQL
+            // restarting or cut off): an outage, not a bug of ours.
             e if e.is_unavailable() => ApiError::Unavailable("the database"),
             DbError::Query(diesel::result::Error::DatabaseError(_, ref info))
                 if refuses_nul(info.message()) =>

@@ -29,6 +29,9 @@ use warp::Filter;
 /// A client that has not finished its handshake by then is dropped (it would hold a task and,
 /// at shutdown, delay the exit).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for open requests to finish before the process exits anyway (a
+/// client trickling a body or a download could otherwise hold it for ever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The peer address of the connection a request came on; [`serve`] puts it on every request.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +104,16 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tracing::info!("shutting down: no new connections; finishing open requests");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "requests still open after the shutdown grace; exiting anyway"
+        );
+    }
 }
 
 async fn serve_connection<I>(

@@ -194,6 +194,12 @@ pub struct WorkerConfig {
     pub max_attempts: i32,
     pub reconcile_every: Duration,
     pub heartbeat: Duration,
+    /// Per-kind run timeouts overriding the built-in ones, e.g. `sign=2m,bulk_download=6h`
+    /// (`SHOMEI_JOB_TIMEOUTS`; parsed by the worker at start, like the retry schedules).
+    pub job_timeouts: String,
+    /// How long past its timeout a job may stay `running` before the sweeper takes it back
+    /// (`SHOMEI_JOB_SWEEP_GRACE_SECS`).
+    pub sweep_grace: Duration,
     /// Where the worker serves `/metrics` (port 0: a free port, logged at start).
     pub metrics_addr: SocketAddr,
 }
@@ -283,6 +289,8 @@ impl Config {
                 max_attempts: vars.parsed("SHOMEI_JOB_MAX_ATTEMPTS", 8)?,
                 reconcile_every: Duration::from_secs(vars.parsed("SHOMEI_RECONCILE_SECS", 10)?),
                 heartbeat: Duration::from_secs(vars.parsed("SHOMEI_HEARTBEAT_SECS", 3)?),
+                job_timeouts: vars.string("SHOMEI_JOB_TIMEOUTS", ""),
+                sweep_grace: Duration::from_secs(vars.parsed("SHOMEI_JOB_SWEEP_GRACE_SECS", 60)?),
                 metrics_addr: vars
                     .parsed("SHOMEI_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?,
             },

@@ -29,6 +29,10 @@ pub struct JobContext {
     /// The service's own signing key (witness signatures).
     pub key_label: String,
     pub max_attempts: i32,
+    /// Each kind's run timeout ([`JobContext::timeout`]), by position in [`JobKind::ALL`].
+    timeouts: [Duration; JobKind::ALL.len()],
+    /// How long past its timeout a run may stay `running` before the sweeper takes it back.
+    pub sweep_grace: Duration,
     /// What verification reports count as a trusted chain (`SHOMEI_TRUST_ANCHORS`).
     pub trust_anchors: Vec<Certificate>,
     /// The configured TSAs; `None` when `SHOMEI_TSA_URLS` is empty.
@@ -106,6 +110,10 @@ impl JobContext {
             hsm,
             key_label: config.hsm.key_label.clone(),
             max_attempts: config.worker.max_attempts,
+            timeouts: timeouts(&config.worker.job_timeouts).map_err(|e| {
+                anyhow::anyhow!("SHOMEI_JOB_TIMEOUTS {:?}: {e}", config.worker.job_timeouts)
+            })?,
+            sweep_grace: config.worker.sweep_grace,
             timestamper,
             trust_anchors: trust_anchors(config.trust_anchors.as_deref())?,
         })
@@ -122,6 +130,15 @@ impl JobContext {
         self.max_attempts + schedule as i32
     }
 
+    /// How long one run of a `kind` job may take: past it the run is cancelled, a transient
+    /// failure (retried, counted toward [`JobContext::attempt_cap`]). The sweeper
+    /// (`crate::reconciler`) takes back a job still `running` `timeout + sweep_grace` after its
+    /// run started: its worker died or hung.
+    pub fn timeout(&self, kind: JobKind) -> Duration {
+        let index = JobKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.timeouts[index]
+    }
+
     /// Whether signature requests are concluded with a document time-stamp.
     pub fn concludes_with_timestamp(&self) -> bool {
         self.timestamper.is_some()
@@ -133,6 +150,43 @@ impl JobContext {
             JobError::permanent("time-stamps are needed but no TSA is configured (SHOMEI_TSA_URLS)")
         })
     }
+}
+
+/// A run's timeout unless `SHOMEI_JOB_TIMEOUTS` says otherwise. Generous: a timeout is for a
+/// run that hangs, not a slow one. A B-T signature waits for up to every TSA's attempts
+/// (`SHOMEI_TSA_ATTEMPTS` × `SHOMEI_TSA_TIMEOUT_SECS` each, 30 s by default); a conclusion
+/// also fetches CRLs; an export or a deletion walks every document of a tenant.
+pub const fn default_timeout(kind: JobKind) -> Duration {
+    const MINUTE: u64 = 60;
+    Duration::from_secs(match kind {
+        JobKind::Sign => 2 * MINUTE,
+        JobKind::Timestamp => 5 * MINUTE,
+        JobKind::NotifyEmail => 2 * MINUTE,
+        JobKind::NotifyWebhook => MINUTE,
+        JobKind::Verify => 60 * MINUTE,
+        JobKind::BulkDownload | JobKind::Deletion => 6 * 60 * MINUTE,
+    })
+}
+
+/// The timeouts of every kind: the defaults, overridden by `kind=duration` items of `spec`
+/// (comma separated, e.g. `sign=2m,bulk_download=6h`; units ms, s, m, h, d).
+fn timeouts(spec: &str) -> Result<[Duration; JobKind::ALL.len()], String> {
+    let mut timeouts = JobKind::ALL.map(default_timeout);
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not kind=duration"))?;
+        let index = JobKind::ALL
+            .iter()
+            .position(|k| k.as_str() == name.trim())
+            .ok_or_else(|| format!("{:?} is not a job kind", name.trim()))?;
+        let duration = match shomei_notify::webhook::parse_schedule(value.trim())?[..] {
+            [d] if !d.is_zero() => d,
+            _ => return Err(format!("{item:?} needs one duration above zero")),
+        };
+        timeouts[index] = duration;
+    }
+    Ok(timeouts)
 }
 
 /// The certificates of the PEM file at `path` (none without a path).
@@ -164,4 +218,27 @@ fn timestamper(config: &TsaConfig) -> anyhow::Result<Option<Arc<dyn Timestamper>
         );
     }
     Ok(Some(Arc::new(TsaClient::new(settings)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_the_defaults_unless_overridden_per_kind() {
+        let all = timeouts("").unwrap();
+        assert_eq!(all[0], default_timeout(JobKind::ALL[0]));
+        let set = timeouts("sign=3s, bulk_download=2h").unwrap();
+        let at = |kind: JobKind| set[JobKind::ALL.iter().position(|k| *k == kind).unwrap()];
+        assert_eq!(at(JobKind::Sign), Duration::from_secs(3));
+        assert_eq!(at(JobKind::BulkDownload), Duration::from_secs(7200));
+        assert_eq!(at(JobKind::Verify), default_timeout(JobKind::Verify));
+    }
+
+    #[test]
+    fn a_timeout_naming_no_kind_or_no_duration_is_refused() {
+        for bad in ["sign", "sing=3s", "sign=0s", "sign=3", "sign=1s,2s"] {
+            assert!(timeouts(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

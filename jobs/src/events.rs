@@ -28,6 +28,7 @@ pub mod kind {
     pub const SIGNER_CODE_SENT: &str = "signer.code_sent";
     pub const SIGNER_AUTHENTICATED: &str = "signer.authenticated";
     pub const JOB_FAILED: &str = "job.failed";
+    pub const JOB_RETRIED: &str = "job.retried";
     pub const EXPORT_READY: &str = "export.ready";
     pub const BATCH_COMPLETED: &str = "batch.completed";
     pub const DOCUMENT_DELETED: &str = "document.deleted";

@@ -3,6 +3,7 @@
 pub mod batches;
 pub mod calendar;
 pub mod context;
+pub mod dead_letters;
 pub mod deletion;
 pub mod error;
 pub mod events;

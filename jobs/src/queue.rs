@@ -134,6 +134,30 @@ impl Queue {
             .await?)
     }
 
+    /// Pushes a job that runs again after apalis finished its task (a failed job retried by
+    /// hand, a run the sweeper took back). apalis keeps a finished task's data until it is
+    /// pruned, and a push of an id it still holds does nothing, so a finished task is forgotten
+    /// first. A task still waiting or in flight is left alone: it runs anyway.
+    pub async fn requeue(&self, kind: JobKind, job_id: Uuid) -> Result<(), QueueError> {
+        const FORGET: &str = r"
+            if redis.call('SREM', KEYS[2], ARGV[2]) + redis.call('SREM', KEYS[3], ARGV[2]) > 0 then
+                redis.call('HDEL', KEYS[1], ARGV[2])
+                redis.call('DEL', ARGV[1] .. ':' .. ARGV[2])
+            end
+            return 0";
+        let config = self.config(kind);
+        let mut conn = self.conn.clone();
+        redis::Script::new(FORGET)
+            .key(config.job_data_hash())
+            .key(config.done_jobs_set())
+            .key(config.dead_jobs_set())
+            .arg(config.job_meta_hash())
+            .arg(job_id.to_string())
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        self.push(kind, job_id).await
+    }
+
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await?;

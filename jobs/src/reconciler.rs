@@ -2,16 +2,25 @@
 //! nothing on disk here and may come back empty, and a push may have failed after the row was
 //! committed. Every worker runs one; duplicate pushes are harmless (same task id).
 //! Each pass also makes Redis forget the tasks apalis has finished.
+//!
+//! Each pass first sweeps: a job still `running` `timeout + grace` after its run started
+//! ([`JobContext::timeout`]) was left by a worker that died or hung (the runner cancels its own
+//! runs at the timeout). It goes back to `queued`, its attempt counted, and is pushed; or, with
+//! its attempts spent, it fails with the reason. One `UPDATE … RETURNING` claims the jobs, so
+//! however many workers sweep at once, each job is taken back once.
 
 use std::time::Duration;
 
 use uuid::Uuid;
+
+use diesel::Connection;
 
 use shomei_schema::{interact, Job, JobKind};
 use shomei_telemetry::metrics;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::events::Pending;
 
 /// Jobs checked per pass; the oldest first, so a large backlog is worked through in turns.
 const BATCH: i64 = 500;
@@ -36,6 +45,7 @@ const PRUNE: usize = 5_000;
 /// One pass: every unfinished job not confirmed in Redis for `grace` is checked, and pushed
 /// again when Redis does not know it. Returns how many were pushed.
 pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> {
+    sweep(ctx).await?;
     let cutoff = chrono::Utc::now() - grace;
     let candidates = interact(&ctx.db, move |conn| {
         Ok(Job::unfinished_enqueued_before(conn, cutoff, BATCH)?)
@@ -70,6 +80,64 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
     }
     report_depth(ctx).await?;
     Ok(lost.len())
+}
+
+/// Takes back the jobs whose runs outlived their timeout by the grace (see the module's
+/// comment). Returns how many.
+pub async fn sweep(ctx: &JobContext) -> Result<usize, JobError> {
+    let mut swept = 0;
+    for kind in JobKind::ALL {
+        let limit = ctx.timeout(kind) + ctx.sweep_grace;
+        let started_before = chrono::Utc::now()
+            - chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::days(365));
+        let cap = ctx.attempt_cap(kind);
+        let reason = format!(
+            "the run started more than {} s before and never finished: the worker running it \
+             stopped or hung",
+            limit.as_secs()
+        );
+        let (requeued, failed, pending) = interact(&ctx.db, move |conn| {
+            Ok(conn.transaction(|conn| {
+                let mut requeued = Vec::new();
+                let mut failed = 0;
+                let mut pending = Pending::default();
+                for job in Job::release_stuck(conn, kind, started_before, &reason)? {
+                    if job.attempts < cap {
+                        requeued.push(job.id);
+                        continue;
+                    }
+                    let reason = format!("gave up after {} attempts: {reason}", job.attempts);
+                    Job::fail(conn, job.id, &reason)?;
+                    pending.add(crate::registry::on_failed(conn, &job, &reason)?);
+                    failed += 1;
+                }
+                diesel::QueryResult::Ok((requeued, failed, pending))
+            })?)
+        })
+        .await?;
+        pending.push(&ctx.queue).await;
+        for id in &requeued {
+            if let Err(e) = ctx.queue.requeue(kind, *id).await {
+                tracing::warn!(job.id = %id, error = %e, "queue push failed; left to the reconciler");
+            }
+        }
+        if requeued.is_empty() && failed == 0 {
+            continue;
+        }
+        tracing::warn!(
+            job.kind = kind.as_str(),
+            jobs.requeued = requeued.len(),
+            jobs.failed = failed,
+            "took back jobs running past their timeout"
+        );
+        for (outcome, n) in [("requeued", requeued.len()), ("failed", failed)] {
+            metrics::JOBS_SWEPT
+                .with_label_values(&[kind.as_str(), outcome])
+                .inc_by(n as u64);
+        }
+        swept += requeued.len() + failed;
+    }
+    Ok(swept)
 }
 
 /// Publishes unfinished jobs per kind and status, the age of the oldest due one, and the HSM

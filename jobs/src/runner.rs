@@ -59,13 +59,29 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     }
 
     // A panic in a handler is a bug for this input: fail the job with it, do not loop.
+    // A run past the kind's timeout is cancelled (the handler's future dropped: it stops at
+    // its next await; blocking work it handed to a thread finishes there, unseen) and counts
+    // as a transient failure. Handlers are idempotent: whatever a cancelled run got as far as
+    // recording (a transaction handed to a blocking thread still commits), the next run finds.
     let timer = metrics::JOB_DURATION
         .with_label_values(&[&kind_label])
         .start_timer();
-    let outcome = std::panic::AssertUnwindSafe(dispatch(kind, &ctx, &job))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| Err(JobError::permanent("the handler panicked")));
+    let limit = ctx.timeout(kind);
+    let run = std::panic::AssertUnwindSafe(dispatch(kind, &ctx, &job)).catch_unwind();
+    let (outcome, timed_out) = match tokio::time::timeout(limit, run).await {
+        Ok(finished) => (
+            finished.unwrap_or_else(|_| Err(JobError::permanent("the handler panicked"))),
+            false,
+        ),
+        Err(_) => (
+            Err(JobError::transient(format!(
+                "the run took longer than the {} job timeout of {} s and was cancelled",
+                kind.as_str(),
+                limit.as_secs_f64()
+            ))),
+            true,
+        ),
+    };
     timer.observe_duration();
     let (outcome_label, reason_label) = match &outcome {
         Ok(_) => ("succeeded", None),
@@ -73,6 +89,7 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
         Err(JobError::Transient(_)) if job.attempts >= ctx.attempt_cap(kind) => {
             ("failed", Some("gave_up"))
         }
+        Err(_) if timed_out => ("retried", Some("timeout")),
         Err(_) => ("retried", Some("transient")),
     };
     metrics::JOBS_FINISHED

@@ -40,6 +40,16 @@ impl DbError {
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
                 _,
             )) => true,
+            // Shutdown and start-up are reported by the server itself (SQLSTATE 57P01, 57P03),
+            // which diesel does not classify.
+            DbError::Query(Error::DatabaseError(_, info)) => [
+                "terminating connection",
+                "server closed the connection",
+                "no connection to the server",
+                "the database system is",
+            ]
+            .iter()
+            .any(|m| info.message().contains(m)),
             DbError::Query(_) | DbError::Migration(_) => false,
         }
     }

@@ -35,8 +35,14 @@ metric!(JOBS_FINISHED: IntCounterVec = register_int_counter_vec!(
     &["kind", "outcome"]));
 metric!(JOB_FAILURES: IntCounterVec = register_int_counter_vec!(
     "shomei_job_failures_total",
-    "Failed job runs by reason: permanent, transient or gave_up (attempts spent)",
+    "Failed job runs by reason: permanent, transient, timeout (cancelled past the kind's \
+     timeout, retried) or gave_up (attempts spent)",
     &["kind", "reason"]));
+metric!(JOBS_SWEPT: IntCounterVec = register_int_counter_vec!(
+    "shomei_jobs_swept_total",
+    "Jobs found running long past their timeout (worker died or hung), by outcome: requeued, \
+     or failed (attempts spent)",
+    &["kind", "outcome"]));
 metric!(JOB_DURATION: HistogramVec = register_histogram_vec!(
     "shomei_job_duration_seconds", "One run of a job handler", &["kind"], SECONDS.to_vec()));
 metric!(JOB_QUEUE_WAIT: HistogramVec = register_histogram_vec!(

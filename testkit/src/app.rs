@@ -310,11 +310,22 @@ impl TestApp {
 
     /// Starts one more worker process; returns its index.
     pub fn start_worker(&mut self) -> usize {
+        self.start_worker_with(&[])
+    }
+
+    /// Starts one more worker process with extra environment (over the app's and the options'
+    /// worker environment, e.g. a key label the HSM does not have); returns its index.
+    pub fn start_worker_with(&mut self, extra_env: &[(&str, &str)]) -> usize {
         let index = self.workers.len();
         let log = self.dir.join(format!("worker-{index}.log"));
         let [port] = free_ports();
         let metrics = format!("127.0.0.1:{port}");
         let mut worker_env = self.options.worker_env.clone();
+        worker_env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         worker_env.push(("SHOMEI_METRICS_ADDR".into(), metrics.clone()));
         let child = spawn_logged(&bin("shomei-worker"), &[], &self.env, &worker_env, &log);
         self.workers.push(Some(child));
@@ -358,6 +369,58 @@ impl TestApp {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Sends SIGTERM to a running worker (a graceful stop: it finishes its running jobs).
+    pub fn terminate_worker(&self, index: usize) {
+        let child = self.workers[index].as_ref().expect("worker running");
+        send_sigterm(child.id());
+    }
+
+    /// Waits up to `timeout` for a worker to exit by itself; its exit status, or `None` if it
+    /// is still running (it is then left running).
+    pub async fn wait_worker_exit(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let status = wait_exit(self.workers[index].as_mut()?, timeout).await;
+        if status.is_some() {
+            self.workers[index] = None;
+        }
+        status
+    }
+
+    /// Sends SIGTERM to the API (it stops accepting connections and finishes open requests).
+    pub fn terminate_api(&self) {
+        send_sigterm(self.api.id());
+    }
+
+    /// Waits up to `timeout` for the API to exit by itself; its exit status, or `None`.
+    pub async fn wait_api_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_exit(&mut self.api, timeout).await
+    }
+
+    /// Makes the app's database unreachable, as a PostgreSQL outage would: its sessions are
+    /// ended and new ones refused (`ALLOW_CONNECTIONS false`). The server itself, shared with
+    /// the other tests, keeps running. [`TestApp::restore_database`] undoes it.
+    pub fn cut_database(&self) {
+        admin_sql(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            self.db_name
+        ));
+        admin_sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.db_name
+        ));
+    }
+
+    /// Lets connections to the app's database in again.
+    pub fn restore_database(&self) {
+        admin_sql(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            self.db_name
+        ));
     }
 
     /// The HTTP client the helpers use (for methods they do not cover).
@@ -712,6 +775,27 @@ fn own_token_copy(hsm: &Path, dir: &Path) -> String {
     )
     .unwrap();
     conf.display().to_string()
+}
+
+fn send_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn admin_sql(statement: &str) {

@@ -13,10 +13,27 @@ use shomei_schema::JobKind;
 /// How often an idle worker asks Redis for work. Without it apalis-redis only polls on its
 /// heartbeat tick, and a fresh job waits for it.
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// On SIGTERM the worker stops taking jobs and waits this long for the running ones; past it,
+/// it exits anyway and their jobs are run again elsewhere (apalis hands a silent worker's
+/// tasks to the others; the sweeper takes back their rows).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// What the exit waits for blocking calls still running (dropping a tokio runtime would wait
+/// for them for ever).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run());
+    // A run cancelled at its timeout may have left a blocking call behind (a PKCS#11 call or a
+    // TSA request on a blocking thread); it must not hold up the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     shomei_telemetry::init();
     let config = Config::from_env()?;
     shomei_telemetry::metrics::init("worker");
@@ -65,6 +82,6 @@ async fn main() -> anyhow::Result<()> {
         .await;
     reconcile.abort();
     schedule.abort();
-    tracing::info!("worker stopped");
+    tracing::info!("worker shut down");
     Ok(result?)
 }

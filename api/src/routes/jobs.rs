@@ -1,9 +1,12 @@
 //! Jobs: how every route queues one ([`queue_job`]), and `GET /v1/jobs/{id}`, a job's state
-//! read from PostgreSQL (the truth), never from Redis.
+//! read from PostgreSQL (the truth), never from Redis. The dead letters (jobs failed for good):
+//! `GET /v1/jobs/dead` lists them, `POST /v1/jobs/{id}/retry` retries one
+//! ([`shomei_jobs::dead_letters`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 use warp::http::StatusCode;
@@ -12,20 +15,127 @@ use warp::{Filter, Rejection};
 
 use shomei_schema::{interact, Document, Job, JobKind, JobStatus, NewJob};
 
-use super::{created, respond, with_state};
+use shomei_jobs::dead_letters::{self, Operator, Retried};
+
+use super::{client_ip, created, respond, with_state};
 use crate::auth::{authorized, Caller, Permission};
+use crate::client::client_addr;
 use crate::problem::ApiError;
 use crate::AppState;
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("v1" / "jobs" / Uuid)
+    let dead = warp::path!("v1" / "jobs" / "dead")
+        .and(warp::get())
+        .and(authorized(state.clone(), Permission::ManageJobs))
+        .and(warp::query::<DeadQuery>())
+        .and(with_state(state.clone()))
+        .then(dead)
+        .map(respond);
+    let retry = warp::path!("v1" / "jobs" / Uuid / "retry")
+        .and(warp::post())
+        .and(authorized(state.clone(), Permission::ManageJobs))
+        .and(with_state(state.clone()))
+        .and(client_addr(state.gate.clone()))
+        .then(retry)
+        .map(respond);
+    let show = warp::path!("v1" / "jobs" / Uuid)
         .and(warp::get())
         .and(authorized(state.clone(), Permission::ReadDocuments))
         .and(with_state(state))
         .then(show)
-        .map(respond)
+        .map(respond);
+    dead.or(retry).unify().or(show).unify()
+}
+
+/// Dead letters per page by default, and at most.
+const PAGE: i64 = 100;
+const PAGE_MAX: i64 = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadQuery {
+    kind: Option<String>,
+    limit: Option<i64>,
+    /// The `next_after` of the previous page.
+    after: Option<Uuid>,
+}
+
+async fn dead(
+    caller: Caller,
+    query: DeadQuery,
+    state: Arc<AppState>,
+) -> Result<Response, ApiError> {
+    let kind = match query.kind.as_deref() {
+        None => None,
+        Some(name) => Some(JobKind::parse(name).ok_or_else(|| {
+            let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "kind must be one of {}, not {name:?}",
+                kinds.join(", ")
+            ))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(PAGE);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {PAGE_MAX}"
+        )));
+    }
+    let after = query.after;
+    let jobs = interact(&state.db, move |conn| {
+        Ok(Job::dead_letters(
+            conn,
+            caller.tenant_id,
+            caller.principal(),
+            kind,
+            after,
+            limit,
+        )?)
+    })
+    .await?;
+    // A full page may have more after it; the next page starts after its last job.
+    let next_after = (jobs.len() as i64 == limit)
+        .then(|| jobs.last().map(|job| job.id))
+        .flatten();
+    let jobs: Vec<JobView> = jobs.into_iter().map(JobView::from).collect();
+    Ok(warp::reply::json(&json!({"jobs": jobs, "next_after": next_after})).into_response())
+}
+
+async fn retry(
+    id: Uuid,
+    caller: Caller,
+    state: Arc<AppState>,
+    client: Option<IpAddr>,
+) -> Result<Response, ApiError> {
+    let operator = Operator {
+        tenant_id: caller.tenant_id,
+        principal: caller.principal(),
+        actor: caller.actor(),
+        ip: client_ip(client),
+    };
+    let job = match dead_letters::retry(&state.db, &state.queue, operator, id).await? {
+        Retried::Requeued(job) | Retried::AlreadyPending(job) => job,
+        Retried::NotFound => return Err(ApiError::NotFound("job")),
+        Retried::Succeeded => {
+            return Err(ApiError::Conflict(
+                "the job succeeded; there is nothing to retry".into(),
+            ))
+        }
+        Retried::RequestStep => {
+            return Err(ApiError::Conflict(
+                "a signature request's sign job is not retried: its failure gave the signer \
+                 their turn back, and they sign again through their link"
+                    .into(),
+            ))
+        }
+    };
+    Ok(created(
+        &json!({"job_id": job.id}),
+        &format!("/v1/jobs/{}", job.id),
+        StatusCode::ACCEPTED,
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -56,18 +166,23 @@ async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response
     })
     .await?
     .ok_or(ApiError::NotFound("job"))?;
-    let view = JobView {
-        id: job.id,
-        status: job.status(),
-        kind: job.kind,
-        attempts: job.attempts,
-        error: job.error,
-        document_id: job.document_id,
-        created_at: job.created_at,
-        finished_at: job.finished_at,
-        result: job.result,
-    };
-    Ok(warp::reply::json(&view).into_response())
+    Ok(warp::reply::json(&JobView::from(job)).into_response())
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> Self {
+        Self {
+            id: job.id,
+            status: job.status(),
+            kind: job.kind,
+            attempts: job.attempts,
+            error: job.error,
+            document_id: job.document_id,
+            created_at: job.created_at,
+            finished_at: job.finished_at,
+            result: job.result,
+        }
+    }
 }
 
 /// Records and queues a job (on a document, or on the tenant's documents when `document_id`

@@ -62,6 +62,7 @@ mod tests {
             Permission::ReadAuditLog => "read_audit_log",
             Permission::ManageIntegrations => "manage_integrations",
             Permission::ManageAccess => "manage_access",
+            Permission::ManageJobs => "manage_jobs",
             Permission::CancelContract => "cancel_contract",
         }
     }

@@ -107,6 +107,17 @@ impl Export {
             .load(conn)
     }
 
+    /// Its job was retried by hand after failing: the export waits for it again.
+    pub fn requeue(conn: &mut PgConnection, job_id: Uuid) -> QueryResult<()> {
+        diesel::update(exports::table.filter(exports::job_id.eq(job_id)))
+            .set((
+                exports::status.eq("queued"),
+                exports::finished_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    }
+
     pub fn fail(conn: &mut PgConnection, job_id: Uuid) -> QueryResult<()> {
         diesel::update(exports::table.filter(exports::job_id.eq(job_id)))
             .set((

@@ -3,7 +3,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::schema::jobs;
+use crate::schema::{documents, jobs};
 
 /// The kinds of work the pipeline does. The string is stored in `jobs.kind` and names the
 /// queue, so it must stay stable and unique.
@@ -318,6 +318,90 @@ impl Job {
                FROM jobs WHERE status IN ('queued', 'running') GROUP BY kind, status",
         )
         .load(conn)
+    }
+
+    /// The sweeper's claim: every `kind` job still `running` from a run started before
+    /// `started_before` goes back to `queued` with `error`, its attempt already counted, and is
+    /// returned. One statement, so of several workers sweeping at once each job goes to one.
+    pub fn release_stuck(
+        conn: &mut PgConnection,
+        kind: JobKind,
+        started_before: DateTime<Utc>,
+        error: &str,
+    ) -> QueryResult<Vec<Job>> {
+        diesel::update(
+            jobs::table
+                .filter(jobs::kind.eq(kind.as_str()))
+                .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                .filter(jobs::started_at.lt(started_before)),
+        )
+        .set((
+            jobs::status.eq(JobStatus::Queued.as_str()),
+            jobs::error.eq(error),
+            jobs::enqueued_at.eq(diesel::dsl::now),
+        ))
+        .returning(Job::as_returning())
+        .get_results(conn)
+    }
+
+    /// The dead letters: the tenant's jobs that failed for good, in id (creation) order after
+    /// `after`, at most `limit`, of one kind or all; jobs on documents in folders `principal`
+    /// may not see are left out.
+    pub fn dead_letters(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        principal: Uuid,
+        kind: Option<JobKind>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> QueryResult<Vec<Job>> {
+        let visible = documents::table
+            .filter(documents::tenant_id.eq(tenant_id))
+            .filter(super::folder_visible(principal, documents::folder))
+            .select(documents::id.nullable());
+        let mut query = jobs::table
+            .filter(jobs::tenant_id.eq(tenant_id))
+            .filter(jobs::status.eq(JobStatus::Failed.as_str()))
+            .filter(
+                jobs::document_id
+                    .is_null()
+                    .or(jobs::document_id.eq_any(visible)),
+            )
+            .into_boxed();
+        if let Some(kind) = kind {
+            query = query.filter(jobs::kind.eq(kind.as_str()));
+        }
+        if let Some(after) = after {
+            query = query.filter(jobs::id.gt(after));
+        }
+        query
+            .order(jobs::id.asc())
+            .limit(limit)
+            .select(Job::as_select())
+            .load(conn)
+    }
+
+    /// Gives a failed job a fresh start: `queued`, no attempts, no error or result. `None`
+    /// when it is not `failed` (any more): of two retries at once, one resets it.
+    pub fn retry(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
+        diesel::update(
+            jobs::table
+                .find(id)
+                .filter(jobs::status.eq(JobStatus::Failed.as_str())),
+        )
+        .set((
+            jobs::status.eq(JobStatus::Queued.as_str()),
+            jobs::attempts.eq(0),
+            jobs::error.eq(None::<String>),
+            jobs::result.eq(None::<serde_json::Value>),
+            jobs::started_at.eq(None::<DateTime<Utc>>),
+            jobs::finished_at.eq(None::<DateTime<Utc>>),
+            jobs::run_after.eq(None::<DateTime<Utc>>),
+            jobs::enqueued_at.eq(diesel::dsl::now),
+        ))
+        .returning(Job::as_returning())
+        .get_result(conn)
+        .optional()
     }
 
     /// Unfinished, due jobs last pushed to (or seen in) the queue before `cutoff`, oldest first:

@@ -28,7 +28,7 @@ fn allowed(permission: &str) -> &'static [&'static str] {
         "sign" => &["owner", "admin", "document_manager", "member"],
         "manage_documents" | "export" => &["owner", "admin", "document_manager"],
         "audit" => &["owner", "admin", "auditor"],
-        "integrations" | "access" => &["owner", "admin"],
+        "integrations" | "access" | "jobs" => &["owner", "admin"],
         "cancel" => &["owner"],
         other => panic!("no permission {other}"),
     }
@@ -185,6 +185,13 @@ async fn every_role_may_do_what_the_matrix_says_and_nothing_else() {
             Some("{}"),
             "access",
         ),
+        (Method::GET, "/v1/jobs/dead".into(), None, "jobs"),
+        (
+            Method::POST,
+            format!("/v1/jobs/{missing}/retry"),
+            None,
+            "jobs",
+        ),
     ];
     let mut checked = 0;
     for (method, path, body, permission) in &cases {
@@ -309,6 +316,7 @@ async fn another_tenants_ids_answer_404_on_every_endpoint() {
         (Method::DELETE, format!("/v1/documents/{document}"), None),
         (Method::POST, format!("/v1/documents/{document}/holds"), Some(r#"{"holder":"x"}"#.into())),
         (Method::GET, format!("/v1/jobs/{job}"), None),
+        (Method::POST, format!("/v1/jobs/{job}/retry"), None),
         (Method::GET, format!("/v1/requests/{request}"), None),
         (Method::POST, format!("/v1/requests/{request}/cancel"), None),
         (Method::GET, format!("/v1/webhooks/{webhook}"), None),

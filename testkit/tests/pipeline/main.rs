@@ -7,6 +7,7 @@ mod batches;
 mod data_at_rest;
 mod deletion;
 mod exports;
+mod faults;
 mod ledger;
 mod login;
 mod metrics;

@@ -1,0 +1,2 @@
+DROP INDEX jobs_dead_letters;
+DROP INDEX jobs_running_started;
