@@ -188,13 +188,7 @@ impl std::error::Error for ApiError {}
 
 /// `Retry-After` as seconds; an HTTP date is not used by the API and is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The API error in an error's chain, if any.

@@ -34,12 +34,14 @@ pub fn check_destination(path: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams `response` to `path` with a progress bar; when `expected_sha256` is given (the
-/// `ETag` of a PDF) the bytes must match it.
+/// Streams `response` to `path` with a progress bar (over `length_hint` when the answer has no
+/// `Content-Length`); when `expected_sha256` is given (the `ETag` of a PDF) the bytes must
+/// match it.
 pub async fn save(
     mut response: Response,
     path: &Path,
     force: bool,
+    length_hint: Option<u64>,
     expected_sha256: Option<&str>,
     progress: Progress,
 ) -> anyhow::Result<Saved> {
@@ -56,7 +58,14 @@ pub async fn save(
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = write(&mut response, &temp, progress, name.to_string_lossy()).await;
+    let result = write(
+        &mut response,
+        &temp,
+        length_hint,
+        progress,
+        name.to_string_lossy(),
+    )
+    .await;
     let saved = match result {
         Ok(saved) => saved,
         Err(e) => {
@@ -92,6 +101,7 @@ pub async fn save(
 async fn write(
     response: &mut Response,
     temp: &Path,
+    length_hint: Option<u64>,
     progress: Progress,
     name: std::borrow::Cow<'_, str>,
 ) -> anyhow::Result<Saved> {
@@ -103,14 +113,10 @@ async fn write(
         .with_context(|| format!("cannot create {}", temp.display()))?;
     // Read before the body: afterwards the size hint says what is left.
     let length = response.content_length();
-    let bar = progress.bytes(length, format!("downloading {name}"));
+    let bar = progress.bytes(length.or(length_hint), format!("downloading {name}"));
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .context("the download was cut off")?
-    {
+    while let Some(chunk) = response.chunk().await.context("the download was cut off")? {
         hasher.update(&chunk);
         file.write_all(&chunk)
             .await

@@ -214,7 +214,10 @@ async fn the_client_uploads_signs_follows_downloads_verifies_and_exports_over_ht
         "signed.pdf"
     );
     let downloaded = std::fs::read(shomei.path("signed.pdf")).unwrap();
-    assert_eq!(downloaded, single, "the download is the API's signed revision");
+    assert_eq!(
+        downloaded, single,
+        "the download is the API's signed revision"
+    );
     assert_ne!(downloaded, sample("contract.pdf"));
     let pdfsig = assert_externally_valid("cli-download", &downloaded, Expected::timestamped(1));
     assert!(pdfsig.contains("Signature is Valid."), "{pdfsig}");
@@ -243,7 +246,10 @@ async fn the_client_uploads_signs_follows_downloads_verifies_and_exports_over_ht
     );
     assert!(text.contains("PAdES level B-T"), "{text}");
     assert!(text.ends_with("VALID"), "{text}");
-    assert!(shomei.run(&["verify", "signed.pdf"]).ok().ends_with("VALID"));
+    assert!(shomei
+        .run(&["verify", "signed.pdf"])
+        .ok()
+        .ends_with("VALID"));
     let mut tampered = single.clone();
     let inside = embedded_signatures(&tampered)[0].signed_bytes.len() / 3;
     tampered[inside] ^= 0x01;
@@ -263,7 +269,14 @@ async fn the_client_uploads_signs_follows_downloads_verifies_and_exports_over_ht
     let second = uuid_line(shomei.run(&["upload", "contract.pdf"]).ok());
     shomei
         .run(&[
-            "sign", &second, "--name", "Taro Suzuki", "--level", "B-B", "--wait", "--timeout",
+            "sign",
+            &second,
+            "--name",
+            "Taro Suzuki",
+            "--level",
+            "B-B",
+            "--wait",
+            "--timeout",
             &timeout,
         ])
         .ok();
