@@ -403,6 +403,14 @@ pub async fn export(
     if export.status == "failed" {
         return Err(export_failure(api, &queued, &export).await);
     }
+    if export.total < documents.len() as u64 {
+        // The API archives signed documents only and leaves the others out without an error.
+        eprintln!(
+            "note: {} of the {} documents are signed; only those are in the archive",
+            export.total,
+            documents.len()
+        );
+    }
     if export.expired {
         return Err(Failure::new(
             exit::NOT_FOUND,
