@@ -4,6 +4,7 @@
 mod access;
 mod bad_input;
 mod batches;
+mod cli;
 mod data_at_rest;
 mod deletion;
 mod exports;
