@@ -98,7 +98,11 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         let allow_http: bool = self.parsed(ALLOW_HTTP, false)?;
         match (&endpoint, allow_http) {
             (Some(e), _) if !e.starts_with("https://") && !e.starts_with("http://") => {
-                return Err(invalid(ENDPOINT, e, "must start with https:// (or http://)"));
+                return Err(invalid(
+                    ENDPOINT,
+                    e,
+                    "must start with https:// (or http://)",
+                ));
             }
             (Some(e), false) if e.starts_with("http://") => {
                 return Err(invalid(
@@ -232,7 +236,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("wJalr-s3cr3t-4711"));
 
         let c = s3(&[("SHOMEI_STORAGE_URL", "s3://contracts")]).unwrap();
-        assert_eq!((c.prefix.as_str(), c.endpoint, c.region.as_str()), ("", None, "us-east-1"));
+        assert_eq!(
+            (c.prefix.as_str(), c.endpoint, c.region.as_str()),
+            ("", None, "us-east-1")
+        );
         assert!(c.credentials.is_none());
     }
 
@@ -258,7 +265,11 @@ mod tests {
 
     #[test]
     fn plain_http_is_allowed_only_when_asked_for_and_only_to_loopback() {
-        for endpoint in ["http://127.0.0.1:9000", "http://localhost:9000/", "http://[::1]:9000"] {
+        for endpoint in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000/",
+            "http://[::1]:9000",
+        ] {
             let c = s3(&[
                 ("SHOMEI_STORAGE_URL", "s3://b"),
                 ("SHOMEI_S3_ENDPOINT", endpoint),
@@ -274,7 +285,10 @@ mod tests {
             assert!(msg.starts_with(name), "{vars:?}: {msg}");
         };
         // Not asked for.
-        refused(&[("SHOMEI_S3_ENDPOINT", "http://127.0.0.1:9000")], "SHOMEI_S3_ENDPOINT");
+        refused(
+            &[("SHOMEI_S3_ENDPOINT", "http://127.0.0.1:9000")],
+            "SHOMEI_S3_ENDPOINT",
+        );
         // Asked for, but not loopback (nor a loopback name with credentials in front).
         for endpoint in [
             "http://10.0.0.5:9000",
@@ -283,12 +297,18 @@ mod tests {
             "http://127.0.0.1.evil.example",
         ] {
             refused(
-                &[("SHOMEI_S3_ENDPOINT", endpoint), ("SHOMEI_S3_ALLOW_HTTP", "true")],
+                &[
+                    ("SHOMEI_S3_ENDPOINT", endpoint),
+                    ("SHOMEI_S3_ALLOW_HTTP", "true"),
+                ],
                 "SHOMEI_S3_ALLOW_HTTP",
             );
         }
         refused(&[("SHOMEI_S3_ALLOW_HTTP", "true")], "SHOMEI_S3_ALLOW_HTTP");
-        refused(&[("SHOMEI_S3_ENDPOINT", "s3.example.net")], "SHOMEI_S3_ENDPOINT");
+        refused(
+            &[("SHOMEI_S3_ENDPOINT", "s3.example.net")],
+            "SHOMEI_S3_ENDPOINT",
+        );
     }
 
     #[test]

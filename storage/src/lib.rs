@@ -10,8 +10,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use secrecy::ExposeSecret;
-use shomei_config::{S3Config, StorageConfig};
 use sha2::{Digest, Sha256};
+use shomei_config::{S3Config, StorageConfig};
 use std::sync::Arc;
 use uuid::Uuid;
 

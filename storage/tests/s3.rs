@@ -144,7 +144,7 @@ fn config(s3: &S3Server) -> S3Config {
 /// A PDF-like plaintext: a header, then bytes from a seeded generator (incompressible, and
 /// every 32-byte window distinct with overwhelming likelihood).
 fn plaintext(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = b"%PDF-1.7\n".to_vec();
     while out.len() < len {
         state ^= state << 13;
@@ -154,6 +154,14 @@ fn plaintext(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The error of a read that must fail (without printing the bytes of one that did not).
+fn refused(read: Result<Bytes, StorageError>) -> StorageError {
+    match read {
+        Ok(bytes) => panic!("{} bytes read from a changed object", bytes.len()),
+        Err(e) => e,
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -236,7 +244,10 @@ async fn a_streamed_archive_larger_than_a_part_is_uploaded_in_parts_and_streams_
     assert_eq!(size, archive.len() as u64);
     let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
     assert!(chunks.len() > 1, "streamed in chunks, not whole");
-    assert!(chunks.concat() == archive, "the archive streams back intact");
+    assert!(
+        chunks.concat() == archive,
+        "the archive streams back intact"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,7 +257,13 @@ async fn objects_are_listed_by_prefix_and_removed_for_good() {
     let mut keys = Vec::new();
     for (document, seed) in [(a, 3), (a, 4), (b, 5)] {
         let pdf = Bytes::from(plaintext(10 * 1024, seed));
-        keys.push(f.storage.put_pdf(f.tenant, document, pdf).await.unwrap().key);
+        keys.push(
+            f.storage
+                .put_pdf(f.tenant, document, pdf)
+                .await
+                .unwrap()
+                .key,
+        );
     }
     let sorted = |mut v: Vec<String>| {
         v.sort();
@@ -308,12 +325,12 @@ async fn an_object_changed_in_the_bucket_is_refused_on_read() {
     let mut raw = f.s3.get(&first_in_bucket).await;
     let middle = raw.len() / 2;
     raw[middle] ^= 0x01;
-    f.s3.put(&first_in_bucket, raw).await;
-    let err = f
-        .storage
-        .get_verified(&first.key, &first.sha256)
-        .await
-        .unwrap_err();
+    f.s3.put(&first_in_bucket, raw.clone()).await;
+    assert!(
+        f.s3.get(&first_in_bucket).await == raw,
+        "the bucket holds the changed object"
+    );
+    let err = refused(f.storage.get_verified(&first.key, &first.sha256).await);
     assert!(
         matches!(err, StorageError::Sealed { .. }) && err.is_permanent(),
         "{err:?}"
@@ -326,11 +343,7 @@ async fn an_object_changed_in_the_bucket_is_refused_on_read() {
     // revision recorded.
     let other = f.s3.get(&Fixture::in_bucket(&second.key)).await;
     f.s3.put(&first_in_bucket, other).await;
-    let err = f
-        .storage
-        .get_verified(&first.key, &first.sha256)
-        .await
-        .unwrap_err();
+    let err = refused(f.storage.get_verified(&first.key, &first.sha256).await);
     assert!(
         matches!(err, StorageError::Corrupt { .. }) && err.is_permanent(),
         "{err:?}"

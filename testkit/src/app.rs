@@ -614,7 +614,9 @@ impl TestApp {
 
     /// The S3 server of an app started with [`TestStorage::S3`].
     pub fn s3(&self) -> &S3Server {
-        self.s3.as_ref().expect("the app was not started with TestStorage::S3")
+        self.s3
+            .as_ref()
+            .expect("the app was not started with TestStorage::S3")
     }
 
     /// Where the app's object store keeps its files.

@@ -2,8 +2,8 @@
 //! own. It is moto's standalone server (`scripts/s3-server.sh`, pinned, from PyPI), a separate
 //! process speaking the S3 REST protocol over HTTP; the store under test reaches it through
 //! object_store's S3 client like it would reach AWS. The helpers here read and write the
-//! bucket with plain HTTP requests of their own (ListObjectsV2, GET, PUT, HEAD), sharing no code
-//! with that client, to see what is really stored and to tamper with it.
+//! bucket with another S3 client, boto3 (the AWS SDK for Python, `s3_client.py`), sharing no
+//! code with that one, to see what is really stored and to tamper with it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,8 +20,12 @@ pub struct S3Server {
     bucket: String,
     secret: String,
     log: PathBuf,
+    venv_bin: PathBuf,
     http: reqwest::Client,
 }
+
+/// The tests' S3 client, run by the virtualenv's Python.
+const CLIENT: &str = include_str!("s3_client.py");
 
 impl S3Server {
     /// Installs the server if needed (`scripts/s3-server.sh install`), starts it on a free
@@ -33,12 +37,16 @@ impl S3Server {
         let log = dir.join(format!("{id}.log"));
         let script = workspace_root().join("scripts/s3-server.sh");
         // Installing may take a minute the first time; done before the port is picked.
-        let status = Command::new(&script)
+        let install = Command::new(&script)
             .arg("install")
-            .stdout(Stdio::null())
-            .status()
+            .stderr(Stdio::inherit())
+            .output()
             .expect("run scripts/s3-server.sh");
-        assert!(status.success(), "scripts/s3-server.sh install failed");
+        assert!(
+            install.status.success(),
+            "scripts/s3-server.sh install failed"
+        );
+        let venv_bin = PathBuf::from(String::from_utf8(install.stdout).unwrap().trim());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -57,16 +65,11 @@ impl S3Server {
             bucket: format!("shomei-{}", &id[..12]),
             secret: format!("s3-secret-{id}"),
             log,
+            venv_bin,
             http: reqwest::Client::new(),
         };
         server.wait_until_up().await;
-        let created = server
-            .http
-            .put(format!("{}/{}", server.endpoint, server.bucket))
-            .send()
-            .await
-            .unwrap();
-        assert!(created.status().is_success(), "creating the bucket: {created:?}");
+        server.client("create-bucket", None, &[]).await;
         server
     }
 
@@ -122,77 +125,76 @@ impl S3Server {
         ]
     }
 
-    fn object_url(&self, key: &str) -> String {
-        format!("{}/{}/{key}", self.endpoint, self.bucket)
+    /// Runs the tests' own S3 client (boto3, `s3_client.py`) with `input` on its stdin;
+    /// returns its stdout.
+    async fn client(&self, command: &str, arg: Option<&str>, input: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(self.venv_bin.join("python"))
+            .args([
+                "-c",
+                CLIENT,
+                &self.endpoint,
+                &self.bucket,
+                ACCESS_KEY_ID,
+                &self.secret,
+            ])
+            .arg(command)
+            .args(arg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the S3 client (boto3)");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().await.unwrap();
+        assert!(
+            output.status.success(),
+            "S3 {command} {arg:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    /// The client's answer, strings (one, or a list).
+    async fn client_strings(&self, command: &str, arg: Option<&str>) -> Vec<String> {
+        let answer: serde_json::Value =
+            serde_json::from_slice(&self.client(command, arg, &[]).await).unwrap();
+        match answer {
+            serde_json::Value::String(s) => vec![s],
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(|i| i.as_str().unwrap().to_owned())
+                .collect(),
+            other => panic!("S3 {command}: {other}"),
+        }
     }
 
     /// The key of every object in the bucket under `prefix` (ListObjectsV2, every page).
     pub async fn list(&self, prefix: &str) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut query = vec![("list-type", "2".to_owned()), ("prefix", prefix.to_owned())];
-            if let Some(token) = &token {
-                query.push(("continuation-token", token.clone()));
-            }
-            let response = self
-                .http
-                .get(format!("{}/{}", self.endpoint, self.bucket))
-                .query(&query)
-                .send()
-                .await
-                .unwrap();
-            assert!(response.status().is_success(), "{response:?}");
-            let xml = response.text().await.unwrap();
-            keys.extend(elements(&xml, "Key"));
-            token = elements(&xml, "NextContinuationToken").into_iter().next();
-            if token.is_none() {
-                return keys;
-            }
-        }
+        self.client_strings("list", Some(prefix)).await
     }
 
     /// An object's bytes as stored.
     pub async fn get(&self, key: &str) -> Vec<u8> {
-        let response = self.http.get(self.object_url(key)).send().await.unwrap();
-        assert!(response.status().is_success(), "GET {key}: {response:?}");
-        response.bytes().await.unwrap().to_vec()
+        self.client("get", Some(key), &[]).await
     }
 
     /// Overwrites (or creates) an object, as anyone with write access to the bucket could.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) {
-        let response = self
-            .http
-            .put(self.object_url(key))
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "PUT {key}: {response:?}");
+        self.client("put", Some(key), &bytes).await;
     }
 
     /// An object's ETag (HEAD). S3 gives an object assembled by a multipart upload the ETag
-    /// `"<md5 of the parts' md5s>-<number of parts>"`.
+    /// `<md5 of the parts' md5s>-<number of parts>`.
     pub async fn etag(&self, key: &str) -> String {
-        let response = self.http.head(self.object_url(key)).send().await.unwrap();
-        assert!(response.status().is_success(), "HEAD {key}: {response:?}");
-        response.headers()["etag"]
-            .to_str()
-            .unwrap()
-            .trim_matches('"')
-            .to_owned()
+        self.client_strings("etag", Some(key)).await.remove(0)
     }
 
     /// Multipart uploads started and neither completed nor aborted (ListMultipartUploads).
     pub async fn open_multipart_uploads(&self) -> Vec<String> {
-        let response = self
-            .http
-            .get(format!("{}/{}?uploads", self.endpoint, self.bucket))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{response:?}");
-        elements(&response.text().await.unwrap(), "Key")
+        self.client_strings("uploads", None).await
     }
 }
 
@@ -201,22 +203,4 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The text of every `<name>…</name>` element (the S3 listings are flat enough for this).
-fn elements(xml: &str, name: &str) -> Vec<String> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    xml.split(&open)
-        .skip(1)
-        .filter_map(|rest| rest.split_once(&close).map(|(text, _)| unescape(text)))
-        .collect()
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
 }

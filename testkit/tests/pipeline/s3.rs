@@ -68,7 +68,10 @@ async fn a_contract_signed_on_s3_storage_validates_and_the_bucket_holds_only_sea
     assert_eq!((documents, exports, keys.len()), (2, 1, 3), "{keys:?}");
     let pieces: Vec<&[u8]> = [&pdf, &signed]
         .into_iter()
-        .flat_map(|p| p.chunks(4096).map(|c| &c[c.len() / 2..][..32.min(c.len() / 2)]))
+        .flat_map(|p| {
+            p.chunks(4096)
+                .map(|c| &c[c.len() / 2..][..32.min(c.len() / 2)])
+        })
         .filter(|piece| piece.len() == 32)
         .collect();
     for key in &keys {
