@@ -25,7 +25,8 @@ ARG RUST_VERSION=1.95.0
 ARG DEBIAN_SUITE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_SUITE} AS builder
-# diesel's pq-sys links libpq; everything else is pure Rust or built by cc (ring).
+# diesel's pq-sys links libpq; everything else is pure Rust or built by cc (ring, and aws-lc-sys
+# for object_store's S3 client).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpq-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*

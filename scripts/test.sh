@@ -27,6 +27,8 @@ echo "==> lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> the API contract's checkers (schemathesis, openapi-spec-validator; pinned, from PyPI)"
 scripts/schemathesis.sh install >/dev/null
+echo "==> the local S3 server for the storage tests (moto, pinned, from PyPI)"
+scripts/s3-server.sh install >/dev/null
 echo "==> tests"
 cargo test --workspace --locked
 # Bounded fuzzing of PDF intake and signing (fuzz/README.md); SHOMEI_FUZZ_SECONDS=0 skips it.

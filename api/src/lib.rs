@@ -61,7 +61,7 @@ impl AppState {
             .await?
             .context("opening the HSM")?;
         let keys = Keyring::new(db.clone(), hsm.clone());
-        let storage = Storage::local(&config.storage_dir, keys.clone())?;
+        let storage = Storage::from_config(&config.storage, keys.clone())?;
         let trust_anchors = match &config.trust_anchors {
             None => vec![],
             Some(path) => {

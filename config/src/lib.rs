@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+mod storage;
+pub use storage::{S3Config, S3Credentials, StorageConfig};
+
 /// The policy of the development TSA: under IANA's enterprise number 32473, reserved for
 /// documentation and examples (RFC 5612). A production TSA states an OID of its own.
 pub const DEV_TSA_POLICY: &str = "1.3.6.1.4.1.32473.1.1";
@@ -18,7 +21,8 @@ pub struct Config {
     pub db_pool_size: u32,
     pub redis_url: String,
     pub queue_namespace: String,
-    pub storage_dir: PathBuf,
+    /// Where document bytes are kept: a local directory or an S3-compatible bucket.
+    pub storage: StorageConfig,
     pub api_addr: SocketAddr,
     /// How `shomei-api serve` talks to clients: HTTPS (`SHOMEI_TLS_CERT` and `SHOMEI_TLS_KEY`)
     /// or plain HTTP (`SHOMEI_API_PLAIN_HTTP=true`, local use). `None` when neither is
@@ -257,7 +261,7 @@ impl Config {
             db_pool_size: vars.parsed("SHOMEI_DB_POOL_SIZE", 16)?,
             redis_url: vars.string("SHOMEI_REDIS_URL", "redis://127.0.0.1:6379/0"),
             queue_namespace: vars.string("SHOMEI_QUEUE_NAMESPACE", "shomei"),
-            storage_dir: vars.string("SHOMEI_STORAGE_DIR", "var/storage").into(),
+            storage: vars.storage()?,
             api_addr,
             api_transport,
             max_upload_bytes: vars.parsed("SHOMEI_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)?,

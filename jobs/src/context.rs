@@ -70,7 +70,7 @@ impl JobContext {
         })
         .await??;
         let keys = Keyring::new(db.clone(), hsm.clone());
-        let storage = Storage::local(&config.storage_dir, keys.clone())?;
+        let storage = Storage::from_config(&config.storage, keys.clone())?;
         let mailer = Mailer::new(&MailSettings {
             smtp_url: config.mail.smtp_url.clone(),
             smtp_ca: config.mail.smtp_ca.clone(),

@@ -4,10 +4,14 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
+use shomei_config::{S3Config, StorageConfig};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -74,6 +78,40 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// The store the configuration names (`SHOMEI_STORAGE_URL` or `SHOMEI_STORAGE_DIR`).
+    pub fn from_config(config: &StorageConfig, keys: Keyring) -> Result<Self, StorageError> {
+        match config {
+            StorageConfig::Local { dir } => Self::local(dir, keys),
+            StorageConfig::S3(s3) => Self::s3(s3, keys),
+        }
+    }
+
+    /// A store in an S3-compatible bucket, under the configured key prefix. The same layout
+    /// and sealing as [`local`](Self::local): only the backend differs. Nothing is sent until
+    /// the first operation (a wrong bucket or key shows there, not here).
+    pub fn s3(config: &S3Config, keys: Keyring) -> Result<Self, StorageError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_virtual_hosted_style_request(config.virtual_hosted)
+            .with_allow_http(config.allow_http);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(credentials) = &config.credentials {
+            builder = builder
+                .with_access_key_id(&credentials.access_key_id)
+                .with_secret_access_key(credentials.secret_access_key.expose_secret());
+        }
+        let bucket = builder.build()?;
+        let store: Arc<dyn ObjectStore> = if config.prefix.is_empty() {
+            Arc::new(bucket)
+        } else {
+            Arc::new(PrefixStore::new(bucket, config.prefix.as_str()))
+        };
+        Ok(Self { store, keys })
+    }
+
     /// A store in a local directory (created if absent).
     pub fn local(dir: &Path, keys: Keyring) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Open {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
 
+use crate::s3::S3Server;
 use crate::{hsm_dir, workspace_root};
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
@@ -29,7 +30,24 @@ pub struct TestAppOptions {
     /// (`tls/localhost.pem` of the dev HSM directory); [`TestApp::client`] then trusts the dev
     /// CA. Default: plain HTTP (`SHOMEI_API_PLAIN_HTTP=true`).
     pub tls: bool,
+    /// Where documents are stored: the app's own directory ([`TestApp::storage_dir`]), or a
+    /// bucket of an S3 server the app starts for itself ([`TestApp::s3`]).
+    pub storage: TestStorage,
 }
+
+/// The object store of a [`TestApp`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TestStorage {
+    /// `SHOMEI_STORAGE_DIR` under the app's directory.
+    #[default]
+    Local,
+    /// A local S3-compatible server ([`S3Server`]), the objects under the key prefix
+    /// [`S3_PREFIX`].
+    S3,
+}
+
+/// The key prefix a [`TestStorage::S3`] app stores under, inside its bucket.
+pub const S3_PREFIX: &str = "shomei";
 
 impl Default for TestAppOptions {
     fn default() -> Self {
@@ -42,6 +60,7 @@ impl Default for TestAppOptions {
             worker_env: vec![],
             tsa_urls_before: vec![],
             tls: false,
+            storage: TestStorage::Local,
         }
     }
 }
@@ -64,6 +83,8 @@ pub struct TestApp {
     workers: Vec<Option<Child>>,
     /// Each worker's `/metrics` address, by index.
     worker_metrics: Vec<String>,
+    /// The S3 server of a [`TestStorage::S3`] app (stopped after the processes, on drop).
+    s3: Option<S3Server>,
 }
 
 /// The path of a built Shomei binary (`shomei-api`, ...).
@@ -191,6 +212,11 @@ impl TestApp {
         if let Some(limit) = options.max_upload_bytes {
             env.push(("SHOMEI_MAX_UPLOAD_BYTES".into(), limit.to_string()));
         }
+        let s3 = match options.storage {
+            TestStorage::Local => None,
+            TestStorage::S3 => Some(S3Server::start().await),
+        };
+        env.extend(s3.iter().flat_map(|s3| s3.env(S3_PREFIX)));
         env.extend(options.env.iter().cloned());
 
         let mut app = TestApp {
@@ -220,6 +246,7 @@ impl TestApp {
             dir,
             workers: vec![],
             worker_metrics: vec![],
+            s3,
         };
         app.wait_until_ready().await;
         (app.api_key, app.tenant_id) = app.create_tenant_with_id("Test tenant", &[]).await;
@@ -646,6 +673,13 @@ impl TestApp {
             .filter_map(|l| l.trim().strip_prefix("label:"))
             .map(|l| l.trim().to_owned())
             .collect()
+    }
+
+    /// The S3 server of an app started with [`TestStorage::S3`].
+    pub fn s3(&self) -> &S3Server {
+        self.s3
+            .as_ref()
+            .expect("the app was not started with TestStorage::S3")
     }
 
     /// Where the app's object store keeps its files.

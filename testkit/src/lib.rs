@@ -2,6 +2,7 @@
 
 mod app;
 pub mod hostile;
+pub mod s3;
 pub mod smtp;
 pub mod validate;
 pub mod webhook_receiver;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use app::{bin, TestApp, TestAppOptions};
+pub use app::{bin, TestApp, TestAppOptions, TestStorage, S3_PREFIX};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

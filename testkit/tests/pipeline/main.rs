@@ -17,6 +17,7 @@ mod prometheus;
 mod reliability;
 mod reports;
 mod requests;
+mod s3;
 mod signing_flow;
 mod timestamps;
 mod tls;

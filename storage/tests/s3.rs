@@ -1,0 +1,385 @@
+//! The store on an S3-compatible bucket: a real S3 server on loopback (moto's, started per test
+//! by `shomei_testkit::s3::S3Server`), a real keyring (PostgreSQL, a copy of the dev SoftHSM2
+//! token). What the bucket holds is read back with the server's own S3 API, not through the
+//! store under test.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use futures::TryStreamExt;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use shomei_config::{S3Config, S3Credentials};
+use shomei_signing::{Hsm, HsmSettings};
+use shomei_storage::{Storage, StorageError};
+use shomei_testkit::s3::{S3Server, ACCESS_KEY_ID};
+use shomei_testkit::{hsm_dir, workspace_root};
+use shomei_vault::Keyring;
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+/// The store's key prefix inside the bucket (so the prefix handling is exercised too).
+const PREFIX: &str = "shomei/test";
+
+/// One HSM for the test binary, on its own copy of the dev token (the tests make KEKs in it).
+fn hsm() -> Hsm {
+    static HSM: OnceLock<Hsm> = OnceLock::new();
+    HSM.get_or_init(|| {
+        let hsm = hsm_dir();
+        let dir = workspace_root()
+            .join("target/tmp/storage-tests")
+            .join(Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(hsm.join("tokens"))
+            .arg(dir.join("tokens"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying the dev token");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.join("tokens").display()
+            ),
+        )
+        .unwrap();
+        // Before the first PKCS#11 call of this process, which reads it.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let pin = std::fs::read_to_string(hsm.join("user-pin")).unwrap();
+        Hsm::connect(&HsmSettings {
+            module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token_label: "shomei-dev".into(),
+            user_pin: SecretString::from(pin.trim().to_owned()),
+            pool_size: 2,
+        })
+        .expect("the dev token")
+    })
+    .clone()
+}
+
+/// A database of its own (migrated, with one tenant), dropped at the end of the test.
+struct Db {
+    name: String,
+}
+
+fn admin_sql(statement: &str) {
+    let mut conn = PgConnection::establish(&format!("{POSTGRES}/postgres")).unwrap();
+    diesel::sql_query(statement).execute(&mut conn).unwrap();
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        admin_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Everything a test needs: the S3 server with its bucket, the store on it, and a tenant.
+struct Fixture {
+    s3: S3Server,
+    storage: Storage,
+    tenant: Uuid,
+    _db: Db,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let s3 = S3Server::start().await;
+        let tenant = Uuid::new_v4();
+        let (keys, db) = tokio::task::spawn_blocking(move || {
+            let db = Db {
+                name: format!("shomei_s_{}", Uuid::new_v4().simple()),
+            };
+            admin_sql(&format!("CREATE DATABASE {}", db.name));
+            let pool = shomei_schema::connect(&format!("{POSTGRES}/{}", db.name), 4);
+            shomei_schema::run_migrations(&pool).unwrap();
+            diesel::sql_query(format!(
+                "INSERT INTO tenants (id, name) VALUES ('{tenant}', 'S3 test')"
+            ))
+            .execute(&mut pool.get().unwrap())
+            .unwrap();
+            (Keyring::new(pool, hsm()), db)
+        })
+        .await
+        .unwrap();
+        let storage = Storage::s3(&config(&s3), keys).unwrap();
+        Fixture {
+            s3,
+            storage,
+            tenant,
+            _db: db,
+        }
+    }
+
+    /// The bucket key of a store key.
+    fn in_bucket(key: &str) -> String {
+        format!("{PREFIX}/{key}")
+    }
+}
+
+fn config(s3: &S3Server) -> S3Config {
+    S3Config {
+        bucket: s3.bucket().to_owned(),
+        prefix: PREFIX.to_owned(),
+        endpoint: Some(s3.endpoint().to_owned()),
+        region: "us-east-1".to_owned(),
+        credentials: Some(S3Credentials {
+            access_key_id: ACCESS_KEY_ID.to_owned(),
+            secret_access_key: SecretString::from(s3.secret_access_key().to_owned()),
+        }),
+        virtual_hosted: false,
+        allow_http: true,
+    }
+}
+
+/// A PDF-like plaintext: a header, then bytes from a seeded generator (incompressible, and
+/// every 32-byte window distinct with overwhelming likelihood).
+fn plaintext(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = b"%PDF-1.7\n".to_vec();
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The error of a read that must fail (without printing the bytes of one that did not).
+fn refused(read: Result<Bytes, StorageError>) -> StorageError {
+    match read {
+        Ok(bytes) => panic!("{} bytes read from a changed object", bytes.len()),
+        Err(e) => e,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_round_trips_through_the_bucket_which_holds_only_ciphertext() {
+    let f = Fixture::new().await;
+    let document = Uuid::new_v4();
+    let pdf = plaintext(300 * 1024, 1);
+    let stored = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(pdf.clone()))
+        .await
+        .unwrap();
+    assert_eq!(stored.size, pdf.len() as u64);
+    assert_eq!(stored.sha256, <[u8; 32]>::from(Sha256::digest(&pdf)));
+    assert!(stored
+        .key
+        .starts_with(&Storage::document_prefix(f.tenant, document)));
+
+    // In the bucket, under the prefix, and sealed: no header, no piece of the plaintext.
+    let in_bucket = Fixture::in_bucket(&stored.key);
+    assert_eq!(f.s3.list("").await, vec![in_bucket.clone()]);
+    let raw = f.s3.get(&in_bucket).await;
+    assert!(raw.len() > pdf.len());
+    assert!(!contains(&raw, b"%PDF"));
+    for piece in pdf[9..].chunks(64 * 1024).map(|c| &c[..32]) {
+        assert!(!contains(&raw, piece), "plaintext in the stored object");
+    }
+    // Named by the SHA-256 of what is stored.
+    assert!(stored
+        .key
+        .ends_with(&format!("/{}.sealed", hex::encode(Sha256::digest(&raw)))));
+
+    // Read back whole, and as a stream.
+    let read = f
+        .storage
+        .get_verified(&stored.key, &stored.sha256)
+        .await
+        .unwrap();
+    assert_eq!(read, pdf);
+    let (size, stream) = f.storage.stream(&stored.key).await.unwrap();
+    assert_eq!(size, pdf.len() as u64);
+    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+    assert_eq!(chunks.concat(), pdf);
+
+    // The deletion evidence describes the bytes in the bucket.
+    let fingerprint = f.storage.fingerprint(&stored.key).await.unwrap().unwrap();
+    assert_eq!(fingerprint.sha256, <[u8; 32]>::from(Sha256::digest(&raw)));
+    assert_eq!(fingerprint.size, raw.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_archive_larger_than_a_part_is_uploaded_in_parts_and_streams_back() {
+    let f = Fixture::new().await;
+    let key = Storage::export_key(f.tenant, Uuid::new_v4(), 1);
+    // 12 MiB: with 5 MiB parts, the upload has three.
+    let archive = plaintext(12 * 1024 * 1024, 2);
+    let mut writer = f.storage.writer(f.tenant, &key).await.unwrap();
+    for chunk in archive.chunks(100 * 1000) {
+        writer.write_all(chunk).await.unwrap();
+    }
+    // Nothing is visible before the writer is shut down.
+    assert!(f.s3.list("").await.is_empty());
+    writer.shutdown().await.unwrap();
+
+    let in_bucket = Fixture::in_bucket(&key);
+    assert_eq!(f.s3.list("").await, vec![in_bucket.clone()]);
+    let etag = f.s3.etag(&in_bucket).await;
+    assert!(
+        etag.ends_with("-3"),
+        "a multipart upload of three parts gives the ETag <md5>-3, not {etag}"
+    );
+    assert!(f.s3.open_multipart_uploads().await.is_empty());
+    assert!(!contains(&f.s3.get(&in_bucket).await, b"%PDF"));
+
+    let (size, stream) = f.storage.stream(&key).await.unwrap();
+    assert_eq!(size, archive.len() as u64);
+    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+    assert!(chunks.len() > 1, "streamed in chunks, not whole");
+    assert!(
+        chunks.concat() == archive,
+        "the archive streams back intact"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_listed_by_prefix_and_removed_for_good() {
+    let f = Fixture::new().await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut keys = Vec::new();
+    for (document, seed) in [(a, 3), (a, 4), (b, 5)] {
+        let pdf = Bytes::from(plaintext(10 * 1024, seed));
+        keys.push(
+            f.storage
+                .put_pdf(f.tenant, document, pdf)
+                .await
+                .unwrap()
+                .key,
+        );
+    }
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let of_a = f
+        .storage
+        .list(&Storage::document_prefix(f.tenant, a))
+        .await
+        .unwrap();
+    assert_eq!(sorted(of_a), sorted(keys[..2].to_vec()));
+    let of_tenant = f
+        .storage
+        .list(&Storage::tenant_prefix(f.tenant))
+        .await
+        .unwrap();
+    assert_eq!(sorted(of_tenant), sorted(keys.clone()));
+
+    f.storage.remove(&keys[0]).await.unwrap();
+    // Gone already: not an error.
+    f.storage.remove(&keys[0]).await.unwrap();
+    assert_eq!(f.storage.fingerprint(&keys[0]).await.unwrap(), None);
+    assert_eq!(
+        f.storage
+            .list(&Storage::document_prefix(f.tenant, a))
+            .await
+            .unwrap(),
+        vec![keys[1].clone()]
+    );
+    let in_bucket = sorted(f.s3.list(PREFIX).await);
+    assert_eq!(
+        in_bucket,
+        sorted(keys[1..].iter().map(|k| Fixture::in_bucket(k)).collect())
+    );
+    assert!(matches!(
+        f.storage.get_verified(&keys[0], &[0; 32]).await,
+        Err(StorageError::Backend(object_store::Error::NotFound { .. }))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_changed_in_the_bucket_is_refused_on_read() {
+    let f = Fixture::new().await;
+    let document = Uuid::new_v4();
+    let first = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(plaintext(200 * 1024, 6)))
+        .await
+        .unwrap();
+    let second = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(plaintext(200 * 1024, 7)))
+        .await
+        .unwrap();
+    let first_in_bucket = Fixture::in_bucket(&first.key);
+
+    // One byte flipped in the middle of the ciphertext: the GCM tag catches it, whole or
+    // streamed.
+    let mut raw = f.s3.get(&first_in_bucket).await;
+    let middle = raw.len() / 2;
+    raw[middle] ^= 0x01;
+    f.s3.put(&first_in_bucket, raw.clone()).await;
+    assert!(
+        f.s3.get(&first_in_bucket).await == raw,
+        "the bucket holds the changed object"
+    );
+    let err = refused(f.storage.get_verified(&first.key, &first.sha256).await);
+    assert!(
+        matches!(err, StorageError::Sealed { .. }) && err.is_permanent(),
+        "{err:?}"
+    );
+    let (_, stream) = f.storage.stream(&first.key).await.unwrap();
+    let streamed: Result<Vec<Bytes>, _> = stream.try_collect().await;
+    assert!(streamed.is_err(), "a tampered object streamed out");
+
+    // Another sound object of the same tenant put in its place: opens, but is not the
+    // revision recorded.
+    let other = f.s3.get(&Fixture::in_bucket(&second.key)).await;
+    f.s3.put(&first_in_bucket, other).await;
+    let err = refused(f.storage.get_verified(&first.key, &first.sha256).await);
+    assert!(
+        matches!(err, StorageError::Corrupt { .. }) && err.is_permanent(),
+        "{err:?}"
+    );
+    // The untouched one still reads.
+    assert!(f
+        .storage
+        .get_verified(&second.key, &second.sha256)
+        .await
+        .is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secret_key_never_shows_in_the_stores_debug_output() {
+    let f = Fixture::new().await;
+    let shown = format!("{:?}", f.storage);
+    assert!(shown.contains(f.s3.bucket()), "{shown}");
+    assert!(!shown.contains(f.s3.secret_access_key()), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_on_a_missing_bucket_fails_with_a_backend_error() {
+    let f = Fixture::new().await;
+    let mut wrong = config(&f.s3);
+    wrong.bucket = "no-such-bucket".into();
+    let keys = Keyring::new(
+        shomei_schema::connect(&format!("{POSTGRES}/{}", f._db.name), 1),
+        hsm(),
+    );
+    let storage = Storage::s3(&wrong, keys).unwrap();
+    let err = storage
+        .put_pdf(f.tenant, Uuid::new_v4(), Bytes::from_static(b"%PDF-1.7\n"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Backend(_)) && !err.is_permanent(),
+        "{err:?}"
+    );
+}
