@@ -265,13 +265,18 @@ pub(super) async fn find_document(
     id: Uuid,
 ) -> Result<(Document, Revision), ApiError> {
     let (doc, latest) = find_record(state, caller, id).await?;
-    if let Some(at) = doc.deleted_at {
-        return Err(ApiError::Gone(format!(
+    Ok((live(doc)?, latest))
+}
+
+/// The document, unless its files were deleted (`410`).
+fn live(doc: Document) -> Result<Document, ApiError> {
+    match doc.deleted_at {
+        Some(at) => Err(ApiError::Gone(format!(
             "the document's files were deleted at {}",
             at.to_rfc3339()
-        )));
+        ))),
+        None => Ok(doc),
     }
-    Ok((doc, latest))
 }
 
 async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
@@ -394,13 +399,20 @@ async fn sign(
     if request.step.is_some() {
         return Err(ApiError::BadRequest("unknown field `step`".into()));
     }
-    let (doc, _) = find_document(&state, caller, id).await?;
-    if request.level.is_none() {
-        // Resolved now, so a later change of the tenant's default leaves queued jobs alone.
-        let tenant = interact(&state.db, move |conn| {
-            Ok(Tenant::get(conn, caller.tenant_id)?)
-        })
-        .await?;
+    // The document and, when the request names no level, the tenant's default (resolved now,
+    // so a later change of the default leaves queued jobs alone), in one trip to the database.
+    let wants_level = request.level.is_none();
+    let (doc, tenant) = interact(&state.db, move |conn| {
+        let doc = Document::find(conn, caller.tenant_id, caller.principal(), id)?;
+        let tenant = match (&doc, wants_level) {
+            (Some(_), true) => Some(Tenant::get(conn, caller.tenant_id)?),
+            _ => None,
+        };
+        Ok((doc, tenant))
+    })
+    .await?;
+    let doc = live(doc.ok_or(ApiError::NotFound("document"))?)?;
+    if let Some(tenant) = tenant {
         request.level = Some(tenant.signature_level.parse().map_err(anyhow::Error::msg)?);
     }
     let key = personal::records_key(&state.keys, caller.tenant_id).await?;

@@ -13,7 +13,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use shomei_schema::{interact, Document, Job, JobKind, JobStatus, NewJob};
+use shomei_schema::{interact, Job, JobKind, JobStatus, NewJob};
 
 use shomei_jobs::dead_letters::{self, Operator, Retried};
 
@@ -152,17 +152,14 @@ struct JobView {
 }
 
 async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response, ApiError> {
+    // A job on a document in a folder the caller may not see is not there for it.
     let job = interact(&state.db, move |conn| {
-        let Some(job) = Job::find(conn, caller.tenant_id, id)? else {
-            return Ok(None);
-        };
-        // A job on a document in a folder the caller may not see is not there for it.
-        if let Some(document_id) = job.document_id {
-            if Document::find(conn, caller.tenant_id, caller.principal(), document_id)?.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(job))
+        Ok(Job::find_visible(
+            conn,
+            caller.tenant_id,
+            caller.principal(),
+            id,
+        )?)
     })
     .await?
     .ok_or(ApiError::NotFound("job"))?;

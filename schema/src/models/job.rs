@@ -175,6 +175,31 @@ impl Job {
             .optional()
     }
 
+    /// The job if it belongs to `tenant_id` and is on no document, or on one in a folder
+    /// `principal` may see: one statement, for the status polls clients send most.
+    pub fn find_visible(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        principal: Uuid,
+        id: Uuid,
+    ) -> QueryResult<Option<Job>> {
+        let visible = documents::table
+            .filter(documents::tenant_id.eq(tenant_id))
+            .filter(super::folder_visible(principal, documents::folder))
+            .select(documents::id.nullable());
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::tenant_id.eq(tenant_id))
+            .filter(
+                jobs::document_id
+                    .is_null()
+                    .or(jobs::document_id.eq_any(visible)),
+            )
+            .select(Job::as_select())
+            .first(conn)
+            .optional()
+    }
+
     /// Records that these jobs were pushed to the queue again, or seen there.
     pub fn mark_enqueued(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<()> {
         diesel::update(jobs::table.filter(jobs::id.eq_any(ids)))
