@@ -183,18 +183,18 @@ impl Job {
         principal: Uuid,
         id: Uuid,
     ) -> QueryResult<Option<Job>> {
-        let visible = documents::table
-            .filter(documents::tenant_id.eq(tenant_id))
-            .filter(super::folder_visible(principal, documents::folder))
-            .select(documents::id.nullable());
+        // Correlated, so PostgreSQL looks at the job's one document (by primary key) and not
+        // at every document of the tenant (an `IN (…)` here made each poll scan them all).
+        let visible = diesel::dsl::exists(
+            documents::table
+                .filter(documents::id.nullable().eq(jobs::document_id))
+                .filter(documents::tenant_id.eq(tenant_id))
+                .filter(super::folder_visible(principal, documents::folder)),
+        );
         jobs::table
             .filter(jobs::id.eq(id))
             .filter(jobs::tenant_id.eq(tenant_id))
-            .filter(
-                jobs::document_id
-                    .is_null()
-                    .or(jobs::document_id.eq_any(visible)),
-            )
+            .filter(jobs::document_id.is_null().or(visible))
             .select(Job::as_select())
             .first(conn)
             .optional()
