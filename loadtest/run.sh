@@ -5,7 +5,7 @@
 #
 #   loadtest/run.sh WORKERS N [CONCURRENCY]
 #
-# Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (4),
+# Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (the number of CPUs),
 # LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
 # LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log).
@@ -59,7 +59,6 @@ export SHOMEI_API_ADDR=127.0.0.1:$PORT
 unset SHOMEI_TLS_CERT SHOMEI_TLS_KEY
 export SHOMEI_API_PLAIN_HTTP=true
 export SHOMEI_WORKER_CONCURRENCY=${SHOMEI_WORKER_CONCURRENCY:-8}
-export SHOMEI_HSM_POOL_SIZE=${SHOMEI_HSM_POOL_SIZE:-4}
 export RUST_LOG=${RUST_LOG:-info}
 # Signatures are B-T by default: the workers time-stamp each one with this run's own TSA.
 export SHOMEI_TSA_ADDR=127.0.0.1:$TSA_PORT
@@ -95,7 +94,7 @@ echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, API on $API"
 [ "${LOADTEST_PG_LOG_STATEMENTS:-0}" != 1 ] ||
     "${PG[@]}" -c "ALTER DATABASE $DB SET log_statement = 'all'" >/dev/null
 
-echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool $SHOMEI_HSM_POOL_SIZE; logs in $RUN)"
+echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool ${SHOMEI_HSM_POOL_SIZE:-one session per CPU}; logs in $RUN)"
 "$BIN/shomei-tsa" >"$RUN/tsa.log" 2>&1 &
 PIDS+=($!)
 "$BIN/shomei-api" serve >"$RUN/api.log" 2>&1 &

@@ -286,7 +286,12 @@ impl Config {
                 token_label: vars.string("SHOMEI_HSM_TOKEN_LABEL", "shomei-dev"),
                 user_pin: vars.secret("SHOMEI_HSM_PIN", "SHOMEI_HSM_PIN_FILE")?,
                 key_label: vars.string("SHOMEI_HSM_KEY_LABEL", "shomei-dev-rsa"),
-                pool_size: vars.parsed("SHOMEI_HSM_POOL_SIZE", 4)?,
+                // One session per core: a software token signs on the calling thread, and a
+                // network HSM's own limit is set explicitly.
+                pool_size: vars.parsed(
+                    "SHOMEI_HSM_POOL_SIZE",
+                    std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
+                )?,
             },
             worker: WorkerConfig {
                 concurrency: vars.parsed("SHOMEI_WORKER_CONCURRENCY", 8)?,

@@ -105,9 +105,13 @@ fn sign_with_capacity(
     // The estimate is conservative, so the second round is for certificates
     // with unusual extensions or big time-stamp tokens only; it always fits
     // because it uses the real size.
+    // The parsed document is used up by the first attempt (no copy of its objects and streams);
+    // the rare second attempt parses the file again.
+    let mut doc = Some(doc);
     for _ in 0..2 {
         let kind = pdf::FieldKind::Signature(fields);
-        let revision = pdf::PreparedRevision::new(pdf, doc.clone(), &kind, None, capacity)?;
+        let parsed = doc.take().map_or_else(|| pdf::load(pdf), Ok)?;
+        let revision = pdf::PreparedRevision::new(pdf, parsed, &kind, None, capacity)?;
         let mut signed_data = cms::signed_data(hsm, identity, &revision.digest())?;
         if let Some(timestamper) = timestamper {
             signed_data = cms::add_signature_timestamp(&signed_data, timestamper)?;
@@ -152,12 +156,12 @@ pub fn timestamp_pdf(
     timestamper: &dyn Timestamper,
     validation: Option<&ValidationData>,
 ) -> Result<Vec<u8>, SignError> {
-    let doc = pdf::load(pdf)?;
+    let mut doc = Some(pdf::load(pdf)?);
     let mut capacity = cms::TIMESTAMP_TOKEN_ESTIMATE;
     for _ in 0..2 {
         let revision = pdf::PreparedRevision::new(
             pdf,
-            doc.clone(),
+            doc.take().map_or_else(|| pdf::load(pdf), Ok)?,
             &pdf::FieldKind::DocTimeStamp,
             validation,
             capacity,

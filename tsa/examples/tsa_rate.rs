@@ -6,7 +6,7 @@
 //! cargo run --release -p shomei-tsa --example tsa_rate -- [REQUESTS] [CLIENTS...]
 //! ```
 //! Reads SHOMEI_HSM_MODULE, SHOMEI_HSM_TOKEN_LABEL, SHOMEI_HSM_PIN_FILE and
-//! SHOMEI_HSM_POOL_SIZE (default 4) like the server does.
+//! SHOMEI_HSM_POOL_SIZE (default: the number of CPUs) like the server does.
 
 #![allow(clippy::print_stdout)] // reporting is the point of this binary
 
