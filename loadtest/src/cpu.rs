@@ -1,7 +1,8 @@
 //! Where the pipeline's time goes: CPU time per process over the measured phase, read from
 //! `/proc` (Linux), for the processes named with `--cpu-of NAME=PID` and for the load generator
 //! itself. A process's figure includes its children (PostgreSQL's backends are children of the
-//! postmaster), the live ones and those that exited meanwhile.
+//! postmaster), the live ones and those that exited meanwhile. Also the peak resident set size
+//! of each process itself (`VmHWM`, since it started; not its children's).
 
 use std::collections::BTreeMap;
 
@@ -72,18 +73,33 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((parent.own + parent.reaped_children + live_children) as f64 / TICKS_PER_SECOND)
 }
 
-/// CPU seconds per watched process (and `loadtest`, this process) at one moment.
-pub struct Snapshot(BTreeMap<String, f64>);
+/// The peak resident set size of `pid` so far, in MiB (`VmHWM` in `/proc/PID/status`).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// CPU seconds and peak RSS per watched process (and `loadtest`, this process) at one moment.
+pub struct Snapshot(BTreeMap<String, (f64, Option<f64>)>);
 
 pub fn snapshot(watched: &[Watched]) -> Snapshot {
+    let me = Watched {
+        name: "loadtest".to_owned(),
+        pid: std::process::id(),
+    };
     let mut out = BTreeMap::new();
-    for w in watched {
+    for w in watched.iter().chain([&me]) {
         if let Some(seconds) = cpu_seconds(w.pid) {
-            out.insert(w.name.clone(), seconds);
+            out.insert(w.name.clone(), (seconds, peak_rss_mib(w.pid)));
         }
-    }
-    if let Some(seconds) = cpu_seconds(std::process::id()) {
-        out.insert("loadtest".to_owned(), seconds);
     }
     Snapshot(out)
 }
@@ -96,19 +112,21 @@ pub struct Usage {
     pub ms_per_document: f64,
     /// Share of all the CPU time counted here.
     pub share: f64,
+    /// The process's largest resident set since it started, in MiB.
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// CPU used between two snapshots, per process, largest first.
 pub fn usage(before: &Snapshot, after: &Snapshot, documents: u64) -> Vec<Usage> {
-    let used: Vec<(String, f64)> = after
+    let used: Vec<(String, f64, Option<f64>)> = after
         .0
         .iter()
-        .filter_map(|(name, end)| Some((name.clone(), end - before.0.get(name)?)))
+        .filter_map(|(name, (end, rss))| Some((name.clone(), end - before.0.get(name)?.0, *rss)))
         .collect();
-    let total: f64 = used.iter().map(|(_, s)| s).sum();
+    let total: f64 = used.iter().map(|(_, s, _)| s).sum();
     let mut out: Vec<Usage> = used
         .into_iter()
-        .map(|(process, cpu_seconds)| Usage {
+        .map(|(process, cpu_seconds, peak_rss_mib)| Usage {
             ms_per_document: cpu_seconds * 1e3 / documents.max(1) as f64,
             share: if total > 0.0 {
                 cpu_seconds / total
@@ -117,6 +135,7 @@ pub fn usage(before: &Snapshot, after: &Snapshot, documents: u64) -> Vec<Usage> 
             },
             process,
             cpu_seconds,
+            peak_rss_mib,
         })
         .collect();
     out.sort_by(|a, b| b.cpu_seconds.total_cmp(&a.cpu_seconds));
@@ -141,6 +160,16 @@ mod tests {
             after - before >= 0.05,
             "a shell loop of 300k steps used CPU: {before} → {after}"
         );
+    }
+
+    #[test]
+    fn the_peak_resident_set_grows_with_memory_touched() {
+        let me = std::process::id();
+        let before = peak_rss_mib(me).expect("VmHWM of this process");
+        let touched = vec![1u8; 64 << 20];
+        let after = peak_rss_mib(me).unwrap();
+        assert!(after - before >= 32.0, "{before} MiB → {after} MiB");
+        drop(std::hint::black_box(touched));
     }
 
     #[test]

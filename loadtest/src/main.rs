@@ -1057,14 +1057,16 @@ fn print_report(r: &Report) {
         );
     }
     if !r.cpu.is_empty() {
-        println!("CPU during the measured phase (process and its children)");
+        println!("CPU during the measured phase (process and its children), peak RSS (process)");
         for u in &r.cpu {
             println!(
-                "  {:<12} {:>8.2} s  {:>6.2} ms/document  {:>5.1} %",
+                "  {:<12} {:>8.2} s  {:>6.2} ms/document  {:>5.1} %  {}",
                 u.process,
                 u.cpu_seconds,
                 u.ms_per_document,
-                u.share * 100.0
+                u.share * 100.0,
+                u.peak_rss_mib
+                    .map_or(String::new(), |m| format!("{m:>7.1} MiB"))
             );
         }
         let total: f64 = r.cpu.iter().map(|u| u.ms_per_document).sum();
