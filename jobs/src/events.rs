@@ -49,6 +49,9 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+/// Queue pushes [`Pending::push`] keeps in flight at once.
+const PUSHES_IN_FLIGHT: usize = 64;
+
 /// Jobs written in a transaction, to push once it has committed.
 #[derive(Debug, Default)]
 #[must_use = "push the jobs after the transaction commits"]
@@ -64,16 +67,21 @@ impl Pending {
         Pending(jobs)
     }
 
-    /// Pushes every job; one Redis cannot take is left to the reconciler.
+    /// Pushes every job, several at a time (one connection, pipelined: a batch of thousands
+    /// is not thousands of sequential round trips); one Redis cannot take is left to the
+    /// reconciler.
     pub async fn push(self, queue: &Queue) {
-        for (kind, id) in self.0 {
-            shomei_telemetry::metrics::JOBS_SUBMITTED
-                .with_label_values(&[kind.as_str()])
-                .inc();
-            if let Err(e) = queue.push(kind, id).await {
-                tracing::warn!(job.id = %id, error = %e, "queue push failed; left to the reconciler");
-            }
-        }
+        use futures::stream::{self, StreamExt};
+        stream::iter(self.0)
+            .for_each_concurrent(PUSHES_IN_FLIGHT, |(kind, id)| async move {
+                shomei_telemetry::metrics::JOBS_SUBMITTED
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
+                if let Err(e) = queue.push(kind, id).await {
+                    tracing::warn!(job.id = %id, error = %e, "queue push failed; left to the reconciler");
+                }
+            })
+            .await;
     }
 }
 

@@ -204,12 +204,14 @@ impl DocumentFilter {
         ids: &[Uuid],
     ) -> QueryResult<Vec<Uuid>> {
         use crate::schema::documents;
-        let own: Vec<Uuid> = documents::table
+        let own: std::collections::HashSet<Uuid> = documents::table
             .filter(documents::tenant_id.eq(tenant_id))
             .filter(documents::id.eq_any(ids))
             .filter(super::folder_visible(principal, documents::folder))
             .select(documents::id)
-            .load(conn)?;
+            .load::<Uuid>(conn)?
+            .into_iter()
+            .collect();
         Ok(ids.iter().filter(|id| !own.contains(id)).copied().collect())
     }
 
