@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::{hsm_dir, workspace_root};
 
+/// The machine's shared PostgreSQL, where each app makes a database of its own.
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,12 @@ pub struct TestAppOptions {
     pub workers: usize,
     /// Redis database number; a test that flushes Redis takes one of its own.
     pub redis_db: u8,
+    /// Another PostgreSQL server than the machine's shared one
+    /// (`postgres://postgres@HOST:PORT`, no database), e.g. a [`crate::services::Postgres`]
+    /// that the test restarts.
+    pub postgres: Option<String>,
+    /// Another Redis than the machine's shared one (a full URL; `redis_db` is then ignored).
+    pub redis_url: Option<String>,
     pub concurrency: usize,
     pub max_upload_bytes: Option<u64>,
     /// Extra environment for every process (after the defaults, so it overrides them).
@@ -36,6 +43,8 @@ impl Default for TestAppOptions {
         Self {
             workers: 1,
             redis_db: 0,
+            postgres: None,
+            redis_url: None,
             concurrency: 4,
             max_upload_bytes: None,
             env: vec![],
@@ -55,12 +64,16 @@ pub struct TestApp {
     pub tenant_id: String,
     options: TestAppOptions,
     env: Vec<(String, String)>,
+    /// The PostgreSQL server (no database) the app's database lives on.
+    postgres: String,
     db_name: String,
     redis_url: String,
     namespace: String,
     dir: PathBuf,
     api: Child,
     tsa: Option<Child>,
+    /// How often the TSA was started again (names its log files).
+    tsa_starts: usize,
     workers: Vec<Option<Child>>,
     /// Each worker's `/metrics` address, by index.
     worker_metrics: Vec<String>,
@@ -101,7 +114,12 @@ impl TestApp {
         let hsm = hsm_dir();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("shomei_t_{id}");
-        admin_sql(&format!("CREATE DATABASE {db_name}"));
+        let postgres = options
+            .postgres
+            .clone()
+            .unwrap_or_else(|| POSTGRES.to_owned());
+        admin_sql(&postgres, &format!("CREATE DATABASE {db_name}"))
+            .unwrap_or_else(|e| panic!("creating the test database on {postgres}: {e}"));
 
         let dir = workspace_root().join("target/tmp/apps").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
@@ -113,12 +131,15 @@ impl TestApp {
             .chain([format!("http://127.0.0.1:{tsa_port}/")])
             .collect();
         let scheme = if options.tls { "https" } else { "http" };
-        let redis_url = format!("redis://127.0.0.1:6379/{}", options.redis_db);
+        let redis_url = options
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| format!("redis://127.0.0.1:6379/{}", options.redis_db));
         let namespace = format!("t{}", &id[..12]);
         let mut env: Vec<(String, String)> = vec![
             (
                 "SHOMEI_DATABASE_URL".into(),
-                format!("{POSTGRES}/{db_name}"),
+                format!("{postgres}/{db_name}"),
             ),
             ("SHOMEI_DB_POOL_SIZE".into(), "8".into()),
             ("SHOMEI_REDIS_URL".into(), redis_url.clone()),
@@ -214,10 +235,12 @@ impl TestApp {
             )),
             options,
             env,
+            postgres,
             db_name,
             redis_url,
             namespace,
             dir,
+            tsa_starts: 0,
             workers: vec![],
             worker_metrics: vec![],
         };
@@ -347,6 +370,62 @@ impl TestApp {
         }
     }
 
+    /// Starts the app's time-stamping authority again on the same address (after
+    /// [`TestApp::stop_tsa`]) and waits until it answers.
+    pub async fn start_tsa(&mut self) {
+        if self.tsa.is_some() {
+            return;
+        }
+        self.tsa_starts += 1;
+        let log = self.dir.join(format!("tsa-{}.log", self.tsa_starts));
+        self.tsa = Some(spawn_logged(&bin("shomei-tsa"), &[], &self.env, &[], &log));
+        let url = self.tsa_url("/metrics");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "shomei-tsa did not come back; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of one of the environment variables every process of the app gets (e.g.
+    /// `SOFTHSM2_CONF`, the app's own copy of the dev token).
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Indices of the worker processes started and not killed.
+    pub fn live_workers(&self) -> Vec<usize> {
+        (0..self.workers.len())
+            .filter(|&i| self.workers[i].is_some())
+            .collect()
+    }
+
+    /// Whether a worker has exited on its own (its process is then forgotten, like a killed
+    /// one); `false` while it runs or once killed.
+    pub fn worker_exited(&mut self, index: usize) -> bool {
+        let exited = self.workers[index]
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+        if exited {
+            self.workers[index] = None;
+        }
+        exited
+    }
+
     /// The process id of a running worker (for resource readings in benchmarks).
     pub fn worker_pid(&self, index: usize) -> Option<u32> {
         self.workers[index].as_ref().map(Child::id)
@@ -393,7 +472,7 @@ impl TestApp {
 
     /// Runs a statement against the app's database (e.g. to age a code past its expiry).
     pub fn sql_execute(&self, statement: &str) -> usize {
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(statement).execute(&mut conn).unwrap()
     }
 
@@ -540,7 +619,7 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::Text)]
             t: String,
         }
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(query)
             .load::<Text>(&mut conn)
             .unwrap()
@@ -592,7 +671,7 @@ impl TestApp {
 
     /// The app's database URL (for `pg_dump` and the like).
     pub fn database_url(&self) -> String {
-        format!("{POSTGRES}/{}", self.db_name)
+        format!("{}/{}", self.postgres, self.db_name)
     }
 
     /// Runs SQL against this app's database (for checks the API does not expose).
@@ -602,7 +681,7 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(query)
             .get_result::<Count>(&mut conn)
             .unwrap()
@@ -616,7 +695,7 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
             t: Option<String>,
         }
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(query)
             .load::<Text>(&mut conn)
             .unwrap()
@@ -661,10 +740,13 @@ impl Drop for TestApp {
             let _ = child.kill();
             let _ = child.wait();
         }
-        admin_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        ));
+        // Not a panic in a drop: a test that failed with its server down must still unwind.
+        if let Err(e) = admin_sql(
+            &self.postgres,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name),
+        ) {
+            eprintln!("dropping {}: {e}", self.db_name);
+        }
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_connection() {
                 let keys: Vec<String> = redis::cmd("KEYS")
@@ -714,10 +796,13 @@ fn own_token_copy(hsm: &Path, dir: &Path) -> String {
     conf.display().to_string()
 }
 
-fn admin_sql(statement: &str) {
-    let mut conn = PgConnection::establish(&format!("{POSTGRES}/postgres"))
-        .expect("PostgreSQL at 127.0.0.1:5432");
-    diesel::sql_query(statement).execute(&mut conn).unwrap();
+fn admin_sql(postgres: &str, statement: &str) -> Result<(), String> {
+    let mut conn = PgConnection::establish(&format!("{postgres}/postgres"))
+        .map_err(|e| format!("connecting to {postgres}: {e}"))?;
+    diesel::sql_query(statement)
+        .execute(&mut conn)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn spawn_logged(

@@ -2,6 +2,7 @@
 
 mod app;
 pub mod hostile;
+pub mod services;
 pub mod smtp;
 pub mod validate;
 pub mod webhook_receiver;
