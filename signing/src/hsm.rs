@@ -257,6 +257,7 @@ impl Hsm {
             return;
         }
         *last = Some(Instant::now());
+        self.inner.device_lost.store(true, Ordering::SeqCst);
         // From here on the old initialisation's sessions are left unclosed (see the module doc).
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = failed.pkcs11.clone().finalize() {
@@ -502,9 +503,19 @@ impl Hsm {
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
+        // While the device is known gone, every caller tries to bring it back (at most once a
+        // second, see `reinitialise`) and waits no longer than that for a session.
+        let lost = self.inner.device_lost.load(Ordering::SeqCst);
+        if lost {
+            self.reinitialise(&self.link());
+        }
         let link = self.link();
         let waited = std::time::Instant::now();
-        let checked_out = link.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT);
+        let checked_out = link.pool.get_timeout(if lost {
+            REINIT_PAUSE
+        } else {
+            SESSION_CHECKOUT_TIMEOUT
+        });
         metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
         self.report_pool();
         let mut pooled = match checked_out {
