@@ -30,6 +30,8 @@ pub struct TestAppOptions {
     pub env: Vec<(String, String)>,
     /// Extra environment for the worker processes only (e.g. a missing key label).
     pub worker_env: Vec<(String, String)>,
+    /// Extra environment for the TSA process only (e.g. its HSM behind p11-kit).
+    pub tsa_env: Vec<(String, String)>,
     /// TSA URLs tried before the app's own `shomei-tsa` (e.g. one that is down).
     pub tsa_urls_before: Vec<String>,
     /// Serve the API over HTTPS with the dev certificate for localhost and 127.0.0.1
@@ -49,6 +51,7 @@ impl Default for TestAppOptions {
             max_upload_bytes: None,
             env: vec![],
             worker_env: vec![],
+            tsa_env: vec![],
             tsa_urls_before: vec![],
             tls: false,
         }
@@ -230,7 +233,7 @@ impl TestApp {
                 &bin("shomei-tsa"),
                 &[],
                 &env,
-                &[],
+                &options.tsa_env,
                 &dir.join("tsa.log"),
             )),
             options,
@@ -378,7 +381,13 @@ impl TestApp {
         }
         self.tsa_starts += 1;
         let log = self.dir.join(format!("tsa-{}.log", self.tsa_starts));
-        self.tsa = Some(spawn_logged(&bin("shomei-tsa"), &[], &self.env, &[], &log));
+        self.tsa = Some(spawn_logged(
+            &bin("shomei-tsa"),
+            &[],
+            &self.env,
+            &self.options.tsa_env,
+            &log,
+        ));
         let url = self.tsa_url("/metrics");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self
