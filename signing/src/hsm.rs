@@ -252,8 +252,7 @@ impl Hsm {
             .last_reinit
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !Arc::ptr_eq(&self.link(), failed) || last.is_some_and(|t| t.elapsed() < REINIT_PAUSE)
-        {
+        if !Arc::ptr_eq(&self.link(), failed) || last.is_some_and(|t| t.elapsed() < REINIT_PAUSE) {
             return;
         }
         *last = Some(Instant::now());
@@ -805,14 +804,11 @@ impl Drop for PooledSession {
 impl SessionManager {
     fn open(&self) -> Result<PooledSession, CkError> {
         let generation = self.generation.load(Ordering::SeqCst);
-        let session = self
-            .pkcs11
-            .open_ro_session(self.slot)
-            .inspect_err(|e| {
-                if loses_device(e) {
-                    self.device_lost.store(true, Ordering::SeqCst);
-                }
-            })?;
+        let session = self.pkcs11.open_ro_session(self.slot).inspect_err(|e| {
+            if loses_device(e) {
+                self.device_lost.store(true, Ordering::SeqCst);
+            }
+        })?;
         // Login is per application, not per session: a fresh session is
         // already logged in whenever another open session is.
         if !is_logged_in(session.get_session_info()?.session_state()) {
