@@ -35,9 +35,7 @@ fn wait_for(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 fn run(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),
         "{what}: {}{}",
@@ -71,10 +69,7 @@ impl Postgres {
             .map(PathBuf::from)
             .unwrap_or_else(newest_postgres_bin);
         // Under /tmp, not target/: the `postgres` user must be able to reach it.
-        let dir = std::env::temp_dir().join(format!(
-            "shomei-pg-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = std::env::temp_dir().join(format!("shomei-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let as_postgres = is_root();
         if as_postgres {

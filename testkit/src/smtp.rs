@@ -301,41 +301,41 @@ impl Drop for SmtpServer {
 /// Every message a server spooled into `dir` ([`SmtpServer::dir`]), in the order received:
 /// for a reader that cannot hold the server itself.
 pub fn messages_in(dir: &Path) -> Vec<ReceivedMail> {
-        let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|entry| {
-                let path = entry.ok()?.path();
-                if path.extension()? != "eml" {
-                    return None;
-                }
-                Some((path.file_stem()?.to_str()?.parse().ok()?, path))
-            })
-            .collect();
-        numbered.sort();
-        numbered
-            .into_iter()
-            .map(|(_, path)| {
-                let raw = std::fs::read(&path).unwrap();
-                let envelope: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap())
-                        .unwrap();
-                let mut mail = ReceivedMail::parse(&raw);
-                mail.from = envelope["mail_from"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                mail.to = envelope["rcpt_tos"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                mail.tls = envelope["tls"].as_bool().unwrap_or(false);
-                mail.authenticated = envelope["authenticated"].as_bool().unwrap_or(false);
-                mail
-            })
-            .collect()
-    }
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != "eml" {
+                return None;
+            }
+            Some((path.file_stem()?.to_str()?.parse().ok()?, path))
+        })
+        .collect();
+    numbered.sort();
+    numbered
+        .into_iter()
+        .map(|(_, path)| {
+            let raw = std::fs::read(&path).unwrap();
+            let envelope: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap())
+                    .unwrap();
+            let mut mail = ReceivedMail::parse(&raw);
+            mail.from = envelope["mail_from"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            mail.to = envelope["rcpt_tos"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            mail.tls = envelope["tls"].as_bool().unwrap_or(false);
+            mail.authenticated = envelope["authenticated"].as_bool().unwrap_or(false);
+            mail
+        })
+        .collect()
+}
 
 impl ReceivedMail {
     /// Parses a raw RFC 5322 message (e.g. an `.eml` file); envelope fields are taken from the

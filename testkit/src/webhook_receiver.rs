@@ -106,7 +106,11 @@ impl WebhookReceiver {
             match tokio::net::TcpListener::bind(self.addr).await {
                 Ok(listener) => break listener,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "receiver: bind {}: {e}", self.addr);
+                    assert!(
+                        Instant::now() < deadline,
+                        "receiver: bind {}: {e}",
+                        self.addr
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -211,11 +215,10 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
             let service = hyper::service::service_fn(move |request| {
                 tower_service::Service::call(&mut service.clone(), request)
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-            .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
         });
     }
 }

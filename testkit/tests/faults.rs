@@ -58,7 +58,10 @@ impl Settings {
         let number = |name: &str, default: u64| -> u64 {
             std::env::var(name)
                 .ok()
-                .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+                .map(|v| {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+                })
                 .unwrap_or(default)
         };
         let documents = number("SHOMEI_FAULTS_DOCUMENTS", 240) as usize;
@@ -248,7 +251,10 @@ async fn accepted_jobs_all_finish_exactly_once_through_killed_workers_and_outage
     });
     for _ in 0..settings.documents.div_ceil(BATCH_ITEMS) {
         let left = settings.documents - feed.count();
-        assert!(feed.submit(left.min(BATCH_ITEMS)).await, "submitting the batch");
+        assert!(
+            feed.submit(left.min(BATCH_ITEMS)).await,
+            "submitting the batch"
+        );
     }
     let accepted_at = clock.elapsed();
     println!(
@@ -270,11 +276,7 @@ async fn accepted_jobs_all_finish_exactly_once_through_killed_workers_and_outage
     // A fast machine signs the batch before the last fault: while faults are left, more
     // documents are added whenever fewer than two batches' worth wait.
     let faults_over = Arc::new(AtomicBool::new(false));
-    let feeder = tokio::spawn(top_up(
-        feed.clone(),
-        signed.clone(),
-        faults_over.clone(),
-    ));
+    let feeder = tokio::spawn(top_up(feed.clone(), signed.clone(), faults_over.clone()));
 
     // The signers go through their requests by e-mail while the faults come.
     let signer = tokio::spawn(sign_requests(
@@ -325,7 +327,9 @@ async fn accepted_jobs_all_finish_exactly_once_through_killed_workers_and_outage
             next_kill += settings.kill_every;
             let live = d.app.live_workers();
             if !live.is_empty() {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let victim = live[(seed >> 64) as usize % live.len()];
                 let running = block_in_place(|| {
                     texts(
@@ -368,7 +372,8 @@ async fn accepted_jobs_all_finish_exactly_once_through_killed_workers_and_outage
                         if pending.is_empty() {
                             faults_over.store(true, Ordering::SeqCst);
                         }
-                        feed.paused.store(fault == Fault::Postgres, Ordering::SeqCst);
+                        feed.paused
+                            .store(fault == Fault::Postgres, Ordering::SeqCst);
                         d.take_down(fault).await;
                         active = Some((fault, Utc::now(), Instant::now()));
                     }
@@ -871,7 +876,9 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
         )
     })
     .unwrap();
-    let broken = run.broken_job.unwrap_or("00000000-0000-0000-0000-000000000000");
+    let broken = run
+        .broken_job
+        .unwrap_or("00000000-0000-0000-0000-000000000000");
     let unexpected_failures: Vec<&String> =
         failed_rows.iter().filter(|r| !r.contains(broken)).collect();
     let lost = run.documents.len() as i64 - batch_signed;
@@ -930,8 +937,7 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
         .iter()
         .filter(|(_, e, f)| *f != usize::MAX && f > e)
         .collect();
-    let unsigned: Vec<&(String, usize, usize)> =
-        counted.iter().filter(|(_, e, f)| f < e).collect();
+    let unsigned: Vec<&(String, usize, usize)> = counted.iter().filter(|(_, e, f)| f < e).collect();
     let unreadable = counted.iter().filter(|(_, _, f)| *f == usize::MAX).count();
     if !duplicated.is_empty() {
         problems.push(format!(
@@ -947,8 +953,10 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
             &unsigned[..unsigned.len().min(10)]
         ));
     }
-    let revisions_per_job = q("SELECT count(*) AS n FROM (SELECT job_id FROM document_revisions \
-         WHERE job_id IS NOT NULL GROUP BY job_id HAVING count(*) > 1) AS twice");
+    let revisions_per_job = q(
+        "SELECT count(*) AS n FROM (SELECT job_id FROM document_revisions \
+         WHERE job_id IS NOT NULL GROUP BY job_id HAVING count(*) > 1) AS twice",
+    );
     if revisions_per_job > 0 {
         problems.push(format!("{revisions_per_job} job(s) made two revisions"));
     }
@@ -1040,8 +1048,10 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
             }
         }
     }
-    let email_jobs = q("SELECT count(*) AS n FROM jobs WHERE kind = 'notify_email' \
-         AND status = 'succeeded'");
+    let email_jobs = q(
+        "SELECT count(*) AS n FROM jobs WHERE kind = 'notify_email' \
+         AND status = 'succeeded'",
+    );
     if !mail_duplicates.is_empty() || mails.len() as i64 != email_jobs {
         problems.push(format!(
             "{} e-mails received for {email_jobs} e-mail jobs; sent more than once: {mail_duplicates:?}",
@@ -1056,9 +1066,7 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
     let (broken_status, broken_attempts, broken_failed_events, broken_error) = match run.broken_job
     {
         Some(job) => {
-            let state = app
-                .wait_for_job(job, Duration::from_secs(1))
-                .await;
+            let state = app.wait_for_job(job, Duration::from_secs(1)).await;
             let events = q(&format!(
                 "SELECT count(*) AS n FROM events WHERE kind = 'job.failed' \
                  AND data->>'job_id' = '{job}'"
@@ -1148,30 +1156,39 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
             "recovered_after_s": recovered,
         }));
     }
-    // After a kill, the jobs it cut off wait for three missed heartbeats before another worker
-    // takes them: the time until every job running at the kill had finished.
-    let mut kill_recovery: Vec<f64> = run
-        .kills
-        .iter()
-        .filter_map(|k| {
-            let running = k.running.as_ref().filter(|r| !r.is_empty())?;
-            let ids = running
-                .iter()
-                .map(|id| format!("'{id}'"))
-                .collect::<Vec<_>>()
-                .join(",");
-            seconds(format!(
-                "SELECT greatest(0, extract(epoch FROM max(finished_at) - {}))::float8 AS v \
-                 FROM jobs WHERE id IN ({ids})",
-                since(&k.at)
-            ))
-        })
-        .collect();
-    kill_recovery.sort_by(f64::total_cmp);
-    let pick = |p: f64| -> Option<f64> {
-        (!kill_recovery.is_empty())
-            .then(|| kill_recovery[((kill_recovery.len() - 1) as f64 * p).round() as usize])
+    // After a kill, the jobs it cut off wait for three missed heartbeats before another worker's
+    // heartbeat puts them back on the queue (at its end): when each was taken up again, and
+    // when every job running at the kill had finished.
+    let mut picked_up: Vec<f64> = Vec::new();
+    let mut finished: Vec<f64> = Vec::new();
+    for kill in run.kills {
+        let Some(running) = kill.running.as_ref().filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        let ids = running
+            .iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let at = since(&kill.at);
+        picked_up.extend(seconds(format!(
+            "SELECT extract(epoch FROM max(started_at) - {at})::float8 AS v \
+             FROM jobs WHERE id IN ({ids}) AND started_at > {at}"
+        )));
+        finished.extend(seconds(format!(
+            "SELECT greatest(0, extract(epoch FROM max(finished_at) - {at}))::float8 AS v \
+             FROM jobs WHERE id IN ({ids})"
+        )));
+    }
+    let spread = |values: &mut Vec<f64>| -> [Option<f64>; 3] {
+        values.sort_by(f64::total_cmp);
+        let pick = |p: f64| {
+            (!values.is_empty()).then(|| values[((values.len() - 1) as f64 * p).round() as usize])
+        };
+        [pick(0.0), pick(0.5), pick(1.0)]
     };
+    let picked_up = spread(&mut picked_up);
+    let finished = spread(&mut finished);
     let retried = q("SELECT count(*) AS n FROM jobs WHERE attempts > 1");
     let signatures: usize = counted
         .iter()
@@ -1189,7 +1206,8 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
          {}\n\
          (resumed: the first job of that kind finished after the service was back; recovered: \
          signing back to 80 % of its pace before the fault, or every notification due by then delivered)\n\
-         worker kills: every job running at a kill finished within min {} / median {} / max {}\n\
+         worker kills: the jobs a kill cut off were taken up again after min {} / median {} / max {}; \
+         every job running at a kill had finished after min {} / median {} / max {}\n\
          jobs: {accepted} accepted, {} stuck, {} failed (expected 1), {retried} retried after a transient error or a kill\n\
          documents: {} batch items, {batch_signed} signed, lost {}, duplicated {}, short {} \
          ({signatures} /ByteRange signatures and time-stamps counted in {} files)\n\
@@ -1211,9 +1229,12 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
         run.kills.len(),
         run.exits,
         fault_rows.join("\n"),
-        secs(pick(0.0)),
-        secs(pick(0.5)),
-        secs(pick(1.0)),
+        secs(picked_up[0]),
+        secs(picked_up[1]),
+        secs(picked_up[2]),
+        secs(finished[0]),
+        secs(finished[1]),
+        secs(finished[2]),
         stuck_rows.len(),
         failed_rows.len(),
         run.documents.len(),
@@ -1246,7 +1267,8 @@ async fn check(d: &Deployment, settings: &Settings, run: &Run<'_>) -> Report {
         "faults": fault_json,
         "worker_kills": run.kills.len(),
         "worker_exits_restarted": run.exits,
-        "kill_recovery_s": {"min": pick(0.0), "median": pick(0.5), "max": pick(1.0)},
+        "kill_taken_up_again_s": {"min": picked_up[0], "median": picked_up[1], "max": picked_up[2]},
+        "kill_all_running_finished_s": {"min": finished[0], "median": finished[1], "max": finished[2]},
         "jobs": {"accepted": accepted, "stuck": stuck_rows.len(), "failed": failed_rows.len(),
                  "retried": retried},
         "signed": {"batch_items": run.documents.len(), "signed": batch_signed,
