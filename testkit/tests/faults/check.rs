@@ -197,6 +197,17 @@ fn recovery(f: &mut Findings, db: &str, run: &Run<'_>) {
                  WHERE kind = '{kind}' AND status = 'succeeded' AND finished_at > {end}"
             ),
         );
+        // Signatures per second in the 10 s before and the 30 s after (or until the last).
+        let paces = (kind == "sign").then(|| {
+            let (start, end) = (epoch(&injected.start), epoch(&injected.end));
+            let last = sign_times.last().copied().unwrap_or(end).min(end + 30.0);
+            let after = if last > end {
+                signed_between(end, last) as f64 / (last - end)
+            } else {
+                0.0
+            };
+            (signed_between(start - 10.0, start) as f64 / 10.0, after)
+        });
         let recovered = if kind == "sign" {
             let (start, end) = (epoch(&injected.start), epoch(&injected.end));
             let pace = signed_between(start - 10.0, start) as f64 / 10.0;
@@ -219,15 +230,20 @@ fn recovery(f: &mut Findings, db: &str, run: &Run<'_>) {
         let at = (injected.start - run.started).num_milliseconds() as f64 / 1000.0;
         f.line(format!(
             "  {:<46} at {at:>6.1} s  down {down:>4.1} s  {kind:<14} done while down {during:>4}  \
-             resumed after {:>7}  recovered after {:>7}",
+             resumed after {:>7}  recovered after {:>7}{}",
             injected.fault.describe(),
             secs(resumed),
             secs(recovered),
+            paces.map_or_else(String::new, |(before, after)| format!(
+                "  signatures/s {before:.1} before, {after:.1} after"
+            )),
         ));
         faults.push(json!({
             "fault": injected.fault.describe(), "at_s": at, "down_s": down, "kind": kind,
             "completed_while_down": during, "resumed_after_s": resumed,
             "recovered_after_s": recovered,
+            "signatures_per_s_before": paces.map(|p| p.0),
+            "signatures_per_s_after": paces.map(|p| p.1),
         }));
     }
     f.line(

@@ -1,12 +1,13 @@
 //! The fault-injection suite (R-OPS-5, issue 9). A whole deployment on loopback (API, three
 //! workers, our TSA, a PostgreSQL cluster and a Redis of its own, an SMTP server, a webhook
-//! receiver, the HSM behind `p11-kit server`) signs a batch of documents and runs signature
+//! receiver, the TSA's HSM behind `p11-kit server`) signs a batch of documents and runs signature
 //! requests by e-mail while a random worker is SIGKILLed every few seconds (and a new one
-//! started), and each of Redis (restarted empty), the TSA, the HSM, PostgreSQL (immediate stop,
+//! started), and each of Redis (restarted empty), the TSA, its HSM, PostgreSQL (immediate stop,
 //! crash recovery), the SMTP server and the webhook receiver goes down once and comes back.
 //! Then it checks that every accepted job finished, every document is signed exactly once,
 //! every webhook event arrived at least once under one `webhook-id`, every e-mail arrived
-//! once, the permanently failing job failed once, and prints (and writes as JSON) the figures
+//! (once, or twice when its worker was killed between sending it and recording that), the
+//! permanently failing job failed once, and prints (and writes as JSON) the figures
 //! with the recovery time after each fault.
 //!
 //! Its own test binary, not a module of `pipeline`: it starts its own PostgreSQL and Redis and
