@@ -180,7 +180,8 @@ fn recovery(f: &mut Findings, db: &str, run: &Run<'_>) {
     };
     let epoch = |t: &DateTime<Utc>| t.timestamp_micros() as f64 / 1e6;
     let mut faults = Vec::new();
-    for injected in &timeline.injected {
+    for (n, injected) in timeline.injected.iter().enumerate() {
+        let next_start = timeline.injected.get(n + 1).map(|next| epoch(&next.start));
         let kind = injected.fault.kind();
         let (start, end) = (sql_time(&injected.start), sql_time(&injected.end));
         let during = count(
@@ -197,10 +198,16 @@ fn recovery(f: &mut Findings, db: &str, run: &Run<'_>) {
                  WHERE kind = '{kind}' AND status = 'succeeded' AND finished_at > {end}"
             ),
         );
-        // Signatures per second in the 10 s before and the 30 s after (or until the last).
+        // Signatures per second in the 10 s before and after (until the next fault or the last
+        // signature, 30 s at most).
         let paces = (kind == "sign").then(|| {
             let (start, end) = (epoch(&injected.start), epoch(&injected.end));
-            let last = sign_times.last().copied().unwrap_or(end).min(end + 30.0);
+            let last = sign_times
+                .last()
+                .copied()
+                .unwrap_or(end)
+                .min(end + 30.0)
+                .min(next_start.unwrap_or(f64::MAX));
             let after = if last > end {
                 signed_between(end, last) as f64 / (last - end)
             } else {
@@ -211,8 +218,10 @@ fn recovery(f: &mut Findings, db: &str, run: &Run<'_>) {
         let recovered = if kind == "sign" {
             let (start, end) = (epoch(&injected.start), epoch(&injected.end));
             let pace = signed_between(start - 10.0, start) as f64 / 10.0;
+            // Looked for before the next fault only.
             (0..240)
                 .map(|i| i as f64 * 0.5)
+                .take_while(|after| end + after + 5.0 <= next_start.unwrap_or(f64::MAX))
                 .find(|after| {
                     signed_between(end + after, end + after + 5.0) as f64 >= 0.8 * pace * 5.0
                 })
