@@ -392,6 +392,8 @@ async fn inject_faults(
         exits: 0,
     };
     let mut last_end = Instant::now();
+    // Signing resumed after the last fault: (batch signed when it ended, when it moved again).
+    let mut resumed: (i64, Option<Instant>) = (0, Some(Instant::now()));
     let mut next_kill = Instant::now() + settings.kill_every;
     let mut seed = uuid::Uuid::new_v4().as_u128();
     let deadline = Instant::now() + Duration::from_secs(120 + settings.documents as u64 * 2);
@@ -460,13 +462,24 @@ async fn inject_faults(
                 feed.paused.store(false, Ordering::SeqCst);
                 active = None;
                 last_end = Instant::now();
+                resumed = (signed.load(Ordering::SeqCst), None);
             }
             Some(_) => {}
             None => {
+                if resumed.1.is_none() && progress > resumed.0 {
+                    resumed.1 = Some(Instant::now());
+                }
+                // The next fault comes once signing has run again for a few seconds after the
+                // last one (so that each recovery is measured on its own), or after a minute.
+                let settled = resumed
+                    .1
+                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(5))
+                    || last_end.elapsed() >= Duration::from_secs(60)
+                    || batch_done;
                 let next = Fault::ALL.len() - pending.len() + 1;
                 let due = progress * (Fault::ALL.len() as i64 + 2) >= total * next as i64;
                 if let Some(&fault) = pending.last() {
-                    if (due || batch_done) && last_end.elapsed() >= settings.outage / 2 {
+                    if (due || batch_done) && settled && last_end.elapsed() >= settings.outage / 2 {
                         pending.pop();
                         if pending.is_empty() {
                             faults_over.store(true, Ordering::SeqCst);
