@@ -3,7 +3,7 @@
 # (API, three workers, TSA, its own PostgreSQL and Redis, an SMTP server, a webhook receiver, the
 # TSA's HSM behind p11-kit) signs DOCUMENTS documents while workers are SIGKILLed and every
 # backing service goes down once; then it checks and prints what was lost, duplicated or stuck
-# and how long recovery took after each fault (testkit/tests/faults.rs).
+# and how long recovery took after each fault (testkit/tests/faults/).
 #
 #   scripts/faults.sh [DOCUMENTS]        # default 3000, release binaries
 #

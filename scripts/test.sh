@@ -13,7 +13,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> the API contract's checkers (schemathesis, openapi-spec-validator; pinned, from PyPI)"
 scripts/schemathesis.sh install >/dev/null
 echo "==> tests"
-# Among them the fault-injection suite in its bounded form (testkit/tests/faults.rs: 240
+# Among them the fault-injection suite in its bounded form (testkit/tests/faults/: 240
 # documents through killed workers and outages of every backing service; its full form is
 # scripts/faults.sh).
 cargo test --workspace --locked
