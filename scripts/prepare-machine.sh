@@ -8,7 +8,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 PACKAGES=(build-essential pkg-config libpq-dev postgresql redis-server softhsm2 opensc
           poppler-utils qpdf libnss3-tools openssl curl ca-certificates
-          python3-aiosmtpd unzip prometheus oathtool docker-compose)
+          python3-aiosmtpd unzip prometheus oathtool docker-compose p11-kit p11-kit-modules)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -30,6 +30,9 @@ scripts/schemathesis.sh install >/dev/null
 echo "==> the local S3 server for the storage tests (moto, pinned, from PyPI)"
 scripts/s3-server.sh install >/dev/null
 echo "==> tests"
+# Among them the fault-injection suite in its bounded form (testkit/tests/faults/: 240
+# documents through killed workers and outages of every backing service; its full form is
+# scripts/faults.sh).
 cargo test --workspace --locked
 # Bounded fuzzing of PDF intake and signing (fuzz/README.md); SHOMEI_FUZZ_SECONDS=0 skips it.
 if [ "${SHOMEI_FUZZ_SECONDS:-45}" != 0 ]; then

@@ -1,11 +1,19 @@
 //! PKCS#11 access: module initialisation, a pool of logged-in sessions and
 //! cached signing identities (key handle + certificate + chain).
+//!
+//! A module that loses its device (a network HSM's client whose connection broke, p11-kit's
+//! client when its server went away) keeps answering `CKR_DEVICE_ERROR` until the application
+//! finalises and initialises it again. [`Hsm`] does that itself when an operation or a new
+//! session reports the device gone (at most once a second), so a process outlives an HSM
+//! outage instead of needing a restart. Sessions of an earlier initialisation are never closed:
+//! their handles may name someone else's session in the new one.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -24,6 +32,8 @@ use crate::error::HsmError;
 const SESSION_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guards against issuer loops among the token's certificates.
 const MAX_CHAIN_DEPTH: usize = 8;
+/// Least time between two re-initialisations of a module whose device is gone.
+const REINIT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Connection parameters for [`Hsm::connect`].
 #[derive(Clone)]
@@ -71,6 +81,8 @@ pub enum KeyAlgorithm {
 pub struct SigningIdentity {
     label: String,
     key: ObjectHandle,
+    /// The module initialisation `key` belongs to; handles do not survive a re-initialisation.
+    generation: u64,
     algorithm: KeyAlgorithm,
     certificate: Certificate,
     chain: Vec<Certificate>,
@@ -116,34 +128,43 @@ pub struct Hsm {
 }
 
 struct Inner {
-    pool: r2d2::Pool<SessionManager>,
-    /// For the rare read-write sessions (creating and destroying KEKs), opened and closed on
-    /// the spot: the pool's sessions are read-only.
-    pkcs11: Pkcs11,
-    slot: Slot,
-    token_label: String,
+    settings: HsmSettings,
+    /// The module's current initialisation; replaced when the device was lost.
+    link: RwLock<Arc<Link>>,
+    /// Counts initialisations. A session remembers the one it was opened in and is closed only
+    /// if that is still the current one.
+    generation: Arc<AtomicU64>,
+    /// Set when opening a session failed because the device is gone.
+    device_lost: Arc<AtomicBool>,
+    /// Serialises re-initialisations and spaces them out.
+    last_reinit: Mutex<Option<Instant>>,
     identities: Mutex<HashMap<String, Arc<SigningIdentity>>>,
 }
 
-impl fmt::Debug for Hsm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hsm")
-            .field("token_label", &self.inner.token_label)
-            .field("pool", &self.inner.pool.state())
-            .finish()
-    }
+/// One initialisation of the module: its session pool, and what the rare read-write sessions
+/// (creating and destroying KEKs) are opened on, on the spot: the pool's sessions are read-only.
+struct Link {
+    pool: r2d2::Pool<SessionManager>,
+    pkcs11: Pkcs11,
+    slot: Slot,
+    generation: u64,
 }
 
-impl Hsm {
-    /// Initialises the PKCS#11 module (once per process), checks the PIN and
-    /// builds the session pool.
-    pub fn connect(settings: &HsmSettings) -> Result<Hsm, HsmError> {
-        let pkcs11 = initialised_module(&settings.module_path)?;
+impl Link {
+    /// Finds the token, checks the PIN once and builds the session pool.
+    fn open(
+        pkcs11: Pkcs11,
+        settings: &HsmSettings,
+        generation: &Arc<AtomicU64>,
+        device_lost: &Arc<AtomicBool>,
+    ) -> Result<Link, HsmError> {
         let slot = find_token(&pkcs11, &settings.token_label)?;
         let manager = SessionManager {
             pkcs11: pkcs11.clone(),
             slot,
             pin: settings.user_pin.clone(),
+            generation: generation.clone(),
+            device_lost: device_lost.clone(),
         };
 
         // One explicit attempt before the pool exists: r2d2 keeps retrying
@@ -170,6 +191,32 @@ impl Hsm {
             .test_on_check_out(true)
             .build(manager)?;
         drop(probe);
+        Ok(Link {
+            pool,
+            pkcs11,
+            slot,
+            generation: generation.load(Ordering::SeqCst),
+        })
+    }
+}
+
+impl fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hsm")
+            .field("token_label", &self.inner.settings.token_label)
+            .field("pool", &self.link().pool.state())
+            .finish()
+    }
+}
+
+impl Hsm {
+    /// Initialises the PKCS#11 module (once per process), checks the PIN and
+    /// builds the session pool.
+    pub fn connect(settings: &HsmSettings) -> Result<Hsm, HsmError> {
+        let pkcs11 = initialised_module(&settings.module_path)?;
+        let generation = Arc::new(AtomicU64::new(0));
+        let device_lost = Arc::new(AtomicBool::new(false));
+        let link = Link::open(pkcs11, settings, &generation, &device_lost)?;
 
         tracing::info!(
             token = %settings.token_label,
@@ -178,13 +225,75 @@ impl Hsm {
         );
         Ok(Hsm {
             inner: Arc::new(Inner {
-                pool,
-                pkcs11,
-                slot,
-                token_label: settings.token_label.clone(),
+                settings: settings.clone(),
+                link: RwLock::new(Arc::new(link)),
+                generation,
+                device_lost,
+                last_reinit: Mutex::new(None),
                 identities: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    fn link(&self) -> Arc<Link> {
+        self.inner
+            .link
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Finalises and initialises the module again after `failed` lost its device, unless
+    /// another thread did already or did less than [`REINIT_PAUSE`] ago. The operation that
+    /// noticed still fails (transiently); the next one uses the new initialisation.
+    fn reinitialise(&self, failed: &Arc<Link>) {
+        let mut last = self
+            .inner
+            .last_reinit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !Arc::ptr_eq(&self.link(), failed) || last.is_some_and(|t| t.elapsed() < REINIT_PAUSE) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.inner.device_lost.store(true, Ordering::SeqCst);
+        // From here on the old initialisation's sessions are left unclosed (see the module doc).
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = failed.pkcs11.clone().finalize() {
+            tracing::debug!(error = %e, "C_Finalize of the lost HSM module");
+        }
+        match failed
+            .pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "HSM module cannot be initialised again yet");
+                return;
+            }
+        }
+        match Link::open(
+            failed.pkcs11.clone(),
+            &self.inner.settings,
+            &self.inner.generation,
+            &self.inner.device_lost,
+        ) {
+            Ok(link) => {
+                *self
+                    .inner
+                    .link
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(link);
+                self.inner.device_lost.store(false, Ordering::SeqCst);
+                self.inner
+                    .identities
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clear();
+                tracing::info!(token = %self.inner.settings.token_label, "reconnected to HSM");
+            }
+            Err(e) => tracing::warn!(error = %e, "HSM still unreachable"),
+        }
     }
 
     /// Readiness probe: proves a logged-in session can be obtained and the
@@ -225,6 +334,14 @@ impl Hsm {
         identity: &SigningIdentity,
         sha256_digest: &[u8; 32],
     ) -> Result<Vec<u8>, HsmError> {
+        // The caller may hold an identity from before the module was initialised again.
+        let refreshed;
+        let identity = if identity.generation == self.link().generation {
+            identity
+        } else {
+            refreshed = self.identity(&identity.label)?;
+            &*refreshed
+        };
         let key = match identity.algorithm {
             KeyAlgorithm::Rsa => "rsa",
             KeyAlgorithm::EcdsaP256 => "ec",
@@ -282,6 +399,7 @@ impl Hsm {
     }
 
     fn load_identity(&self, key_label: &str) -> Result<SigningIdentity, HsmError> {
+        let generation = self.link().generation;
         let found = self.with_session("C_FindObjects", |session| {
             let Some(key) = find_one(
                 session,
@@ -355,6 +473,7 @@ impl Hsm {
         Ok(SigningIdentity {
             label: key_label.to_owned(),
             key,
+            generation,
             algorithm,
             certificate,
             chain,
@@ -363,8 +482,9 @@ impl Hsm {
 
     /// Publishes the pool's state (sessions idle and in use) as gauges.
     pub fn report_pool(&self) {
-        let state = self.inner.pool.state();
-        metrics::HSM_POOL_MAX.set(i64::from(self.inner.pool.max_size()));
+        let link = self.link();
+        let state = link.pool.state();
+        metrics::HSM_POOL_MAX.set(i64::from(link.pool.max_size()));
         metrics::HSM_POOL_SESSIONS
             .with_label_values(&["idle"])
             .set(i64::from(state.idle_connections));
@@ -375,25 +495,53 @@ impl Hsm {
 
     /// Runs `op` on a pooled session, flagging the session as broken when
     /// the error says the session (rather than the request) is at fault, so
-    /// the pool discards it instead of handing it out again.
+    /// the pool discards it instead of handing it out again. When the device is gone, the
+    /// module is initialised again for the next caller.
     pub(crate) fn with_session<T>(
         &self,
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
+        // While the device is known gone, every caller tries to bring it back (at most once a
+        // second, see `reinitialise`) and waits no longer than that for a session.
+        let lost = self.inner.device_lost.load(Ordering::SeqCst);
+        if lost {
+            self.reinitialise(&self.link());
+        }
+        let link = self.link();
         let waited = std::time::Instant::now();
-        let checked_out = self.inner.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT);
+        let checked_out = link.pool.get_timeout(if lost {
+            REINIT_PAUSE
+        } else {
+            SESSION_CHECKOUT_TIMEOUT
+        });
         metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
         self.report_pool();
-        let mut pooled = checked_out.inspect_err(|_| metrics::HSM_ERRORS.inc())?;
-        op(&pooled.session).map_err(|source| {
+        let mut pooled = match checked_out {
+            Ok(pooled) => pooled,
+            Err(e) => {
+                metrics::HSM_ERRORS.inc();
+                if self.inner.device_lost.load(Ordering::SeqCst) {
+                    self.reinitialise(&link);
+                }
+                return Err(e.into());
+            }
+        };
+        let result = op(pooled.session()).map_err(|source| {
             metrics::HSM_ERRORS.inc();
             if breaks_session(&source) {
                 tracing::warn!(operation, error = %source, "discarding HSM session");
                 pooled.broken = true;
             }
             HsmError::Pkcs11 { operation, source }
-        })
+        });
+        drop(pooled);
+        if let Err(HsmError::Pkcs11 { source, .. }) = &result {
+            if loses_device(source) {
+                self.reinitialise(&link);
+            }
+        }
+        result
     }
 
     /// Runs `op` on a fresh read-write session (logged in through the pool's login), closed
@@ -407,12 +555,12 @@ impl Hsm {
             metrics::HSM_ERRORS.inc();
             HsmError::Pkcs11 { operation, source }
         };
+        let link = self.link();
         // Held so the token stays logged in while the new session works.
-        let _pooled = self.inner.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
-        let session = self
-            .inner
+        let _pooled = link.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
+        let session = link
             .pkcs11
-            .open_rw_session(self.inner.slot)
+            .open_rw_session(link.slot)
             .map_err(pkcs11_error)?;
         op(&session).map_err(pkcs11_error)
     }
@@ -561,6 +709,22 @@ fn breaks_session(error: &CkError) -> bool {
     }
 }
 
+/// Errors after which the module must be initialised again: the device (or the connection to
+/// it) is gone.
+fn loses_device(error: &CkError) -> bool {
+    matches!(
+        error,
+        CkError::Pkcs11(
+            RvError::DeviceError
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
+}
+
 // cryptoki permits one C_Initialize per process; every `Hsm` for the same
 // module shares the context created here.
 static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
@@ -606,18 +770,45 @@ struct SessionManager {
     pkcs11: Pkcs11,
     slot: Slot,
     pin: SecretString,
+    generation: Arc<AtomicU64>,
+    device_lost: Arc<AtomicBool>,
 }
 
 /// A pooled session; `broken` is set by [`Hsm::with_session`] and read by
 /// the pool so a failed session is closed rather than reused.
 struct PooledSession {
-    session: Session,
+    /// Always `Some` but while dropped.
+    session: Option<Session>,
     broken: bool,
+    /// The module initialisation the session was opened in.
+    generation: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl PooledSession {
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("a pooled session")
+    }
+}
+
+impl Drop for PooledSession {
+    fn drop(&mut self) {
+        if self.generation != self.current.load(Ordering::SeqCst) {
+            // Opened before the module was initialised again: its handle may now name a
+            // session of the new initialisation, which closing it would close.
+            std::mem::forget(self.session.take());
+        }
+    }
 }
 
 impl SessionManager {
     fn open(&self) -> Result<PooledSession, CkError> {
-        let session = self.pkcs11.open_ro_session(self.slot)?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let session = self.pkcs11.open_ro_session(self.slot).inspect_err(|e| {
+            if loses_device(e) {
+                self.device_lost.store(true, Ordering::SeqCst);
+            }
+        })?;
         // Login is per application, not per session: a fresh session is
         // already logged in whenever another open session is.
         if !is_logged_in(session.get_session_info()?.session_state()) {
@@ -627,8 +818,10 @@ impl SessionManager {
             }
         }
         Ok(PooledSession {
-            session,
+            session: Some(session),
             broken: false,
+            generation,
+            current: self.generation.clone(),
         })
     }
 }
@@ -642,7 +835,7 @@ impl r2d2::ManageConnection for SessionManager {
     }
 
     fn is_valid(&self, conn: &mut PooledSession) -> Result<(), CkError> {
-        if is_logged_in(conn.session.get_session_info()?.session_state()) {
+        if is_logged_in(conn.session().get_session_info()?.session_state()) {
             Ok(())
         } else {
             Err(not_logged_in())
@@ -650,7 +843,7 @@ impl r2d2::ManageConnection for SessionManager {
     }
 
     fn has_broken(&self, conn: &mut PooledSession) -> bool {
-        conn.broken
+        conn.broken || conn.generation != self.generation.load(Ordering::SeqCst)
     }
 }
 

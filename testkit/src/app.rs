@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::s3::S3Server;
 use crate::{hsm_dir, workspace_root};
 
+/// The machine's shared PostgreSQL, where each app makes a database of its own.
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 #[derive(Debug, Clone)]
@@ -18,12 +19,20 @@ pub struct TestAppOptions {
     pub workers: usize,
     /// Redis database number; a test that flushes Redis takes one of its own.
     pub redis_db: u8,
+    /// Another PostgreSQL server than the machine's shared one
+    /// (`postgres://postgres@HOST:PORT`, no database), e.g. a [`crate::services::Postgres`]
+    /// that the test restarts.
+    pub postgres: Option<String>,
+    /// Another Redis than the machine's shared one (a full URL; `redis_db` is then ignored).
+    pub redis_url: Option<String>,
     pub concurrency: usize,
     pub max_upload_bytes: Option<u64>,
     /// Extra environment for every process (after the defaults, so it overrides them).
     pub env: Vec<(String, String)>,
     /// Extra environment for the worker processes only (e.g. a missing key label).
     pub worker_env: Vec<(String, String)>,
+    /// Extra environment for the TSA process only (e.g. its HSM behind p11-kit).
+    pub tsa_env: Vec<(String, String)>,
     /// TSA URLs tried before the app's own `shomei-tsa` (e.g. one that is down).
     pub tsa_urls_before: Vec<String>,
     /// Serve the API over HTTPS with the dev certificate for localhost and 127.0.0.1
@@ -54,10 +63,13 @@ impl Default for TestAppOptions {
         Self {
             workers: 1,
             redis_db: 0,
+            postgres: None,
+            redis_url: None,
             concurrency: 4,
             max_upload_bytes: None,
             env: vec![],
             worker_env: vec![],
+            tsa_env: vec![],
             tsa_urls_before: vec![],
             tls: false,
             storage: TestStorage::Local,
@@ -74,12 +86,16 @@ pub struct TestApp {
     pub tenant_id: String,
     options: TestAppOptions,
     env: Vec<(String, String)>,
+    /// The PostgreSQL server (no database) the app's database lives on.
+    postgres: String,
     db_name: String,
     redis_url: String,
     namespace: String,
     dir: PathBuf,
     api: Child,
     tsa: Option<Child>,
+    /// How often the TSA was started again (names its log files).
+    tsa_starts: usize,
     workers: Vec<Option<Child>>,
     /// Each worker's `/metrics` address, by index.
     worker_metrics: Vec<String>,
@@ -122,7 +138,12 @@ impl TestApp {
         let hsm = hsm_dir();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("shomei_t_{id}");
-        admin_sql(&format!("CREATE DATABASE {db_name}"));
+        let postgres = options
+            .postgres
+            .clone()
+            .unwrap_or_else(|| POSTGRES.to_owned());
+        admin_sql(&postgres, &format!("CREATE DATABASE {db_name}"))
+            .unwrap_or_else(|e| panic!("creating the test database on {postgres}: {e}"));
 
         let dir = workspace_root().join("target/tmp/apps").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
@@ -134,12 +155,15 @@ impl TestApp {
             .chain([format!("http://127.0.0.1:{tsa_port}/")])
             .collect();
         let scheme = if options.tls { "https" } else { "http" };
-        let redis_url = format!("redis://127.0.0.1:6379/{}", options.redis_db);
+        let redis_url = options
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| format!("redis://127.0.0.1:6379/{}", options.redis_db));
         let namespace = format!("t{}", &id[..12]);
         let mut env: Vec<(String, String)> = vec![
             (
                 "SHOMEI_DATABASE_URL".into(),
-                format!("{POSTGRES}/{db_name}"),
+                format!("{postgres}/{db_name}"),
             ),
             ("SHOMEI_DB_POOL_SIZE".into(), "8".into()),
             ("SHOMEI_REDIS_URL".into(), redis_url.clone()),
@@ -235,15 +259,17 @@ impl TestApp {
                 &bin("shomei-tsa"),
                 &[],
                 &env,
-                &[],
+                &options.tsa_env,
                 &dir.join("tsa.log"),
             )),
             options,
             env,
+            postgres,
             db_name,
             redis_url,
             namespace,
             dir,
+            tsa_starts: 0,
             workers: vec![],
             worker_metrics: vec![],
             s3,
@@ -385,6 +411,68 @@ impl TestApp {
         }
     }
 
+    /// Starts the app's time-stamping authority again on the same address (after
+    /// [`TestApp::stop_tsa`]) and waits until it answers.
+    pub async fn start_tsa(&mut self) {
+        if self.tsa.is_some() {
+            return;
+        }
+        self.tsa_starts += 1;
+        let log = self.dir.join(format!("tsa-{}.log", self.tsa_starts));
+        self.tsa = Some(spawn_logged(
+            &bin("shomei-tsa"),
+            &[],
+            &self.env,
+            &self.options.tsa_env,
+            &log,
+        ));
+        let url = self.tsa_url("/metrics");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "shomei-tsa did not come back; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of one of the environment variables every process of the app gets (e.g.
+    /// `SOFTHSM2_CONF`, the app's own copy of the dev token).
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Indices of the worker processes started and not killed.
+    pub fn live_workers(&self) -> Vec<usize> {
+        (0..self.workers.len())
+            .filter(|&i| self.workers[i].is_some())
+            .collect()
+    }
+
+    /// Whether a worker has exited on its own (its process is then forgotten, like a killed
+    /// one); `false` while it runs or once killed.
+    pub fn worker_exited(&mut self, index: usize) -> bool {
+        let exited = self.workers[index]
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+        if exited {
+            self.workers[index] = None;
+        }
+        exited
+    }
+
     /// The process id of a running worker (for resource readings in benchmarks).
     pub fn worker_pid(&self, index: usize) -> Option<u32> {
         self.workers[index].as_ref().map(Child::id)
@@ -432,22 +520,30 @@ impl TestApp {
     /// ended and new ones refused (`ALLOW_CONNECTIONS false`). The server itself, shared with
     /// the other tests, keeps running. [`TestApp::restore_database`] undoes it.
     pub fn cut_database(&self) {
-        admin_sql(&format!(
-            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
-            self.db_name
-        ));
-        admin_sql(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-            self.db_name
-        ));
+        for statement in [
+            format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+                self.db_name
+            ),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.db_name
+            ),
+        ] {
+            admin_sql(&self.postgres, &statement).unwrap();
+        }
     }
 
     /// Lets connections to the app's database in again.
     pub fn restore_database(&self) {
-        admin_sql(&format!(
-            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-            self.db_name
-        ));
+        admin_sql(
+            &self.postgres,
+            &format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+                self.db_name
+            ),
+        )
+        .unwrap();
     }
 
     /// The HTTP client the helpers use (for methods they do not cover).
@@ -483,7 +579,7 @@ impl TestApp {
 
     /// Runs a statement against the app's database (e.g. to age a code past its expiry).
     pub fn sql_execute(&self, statement: &str) -> usize {
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(statement).execute(&mut conn).unwrap()
     }
 
@@ -630,7 +726,7 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::Text)]
             t: String,
         }
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(query)
             .load::<Text>(&mut conn)
             .unwrap()
@@ -689,7 +785,7 @@ impl TestApp {
 
     /// The app's database URL (for `pg_dump` and the like).
     pub fn database_url(&self) -> String {
-        format!("{POSTGRES}/{}", self.db_name)
+        format!("{}/{}", self.postgres, self.db_name)
     }
 
     /// Runs SQL against this app's database (for checks the API does not expose).
@@ -699,7 +795,7 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(query)
             .get_result::<Count>(&mut conn)
             .unwrap()
@@ -713,7 +809,7 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
             t: Option<String>,
         }
-        let mut conn = PgConnection::establish(&format!("{POSTGRES}/{}", self.db_name)).unwrap();
+        let mut conn = PgConnection::establish(&self.database_url()).unwrap();
         diesel::sql_query(query)
             .load::<Text>(&mut conn)
             .unwrap()
@@ -758,10 +854,13 @@ impl Drop for TestApp {
             let _ = child.kill();
             let _ = child.wait();
         }
-        admin_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        ));
+        // Not a panic in a drop: a test that failed with its server down must still unwind.
+        if let Err(e) = admin_sql(
+            &self.postgres,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name),
+        ) {
+            eprintln!("dropping {}: {e}", self.db_name);
+        }
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_connection() {
                 let keys: Vec<String> = redis::cmd("KEYS")
@@ -832,10 +931,13 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process:
     }
 }
 
-fn admin_sql(statement: &str) {
-    let mut conn = PgConnection::establish(&format!("{POSTGRES}/postgres"))
-        .expect("PostgreSQL at 127.0.0.1:5432");
-    diesel::sql_query(statement).execute(&mut conn).unwrap();
+fn admin_sql(postgres: &str, statement: &str) -> Result<(), String> {
+    let mut conn = PgConnection::establish(&format!("{postgres}/postgres"))
+        .map_err(|e| format!("connecting to {postgres}: {e}"))?;
+    diesel::sql_query(statement)
+        .execute(&mut conn)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn spawn_logged(

@@ -3,6 +3,7 @@
 mod app;
 pub mod hostile;
 pub mod s3;
+pub mod services;
 pub mod smtp;
 pub mod validate;
 pub mod webhook_receiver;

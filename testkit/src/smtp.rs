@@ -42,12 +42,14 @@ pub struct SmtpOptions {
 
 /// The server process; killed on drop.
 pub struct SmtpServer {
-    child: Child,
+    /// `None` while stopped ([`SmtpServer::stop`]).
+    child: Option<Child>,
     /// Held open: the server exits when it closes, so it dies with the test process too.
-    _stdin: ChildStdin,
+    _stdin: Option<ChildStdin>,
     port: u16,
     dir: PathBuf,
     options: SmtpOptions,
+    stall_recipients_containing: Option<String>,
 }
 
 /// One message as the server received it.
@@ -91,7 +93,43 @@ impl SmtpServer {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = workspace_root().join("target/tmp/smtp").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let mut server = SmtpServer {
+            child: None,
+            _stdin: None,
+            port: 0,
+            dir,
+            options,
+            stall_recipients_containing: stall_recipients_containing.map(str::to_owned),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Stops the server (SIGKILL): connections are refused until [`SmtpServer::start_again`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self._stdin = None;
+    }
+
+    /// Starts the server again on the same port and spool directory (messages number on).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    /// Starts the process on `self.port` (0: any) and waits for its port to accept.
+    fn spawn(&mut self) {
+        let dir = self.dir.clone();
+        let options = &self.options;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
 
         let mut command = Command::new(PYTHON);
         command
@@ -119,8 +157,11 @@ impl SmtpServer {
         if let Some(pattern) = &options.reject_recipients_containing {
             command.args(["--reject-rcpt", pattern]);
         }
-        if let Some(pattern) = stall_recipients_containing {
+        if let Some(pattern) = &self.stall_recipients_containing {
             command.args(["--stall-rcpt", pattern]);
+        }
+        if self.port != 0 {
+            command.args(["--port", &self.port.to_string()]);
         }
         let mut child = command
             .spawn()
@@ -168,13 +209,9 @@ impl SmtpServer {
             std::thread::sleep(Duration::from_millis(20));
         }
 
-        SmtpServer {
-            child,
-            _stdin: stdin,
-            port,
-            dir,
-            options,
-        }
+        self.child = Some(child);
+        self._stdin = Some(stdin);
+        self.port = port;
     }
 
     pub fn port(&self) -> u16 {
@@ -220,40 +257,7 @@ impl SmtpServer {
 
     /// Every message received so far, in the order received.
     pub fn messages(&self) -> Vec<ReceivedMail> {
-        let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .filter_map(|entry| {
-                let path = entry.ok()?.path();
-                if path.extension()? != "eml" {
-                    return None;
-                }
-                Some((path.file_stem()?.to_str()?.parse().ok()?, path))
-            })
-            .collect();
-        numbered.sort();
-        numbered
-            .into_iter()
-            .map(|(_, path)| {
-                let raw = std::fs::read(&path).unwrap();
-                let envelope: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap())
-                        .unwrap();
-                let mut mail = ReceivedMail::parse(&raw);
-                mail.from = envelope["mail_from"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                mail.to = envelope["rcpt_tos"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                mail.tls = envelope["tls"].as_bool().unwrap_or(false);
-                mail.authenticated = envelope["authenticated"].as_bool().unwrap_or(false);
-                mail
-            })
-            .collect()
+        messages_in(&self.dir)
     }
 
     /// Waits for a message to `to` whose subject contains `subject_contains`; panics with the
@@ -290,9 +294,47 @@ impl SmtpServer {
 
 impl Drop for SmtpServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Every message a server spooled into `dir` ([`SmtpServer::dir`]), in the order received:
+/// for a reader that cannot hold the server itself.
+pub fn messages_in(dir: &Path) -> Vec<ReceivedMail> {
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != "eml" {
+                return None;
+            }
+            Some((path.file_stem()?.to_str()?.parse().ok()?, path))
+        })
+        .collect();
+    numbered.sort();
+    numbered
+        .into_iter()
+        .map(|(_, path)| {
+            let raw = std::fs::read(&path).unwrap();
+            let envelope: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap())
+                    .unwrap();
+            let mut mail = ReceivedMail::parse(&raw);
+            mail.from = envelope["mail_from"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            mail.to = envelope["rcpt_tos"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            mail.tls = envelope["tls"].as_bool().unwrap_or(false);
+            mail.authenticated = envelope["authenticated"].as_bool().unwrap_or(false);
+            mail
+        })
+        .collect()
 }
 
 impl ReceivedMail {

@@ -1,7 +1,9 @@
 //! A real HTTP endpoint that receives webhooks in tests.
 //!
 //! It binds 127.0.0.1:0 in the test's own tokio runtime, answers each request with the next
-//! scripted response (204 once the script runs out) and records every request. Signatures are
+//! scripted response (204 once the script runs out) and records every request. It can be
+//! stopped (listener and every open connection closed, like a crashed server) and started again
+//! on the same port, keeping what it recorded. Signatures are
 //! checked with the spec authors' own `standardwebhooks` crate, never with Shomei's code, so a
 //! bug shared by our signer and our verifier cannot hide.
 
@@ -57,7 +59,8 @@ struct State {
 pub struct WebhookReceiver {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    server: tokio::task::JoinHandle<()>,
+    /// `None` while stopped.
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WebhookReceiver {
@@ -72,28 +75,47 @@ impl WebhookReceiver {
             received: Vec::new(),
         }));
 
-        let filter_state = state.clone();
-        let route = warp::post()
-            .and(warp::path::full())
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .then(
-                move |path: warp::path::FullPath, headers: HeaderMap, body: Bytes| {
-                    let state = filter_state.clone();
-                    async move { handle(&state, path.as_str(), &headers, &body).await }
-                },
-            );
-
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("receiver: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("receiver: local_addr");
-        let server = tokio::spawn(warp::serve(route).incoming(listener).run());
+        let server = Some(tokio::spawn(serve(listener, state.clone())));
         WebhookReceiver {
             addr,
             state,
             server,
         }
+    }
+
+    /// Stops listening and drops every open connection (keep-alive ones included): senders
+    /// get connection errors until [`WebhookReceiver::start_again`].
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn start_again(&mut self) {
+        if self.server.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "receiver: bind {}: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        self.server = Some(tokio::spawn(serve(listener, self.state.clone())));
     }
 
     /// The endpoint to register, e.g. `http://127.0.0.1:PORT/hooks`.
@@ -162,7 +184,42 @@ impl WebhookReceiver {
 
 impl Drop for WebhookReceiver {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// The accept loop. Connections are tasks of a `JoinSet` owned by this future, so aborting it
+/// closes them all (warp's own server spawns them loose, and they would outlive a stop).
+async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    let route = warp::post()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |path: warp::path::FullPath, headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move { handle(&state, path.as_str(), &headers, &body).await }
+            },
+        );
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        let service = warp::service(route.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                tower_service::Service::call(&mut service.clone(), request)
+            });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
     }
 }
 
