@@ -79,6 +79,7 @@ async fn main() {
                         subject: rendered.subject.clone(),
                         text: rendered.text.clone(),
                         html: rendered.html.clone(),
+                        id: None,
                     };
                     if let Err(e) = mailer.send(&email).await {
                         failed += 1;

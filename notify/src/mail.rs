@@ -47,6 +47,11 @@ pub struct Email {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// The left-hand side of the Message-ID, to be the same on every send of one message (a
+    /// notify job's id): a copy sent again after a crash between the server's acceptance and
+    /// the job's record is then recognisable, by a mail client or a receiving system, as the
+    /// message it already has. `None`: a random one.
+    pub id: Option<uuid::Uuid>,
 }
 
 /// Sends [`Email`]s. Cheap to clone: clones share one SMTP connection pool.
@@ -228,7 +233,9 @@ impl Mailer {
             .subject(&email.subject)
             .message_id(Some(format!(
                 "<{:032x}@{}>",
-                rand::random::<u128>(),
+                email
+                    .id
+                    .map_or_else(rand::random::<u128>, |id| id.as_u128()),
                 self.domain
             )))
             // RFC 3834: tells vacation responders and the like not to answer.

@@ -38,6 +38,7 @@ fn email(to: &str, subject: &str) -> Email {
         subject: subject.into(),
         text: format!("text of {subject}\n"),
         html: format!("<p>html of {subject}</p>\n"),
+        id: None,
     }
 }
 
@@ -96,6 +97,38 @@ async fn plain_smtp_delivers_a_multipart_message() {
     assert!(raw.contains("@shomei.localhost>"), "{raw}");
     assert!(raw.contains("Auto-Submitted: auto-generated"), "{raw}");
     assert!(!mail.tls && !mail.authenticated);
+}
+
+fn message_id(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .expect("a Message-ID header")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_message_sent_again_keeps_its_message_id_and_others_get_their_own() {
+    let server = SmtpServer::start(SmtpOptions::default());
+    let mailer = Mailer::new(&settings(Some(server.url()), None)).unwrap();
+    let job = uuid::Uuid::new_v4();
+    let mut ids = Vec::new();
+    for (subject, id) in [
+        ("again 1", Some(job)),
+        ("again 2", Some(job)),
+        ("fresh 1", None),
+        ("fresh 2", None),
+    ] {
+        let mut message = email("hanako@example.test", subject);
+        message.id = id;
+        mailer.send(&message).await.unwrap();
+        let mail = server.wait_for("hanako@example.test", subject, WAIT).await;
+        ids.push(message_id(&mail.raw));
+    }
+    assert_eq!(ids[0], format!("<{:032x}@shomei.localhost>", job.as_u128()));
+    assert_eq!(ids[0], ids[1], "one message, sent twice");
+    assert_ne!(ids[2], ids[3], "two messages");
+    assert!(ids[2] != ids[0] && ids[3] != ids[0]);
 }
 
 #[tokio::test]
@@ -356,6 +389,7 @@ async fn japanese_subject_names_and_bodies_survive_the_trip() {
             subject: rendered.subject.clone(),
             text: rendered.text.clone(),
             html: rendered.html.clone(),
+            id: None,
         })
         .await
         .unwrap();

@@ -4,7 +4,7 @@ pub mod models;
 pub mod schema;
 
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use models::{
@@ -14,8 +14,67 @@ pub use models::{
     WebhookAttempt, WebhookEndpoint, ACTION_LOG_ANCHOR, ACTION_LOG_PURGE,
 };
 
-pub type DbPool = Pool<ConnectionManager<PgConnection>>;
-pub type DbConn = PooledConnection<ConnectionManager<PgConnection>>;
+pub type DbPool = Pool<Manager>;
+pub type DbConn = PooledConnection<Manager>;
+
+/// A connection that has worked within this long is handed out without a test.
+const TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A pooled connection, with the last time it was known to work.
+pub struct Connection {
+    conn: PgConnection,
+    worked_at: std::time::Instant,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// diesel's connection manager, testing a connection on checkout (`SELECT 1`) only when it
+/// has not worked for [`TRUSTED_FOR`]. Under load connections go back and forth all the
+/// time and are not tested (the test was a third of all the statements a signed document
+/// cost, profiled with the load test); after an outage (PostgreSQL restarted, say) every idle
+/// connection is tested and a dead one replaced before a request or a job gets it.
+pub struct Manager(ConnectionManager<PgConnection>);
+
+impl ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<Connection, Self::Error> {
+        Ok(Connection {
+            conn: self.0.connect()?,
+            worked_at: std::time::Instant::now(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), Self::Error> {
+        if conn.worked_at.elapsed() >= TRUSTED_FOR {
+            self.0.is_valid(&mut conn.conn)?;
+            conn.worked_at = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Called when a connection comes back to the pool: one diesel did not see break has
+    /// just worked.
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        let broken = self.0.has_broken(&mut conn.conn);
+        if !broken {
+            conn.worked_at = std::time::Instant::now();
+        }
+        broken
+    }
+}
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -56,19 +115,16 @@ impl DbError {
 }
 
 /// Opens a pool without waiting for a first connection, so a process can start (and report
-/// itself not ready) while PostgreSQL is still down.
-///
-/// Connections are not tested with a `SELECT 1` when checked out: that was a third of all the
-/// statements a signed document cost (profiled with the load test). A connection that broke
-/// while idle fails its first query instead ([`DbError::is_unavailable`]: a `503` or a retried
-/// job) and diesel marks it broken, so the pool drops it and opens a new one.
+/// itself not ready) while PostgreSQL is still down. Connections idle for a second or more
+/// are tested when checked out ([`Manager`]); one that breaks under a query anyway is
+/// [`DbError::is_unavailable`] (a `503`, a retried job) and replaced.
 pub fn connect(database_url: &str, size: u32) -> DbPool {
     Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
         .connection_timeout(std::time::Duration::from_secs(5))
-        .test_on_check_out(false)
-        .build_unchecked(ConnectionManager::new(database_url))
+        .test_on_check_out(true)
+        .build_unchecked(Manager(ConnectionManager::new(database_url)))
 }
 
 /// A pool for a short command (`migrate`, `tenant create`): it opens connections only when
@@ -79,7 +135,7 @@ pub fn connect_for_command(database_url: &str) -> DbPool {
         .max_size(1)
         .min_idle(Some(0))
         .connection_timeout(std::time::Duration::from_secs(5))
-        .build_unchecked(ConnectionManager::new(database_url))
+        .build_unchecked(Manager(ConnectionManager::new(database_url)))
 }
 
 pub fn run_migrations(pool: &DbPool) -> Result<(), DbError> {

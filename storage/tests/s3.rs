@@ -105,7 +105,7 @@ impl Fixture {
             diesel::sql_query(format!(
                 "INSERT INTO tenants (id, name) VALUES ('{tenant}', 'S3 test')"
             ))
-            .execute(&mut pool.get().unwrap())
+            .execute(&mut **pool.get().unwrap())
             .unwrap();
             (Keyring::new(pool, hsm()), db)
         })

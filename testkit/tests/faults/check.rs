@@ -528,22 +528,37 @@ fn webhooks(f: &mut Findings, db: &str, d: &Deployment) {
 /// SIGKILLed between the SMTP server's `250` and the job's commit leaves the job to run again,
 /// and it sends again. Such a repeat is counted and reported; one with no kill in the second
 /// before the first copy arrived up to five seconds after it is a problem, as is a missing
-/// e-mail or more messages than e-mail jobs and their explained repeats.
+/// e-mail or more messages than e-mail jobs and their explained repeats. A repeated message
+/// that carries no fresh token ("signed by everyone") must repeat its Message-ID, so that the
+/// recipient's client shows it once; an invitation or code sent again is a new message (its
+/// earlier token no longer works).
 fn emails(f: &mut Findings, db: &str, d: &Deployment, run: &Run<'_>) {
     let mails = spooled(d.smtp.dir());
     let mut per_mail: BTreeMap<(String, String), Vec<DateTime<Utc>>> = BTreeMap::new();
-    for (to, subject, at) in &mails {
-        per_mail
-            .entry((to.clone(), subject.clone()))
+    let mut message_ids: BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+        BTreeMap::new();
+    for (to, subject, at, message_id) in &mails {
+        let key = (to.clone(), subject.clone());
+        per_mail.entry(key.clone()).or_default().push(*at);
+        message_ids
+            .entry(key)
             .or_default()
-            .push(*at);
+            .insert(message_id.clone());
     }
     let kills: Vec<DateTime<Utc>> = run.timeline.kills.iter().map(|k| k.at).collect();
     let mut repeated = Vec::new();
     let mut unexplained = Vec::new();
+    let mut recognisable = 0;
+    let mut unrecognisable = Vec::new();
     for ((to, subject), times) in &per_mail {
         if times.len() < 2 {
             continue;
+        }
+        let key = (to.clone(), subject.clone());
+        if message_ids[&key].len() == 1 {
+            recognisable += 1;
+        } else if subject.contains("Signed by everyone") {
+            unrecognisable.push(format!("{subject:?} to {to}"));
         }
         let first = times.iter().min().unwrap();
         let killed = kills.iter().any(|k| {
@@ -587,9 +602,13 @@ fn emails(f: &mut Findings, db: &str, d: &Deployment, run: &Run<'_>) {
     f.problem_if(!missing.is_empty(), || {
         format!("e-mails never received: {missing:?}")
     });
+    f.problem_if(!unrecognisable.is_empty(), || {
+        format!("repeated e-mails under new Message-IDs: {unrecognisable:?}")
+    });
     f.line(format!(
         "e-mails: {} received for {jobs} e-mail jobs, missing {}, sent twice {} (each by a job \
-         run again after its worker was SIGKILLed between the send and its record{}){}",
+         run again after its worker was SIGKILLed between the send and its record{}), \
+         {recognisable} of them under one Message-ID{}",
         mails.len(),
         missing.len(),
         repeated.len(),
@@ -607,12 +626,14 @@ fn emails(f: &mut Findings, db: &str, d: &Deployment, run: &Run<'_>) {
     f.figures(
         "emails",
         json!({"received": mails.len(), "jobs": jobs, "missing": missing.len(),
-               "sent_twice_after_a_kill": repeated.len(), "sent_twice_unexplained": unexplained.len()}),
+               "sent_twice_after_a_kill": repeated.len(), "sent_twice_unexplained": unexplained.len(),
+               "sent_twice_under_one_message_id": recognisable}),
     );
 }
 
-/// (recipient, subject, when the server wrote it) of every message the SMTP server spooled.
-fn spooled(dir: &std::path::Path) -> Vec<(String, String, DateTime<Utc>)> {
+/// (recipient, subject, when the server wrote it, Message-ID) of every message the SMTP server
+/// spooled.
+fn spooled(dir: &std::path::Path) -> Vec<(String, String, DateTime<Utc>, String)> {
     let mut mails = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -620,7 +641,13 @@ fn spooled(dir: &std::path::Path) -> Vec<(String, String, DateTime<Utc>)> {
             continue;
         }
         let at: DateTime<Utc> = entry.metadata().unwrap().modified().unwrap().into();
-        let mail = ReceivedMail::parse(&std::fs::read(&path).unwrap());
+        let raw = std::fs::read(&path).unwrap();
+        let mail = ReceivedMail::parse(&raw);
+        let message_id = String::from_utf8_lossy(&raw)
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .unwrap_or_default()
+            .to_owned();
         let envelope: Value =
             serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap()).unwrap();
         for to in envelope["rcpt_tos"].as_array().into_iter().flatten() {
@@ -628,6 +655,7 @@ fn spooled(dir: &std::path::Path) -> Vec<(String, String, DateTime<Utc>)> {
                 to.as_str().unwrap_or_default().to_owned(),
                 mail.subject.clone(),
                 at,
+                message_id.clone(),
             ));
         }
     }
