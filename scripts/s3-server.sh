@@ -16,23 +16,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REQUIREMENTS=$ROOT/scripts/s3-requirements.txt
 VENV=${SHOMEI_S3_VENV:-${CARGO_TARGET_DIR:-$ROOT/target}/s3-venv}
 
-install() {
-    mkdir -p "$(dirname "$VENV")"
-    # Parallel callers (tests) wait for one install instead of racing pip.
-    exec 9>"$VENV.lock"
-    flock 9
-    # Installed from these very pins (a copy is kept in the virtualenv): nothing to do.
-    if ! cmp -s "$REQUIREMENTS" "$VENV/requirements.txt"; then
-        echo "==> installing the local S3 server into $VENV (scripts/s3-requirements.txt)" >&2
-        python3 -m venv --clear "$VENV" >&2 ||
-            { echo "python3 -m venv failed: run scripts/prepare-machine.sh (python3-venv)" >&2; exit 1; }
-        "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
-            -r "$REQUIREMENTS" >&2
-        cp "$REQUIREMENTS" "$VENV/requirements.txt"
-    fi
-    flock -u 9
-    exec 9>&-
-}
+source "$ROOT/scripts/venv.sh"
+install() { venv_install "$VENV" "$REQUIREMENTS" "the local S3 server"; }
 
 case "${1:-}" in
 install)

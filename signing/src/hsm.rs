@@ -752,15 +752,23 @@ fn initialised_module(path: &Path) -> Result<Pkcs11, HsmError> {
     Ok(pkcs11)
 }
 
+/// The slot holding the token labelled `label`. Looked for a few times over about a second:
+/// SoftHSM2 leaves out a token whose files another process holds locked at that moment (seen
+/// as a worker failing to start beside another one that was starting).
 fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
     let pkcs11_error = |source| HsmError::Pkcs11 {
         operation: "C_GetSlotList",
         source,
     };
-    for slot in pkcs11.get_slots_with_token().map_err(pkcs11_error)? {
-        let info = pkcs11.get_token_info(slot).map_err(pkcs11_error)?;
-        if info.label().trim_end() == label {
-            return Ok(slot);
+    for attempt in 0..10 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for slot in pkcs11.get_slots_with_token().map_err(pkcs11_error)? {
+            let info = pkcs11.get_token_info(slot).map_err(pkcs11_error)?;
+            if info.label().trim_end() == label {
+                return Ok(slot);
+            }
         }
     }
     Err(HsmError::TokenNotFound(label.to_owned()))
