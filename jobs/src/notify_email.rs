@@ -67,13 +67,18 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
     let link_ttl = ctx.link_ttl;
     let code_ttl = ctx.code_ttl;
     let public_url = ctx.public_url.clone();
+    // A message that carries a fresh link token or code is a new message each time it is
+    // made; the others are the same message however often the job runs (one Message-ID).
+    let same_every_time = matches!(
+        &payload,
+        Payload::Request(EmailJob {
+            template: Template::Completed | Template::Declined { .. } | Template::Cancelled,
+            ..
+        })
+    );
     let template = match &payload {
         Payload::Request(email) => template_name(&email.template),
         Payload::Login(_) => "login_code",
-    };
-    let payload_kind = match &payload {
-        Payload::Request(email) => Some(email.template.clone()),
-        Payload::Login(_) => None,
     };
     let key = personal::records_key(&ctx.keys, job.tenant_id).await?;
     let prepared = interact(&ctx.db, move |conn| {
@@ -87,12 +92,6 @@ pub async fn run(ctx: &JobContext, job: &Job) -> Result<serde_json::Value, JobEr
         return Ok(serde_json::json!({"skipped": "the request moved on; nothing to send"}));
     };
     let rendered = templates::render(&email.1, locale);
-    // A message that carries a fresh link token or code is a new message each time it is
-    // made; the others are the same message however often the job runs.
-    let same_every_time = matches!(
-        &payload_kind,
-        Some(Template::Completed | Template::Declined { .. } | Template::Cancelled)
-    );
     let message = Email {
         to_name: email.0.name,
         to_address: email.0.address,

@@ -107,7 +107,6 @@ pub async fn sweep(ctx: &JobContext) -> Result<usize, JobError> {
                         continue;
                     }
                     let reason = format!("gave up after {} attempts: {reason}", job.attempts);
-                    Job::fail(conn, job.id, &reason)?;
                     pending.add(crate::registry::on_failed(conn, &job, &reason)?);
                     failed += 1;
                 }

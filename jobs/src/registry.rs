@@ -44,14 +44,16 @@ pub(crate) fn on_succeeded(
     crate::batches::job_finished(conn, job)
 }
 
-/// Runs in the transaction that fails a job for good: its batch may be complete; a sign job of
-/// a signature request gives the signer back their turn; every job but a notification emits
-/// `job.failed` (a failed notification announced by notifications could loop).
+/// Marks `job` failed for good with `reason`; in the transaction, its batch may be complete, a
+/// sign job of a signature request gives the signer back their turn, and every job but a
+/// notification emits `job.failed` (a failed notification announced by notifications could
+/// loop).
 pub(crate) fn on_failed(
     conn: &mut PgConnection,
     job: &Job,
     reason: &str,
 ) -> diesel::QueryResult<Pending> {
+    Job::fail(conn, job.id, reason)?;
     let mut pending = crate::batches::job_finished(conn, job)?;
     if matches!(
         job.kind(),

@@ -156,10 +156,7 @@ async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<()
     let failed = job.clone();
     let recorded = reason.clone();
     let pending = interact(&ctx.db, move |conn| {
-        Ok(conn.transaction(|conn| {
-            Job::fail(conn, failed.id, &recorded)?;
-            crate::registry::on_failed(conn, &failed, &recorded)
-        })?)
+        Ok(conn.transaction(|conn| crate::registry::on_failed(conn, &failed, &recorded))?)
     })
     .await?;
     pending.push(&ctx.queue).await;

@@ -3,7 +3,6 @@
 //! token). What the bucket holds is read back with the server's own S3 API, not through the
 //! store under test.
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use shomei_config::{S3Config, S3Credentials};
 use shomei_signing::{Hsm, HsmSettings};
 use shomei_storage::{Storage, StorageError};
 use shomei_testkit::s3::{S3Server, ACCESS_KEY_ID};
-use shomei_testkit::{hsm_dir, workspace_root};
+use shomei_testkit::{hsm_dir, own_token_copy, workspace_root};
 use shomei_vault::Keyring;
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
@@ -34,22 +33,7 @@ fn hsm() -> Hsm {
             .join("target/tmp/storage-tests")
             .join(Uuid::new_v4().simple().to_string());
         std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(hsm.join("tokens"))
-            .arg(dir.join("tokens"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "copying the dev token");
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.join("tokens").display()
-            ),
-        )
-        .unwrap();
+        let conf = own_token_copy(hsm, &dir);
         // Before the first PKCS#11 call of this process, which reads it.
         std::env::set_var("SOFTHSM2_CONF", &conf);
         let pin = std::fs::read_to_string(hsm.join("user-pin")).unwrap();

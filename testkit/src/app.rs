@@ -889,7 +889,7 @@ fn client(ca: Option<&Path>) -> reqwest::Client {
 /// keeps a token in plain files that every process using it reads at start-up; dozens of
 /// processes of parallel tests opening one directory at once were seen to miss the token. An
 /// app's own copy isolates it like its own database does. Returns the configuration's path.
-fn own_token_copy(hsm: &Path, dir: &Path) -> String {
+pub fn own_token_copy(hsm: &Path, dir: &Path) -> String {
     let tokens = dir.join("softhsm-tokens");
     let status = Command::new("cp")
         .arg("-a")

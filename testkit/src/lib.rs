@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use app::{bin, TestApp, TestAppOptions, TestStorage, S3_PREFIX};
+pub use app::{bin, own_token_copy, TestApp, TestAppOptions, TestStorage, S3_PREFIX};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
