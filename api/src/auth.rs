@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use shomei_schema::{interact, ApiKey, DbError};
+use shomei_telemetry::metrics::KEY_LOOKUPS;
 
 use crate::client::{admitted, client_addr};
 use crate::AppState;
@@ -269,11 +270,23 @@ async fn check(
         .ok_or(ApiError::Unauthorized)?;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let (caller, allowlist) = if token.starts_with(KEY_PREFIX) {
-        let (key, allowlist) = interact(&state.db, move |conn| {
-            ApiKey::find_by_hash(conn, &digest).map_err(DbError::from)
-        })
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+        let (key, allowlist) = match state.key_cache.get(&digest) {
+            Some(found) => {
+                KEY_LOOKUPS.with_label_values(&["cache"]).inc();
+                found
+            }
+            None => {
+                KEY_LOOKUPS.with_label_values(&["database"]).inc();
+                let epoch = state.key_cache.epoch();
+                let found = interact(&state.db, move |conn| {
+                    ApiKey::find_by_hash(conn, &digest).map_err(DbError::from)
+                })
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+                state.key_cache.put(digest, found.clone(), epoch);
+                found
+            }
+        };
         let caller = Caller::new(key.tenant_id, key.id, CallerKind::ApiKey, &key.role);
         (caller, allowlist)
     } else if token.starts_with(SESSION_PREFIX) {

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod key_cache;
 pub mod problem;
 mod routes;
 pub mod server;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub public_url: String,
     /// Client addresses (trusted proxies) and rate limits.
     pub gate: Arc<client::Gate>,
+    /// API keys already checked ([`key_cache`]).
+    pub key_cache: Arc<key_cache::KeyCache>,
 }
 
 impl AppState {
@@ -62,6 +65,8 @@ impl AppState {
             .context("opening the HSM")?;
         let keys = Keyring::new(db.clone(), hsm.clone());
         let storage = Storage::from_config(&config.storage, keys.clone())?;
+        let key_cache = Arc::new(key_cache::KeyCache::default());
+        key_cache.listen(config.database_url.clone());
         let trust_anchors = match &config.trust_anchors {
             None => vec![],
             Some(path) => {
@@ -82,6 +87,7 @@ impl AppState {
             link_key: link_key(config),
             public_url: config.public_url.clone(),
             gate: Arc::new(client::Gate::new(&config.access)),
+            key_cache,
         })
     }
 }

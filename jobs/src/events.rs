@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
 
-use shomei_schema::{Event, JobKind, NewJob, RequestSigner, SignatureRequest, WebhookEndpoint};
+use shomei_schema::{Event, JobKind, NewJob, RequestSigner, SignatureRequest};
 
 use crate::notify_email::{EmailJob, Recipient, Template};
 use crate::notify_webhook::WebhookJob;
@@ -98,12 +98,10 @@ pub fn emit(conn: &mut PgConnection, new: NewEvent) -> QueryResult<Pending> {
         data: new.data,
         created_at: chrono::Utc::now(),
     };
-    event.insert(conn)?;
-
     let mut jobs = Vec::new();
-    for endpoint in WebhookEndpoint::subscribed(conn, event.tenant_id, &event.kind)? {
+    for endpoint_id in event.insert_for_subscribers(conn)? {
         let payload = WebhookJob {
-            endpoint_id: endpoint.id,
+            endpoint_id,
             event_id: event.id,
         };
         jobs.push(notify_job(&event, JobKind::NotifyWebhook, json!(payload)));

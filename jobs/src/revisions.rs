@@ -31,15 +31,12 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
         .document_id
         .ok_or_else(|| JobError::permanent(format!("{} job without a document", job.kind)))?;
     let job_id = job.id;
-    let (done, latest) = interact(&ctx.db, move |conn| {
-        Ok((
-            Revision::made_by_job(conn, job_id)?,
-            Revision::latest(conn, document_id)?,
-        ))
+    let latest = interact(&ctx.db, move |conn| {
+        Ok(Revision::start_for_job(conn, document_id, job_id)?)
     })
     .await?;
-    if let Some(revision) = done {
-        return Ok(Start::AlreadyDone(result(&revision)));
+    if latest.job_id == Some(job_id) {
+        return Ok(Start::AlreadyDone(result(&latest)));
     }
     let bytes = ctx
         .storage

@@ -91,6 +91,12 @@ metric!(HTTP_DURATION: HistogramVec = register_histogram_vec!(
     "shomei_http_request_duration_seconds", "API request latency by route template and method",
     &["route", "method"], SECONDS.to_vec()));
 
+metric!(KEY_LOOKUPS: IntCounterVec = register_int_counter_vec!(
+    "shomei_api_key_lookups_total",
+    "API keys checked, by where they were found: cache (checked before, unchanged since) or \
+     database",
+    &["source"]));
+
 /// Records this process's build and registers the unlabelled metrics, so they are exposed
 /// (at zero) before their first event and `increase()` sees that event.
 pub fn init(process: &str) {

@@ -256,5 +256,7 @@ async fn set_allowlist(
         )?)
     })
     .await?;
+    // Other API processes hear of it from PostgreSQL; this one's next request must see it now.
+    state.key_cache.forget_tenant(caller.tenant_id);
     Ok(warp::reply::json(&AllowList { cidrs }).into_response())
 }

@@ -20,7 +20,7 @@ use shomei_jobs::personal;
 use shomei_jobs::sign::SignRequest;
 use shomei_schema::models::deletion;
 use shomei_schema::models::NewDocument;
-use shomei_schema::{interact, Document, JobKind, Revision, Tenant};
+use shomei_schema::{interact, Document, JobKind, Revision};
 
 use super::jobs::queue_job;
 use super::{created, json_body, respond, with_state};
@@ -399,21 +399,21 @@ async fn sign(
     if request.step.is_some() {
         return Err(ApiError::BadRequest("unknown field `step`".into()));
     }
-    // The document and, when the request names no level, the tenant's default (resolved now,
-    // so a later change of the default leaves queued jobs alone), in one trip to the database.
-    let wants_level = request.level.is_none();
-    let (doc, tenant) = interact(&state.db, move |conn| {
-        let doc = Document::find(conn, caller.tenant_id, caller.principal(), id)?;
-        let tenant = match (&doc, wants_level) {
-            (Some(_), true) => Some(Tenant::get(conn, caller.tenant_id)?),
-            _ => None,
-        };
-        Ok((doc, tenant))
+    // The document and the tenant's default level, taken when the request names none
+    // (resolved now, so a later change of the default leaves queued jobs alone): one statement.
+    let (doc, default_level) = interact(&state.db, move |conn| {
+        Ok(Document::find_with_level(
+            conn,
+            caller.tenant_id,
+            caller.principal(),
+            id,
+        )?)
     })
-    .await?;
-    let doc = live(doc.ok_or(ApiError::NotFound("document"))?)?;
-    if let Some(tenant) = tenant {
-        request.level = Some(tenant.signature_level.parse().map_err(anyhow::Error::msg)?);
+    .await?
+    .ok_or(ApiError::NotFound("document"))?;
+    let doc = live(doc)?;
+    if request.level.is_none() {
+        request.level = Some(default_level.parse().map_err(anyhow::Error::msg)?);
     }
     let key = personal::records_key(&state.keys, caller.tenant_id).await?;
     queue_job(

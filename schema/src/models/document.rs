@@ -44,22 +44,19 @@ pub struct Revision {
 }
 
 impl Document {
-    /// Records an uploaded document and its first revision in one transaction.
+    /// Records an uploaded document and its first revision. Call inside the transaction that
+    /// records the upload (with its event): the two rows stand or fall together.
     pub fn create(
         conn: &mut PgConnection,
         document: &NewDocument<'_>,
         first: &Revision,
     ) -> QueryResult<Document> {
-        conn.transaction(|conn| {
-            let doc = diesel::insert_into(documents::table)
-                .values(document)
-                .returning(Document::as_returning())
-                .get_result(conn)?;
-            diesel::insert_into(document_revisions::table)
-                .values(first)
-                .execute(conn)?;
-            Ok(doc)
-        })
+        let doc = diesel::insert_into(documents::table)
+            .values(document)
+            .returning(Document::as_returning())
+            .get_result(conn)?;
+        first.insert(conn)?;
+        Ok(doc)
     }
 
     /// The document if it belongs to `tenant_id`; another tenant's document is simply absent.
@@ -75,6 +72,27 @@ impl Document {
             .filter(documents::tenant_id.eq(tenant_id))
             .filter(super::folder_visible(principal, documents::folder))
             .select(Document::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    /// [`Document::find`] with the tenant's default signature level, in one statement (a sign
+    /// request that names no level takes it).
+    pub fn find_with_level(
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        principal: Uuid,
+        id: Uuid,
+    ) -> QueryResult<Option<(Document, String)>> {
+        documents::table
+            .inner_join(crate::schema::tenants::table)
+            .filter(documents::id.eq(id))
+            .filter(documents::tenant_id.eq(tenant_id))
+            .filter(super::folder_visible(principal, documents::folder))
+            .select((
+                Document::as_select(),
+                crate::schema::tenants::signature_level,
+            ))
             .first(conn)
             .optional()
     }
@@ -153,13 +171,24 @@ impl Revision {
             .first(conn)
     }
 
-    /// The revision a job produced, if it got that far (used to make re-delivered jobs no-ops).
-    pub fn made_by_job(conn: &mut PgConnection, job_id: Uuid) -> QueryResult<Option<Revision>> {
+    /// Where a job on the document starts: the revision the job itself made, if it got that far
+    /// before (a re-delivered job reports it instead of adding another), otherwise the latest.
+    /// One statement; tell them apart by the revision's `job_id`.
+    pub fn start_for_job(
+        conn: &mut PgConnection,
+        document_id: Uuid,
+        job_id: Uuid,
+    ) -> QueryResult<Revision> {
         document_revisions::table
-            .filter(document_revisions::job_id.eq(job_id))
+            .filter(document_revisions::document_id.eq(document_id))
+            .order((
+                document_revisions::job_id
+                    .is_not_distinct_from(job_id)
+                    .desc(),
+                document_revisions::revision.desc(),
+            ))
             .select(Revision::as_select())
             .first(conn)
-            .optional()
     }
 
     pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {

@@ -22,11 +22,36 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {
-        diesel::insert_into(events::table)
-            .values(self)
-            .execute(conn)
-            .map(|_| ())
+    /// Inserts the event and returns the enabled webhook endpoints of its tenant that want its
+    /// kind, oldest first: one statement, as every state change of the pipeline records one.
+    pub fn insert_for_subscribers(&self, conn: &mut PgConnection) -> QueryResult<Vec<Uuid>> {
+        use diesel::sql_types::{Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+
+        #[derive(QueryableByName)]
+        struct Endpoint {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+        }
+        let endpoints: Vec<Endpoint> = diesel::sql_query(
+            "WITH event AS (
+                 INSERT INTO events (id, tenant_id, kind, document_id, request_id, actor, ip, data, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))
+             SELECT id FROM webhook_endpoints
+             WHERE tenant_id = $2 AND deleted_at IS NULL AND enabled
+               AND (event_kinds IS NULL OR $3 = ANY(event_kinds))
+             ORDER BY created_at",
+        )
+        .bind::<SqlUuid, _>(self.id)
+        .bind::<SqlUuid, _>(self.tenant_id)
+        .bind::<Text, _>(&self.kind)
+        .bind::<Nullable<SqlUuid>, _>(self.document_id)
+        .bind::<Nullable<SqlUuid>, _>(self.request_id)
+        .bind::<Text, _>(&self.actor)
+        .bind::<Nullable<Text>, _>(&self.ip)
+        .bind::<Jsonb, _>(&self.data)
+        .bind::<Timestamptz, _>(self.created_at)
+        .load(conn)?;
+        Ok(endpoints.into_iter().map(|e| e.id).collect())
     }
 
     pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Event> {
@@ -118,23 +143,6 @@ impl WebhookEndpoint {
             .order(webhook_endpoints::created_at.asc())
             .select(WebhookEndpoint::as_select())
             .load(conn)
-    }
-
-    /// The enabled endpoints that want events of `kind`.
-    pub fn subscribed(
-        conn: &mut PgConnection,
-        tenant_id: Uuid,
-        kind: &str,
-    ) -> QueryResult<Vec<WebhookEndpoint>> {
-        Ok(Self::list(conn, tenant_id)?
-            .into_iter()
-            .filter(|e| e.enabled)
-            .filter(|e| {
-                e.event_kinds
-                    .as_ref()
-                    .is_none_or(|k| k.iter().any(|k| k == kind))
-            })
-            .collect())
     }
 
     pub fn find(

@@ -144,25 +144,26 @@ impl Job {
 
     /// Inserts the job, or, when the tenant already used this idempotency key, returns the job
     /// made then (`false`: nothing new was created). The caller compares request hashes.
+    ///
+    /// No transaction of its own: the insert waits for a concurrent one with the same key to
+    /// commit (or roll back), so the earlier job is there to read when the insert did nothing.
     pub fn insert_or_existing(conn: &mut PgConnection, new: &NewJob) -> QueryResult<(Job, bool)> {
-        conn.transaction(|conn| {
-            let inserted = diesel::insert_into(jobs::table)
-                .values(new)
-                .on_conflict((jobs::tenant_id, jobs::idempotency_key))
-                .do_nothing()
-                .returning(Job::as_returning())
-                .get_result(conn)
-                .optional()?;
-            match inserted {
-                Some(job) => Ok((job, true)),
-                None => jobs::table
-                    .filter(jobs::tenant_id.eq(new.tenant_id))
-                    .filter(jobs::idempotency_key.eq(&new.idempotency_key))
-                    .select(Job::as_select())
-                    .first(conn)
-                    .map(|job| (job, false)),
-            }
-        })
+        let inserted = diesel::insert_into(jobs::table)
+            .values(new)
+            .on_conflict((jobs::tenant_id, jobs::idempotency_key))
+            .do_nothing()
+            .returning(Job::as_returning())
+            .get_result(conn)
+            .optional()?;
+        match inserted {
+            Some(job) => Ok((job, true)),
+            None => jobs::table
+                .filter(jobs::tenant_id.eq(new.tenant_id))
+                .filter(jobs::idempotency_key.eq(&new.idempotency_key))
+                .select(Job::as_select())
+                .first(conn)
+                .map(|job| (job, false)),
+        }
     }
 
     /// The job if it belongs to `tenant_id`.
@@ -306,14 +307,17 @@ impl Job {
         new: &NewJob,
         run_after: DateTime<Utc>,
     ) -> QueryResult<Job> {
-        let (job, created) = Job::insert_or_existing(conn, new)?;
-        if !created {
-            return Ok(job);
-        }
-        diesel::update(jobs::table.find(job.id))
-            .set(jobs::run_after.eq(run_after))
-            .returning(Job::as_returning())
-            .get_result(conn)
+        // One transaction: the reconciler must never see the job without its date.
+        conn.transaction(|conn| {
+            let (job, created) = Job::insert_or_existing(conn, new)?;
+            if !created {
+                return Ok(job);
+            }
+            diesel::update(jobs::table.find(job.id))
+                .set(jobs::run_after.eq(run_after))
+                .returning(Job::as_returning())
+                .get_result(conn)
+        })
     }
 
     /// Inserts jobs made together with another change (in its transaction); the caller pushes

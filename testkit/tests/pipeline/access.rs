@@ -577,3 +577,59 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_and_ratelimit_fie
     assert!(by_address.contains(&429), "{by_address:?}");
     assert!(by_address.contains(&404), "{by_address:?}");
 }
+
+/// An API process keeps the keys it checked (api/src/key_cache.rs); a change made elsewhere
+/// (here by SQL from another process, as an operator or a worker deleting a tenant would) is
+/// announced by PostgreSQL and refused from then on, not after the entry's age runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_revoked_or_fenced_off_elsewhere_is_refused_though_the_api_had_it_cached() {
+    use crate::metrics::{scrape, value};
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..TestAppOptions::default()
+    })
+    .await;
+    let cached = "shomei_api_key_lookups_total{source=\"cache\"}";
+    for _ in 0..3 {
+        assert_eq!(app.get(&app.api_key, "/v1/tenant").await.status(), 200);
+    }
+    let metrics = scrape(&app.url("/metrics")).await;
+    assert!(
+        value(&metrics, cached) >= 2.0,
+        "the key was looked up once and then served from the cache:\n{metrics}"
+    );
+    // Polls until `path` answers `status` (the notice takes a few milliseconds to arrive),
+    // for at most a few seconds: the cache keeps an entry for 30.
+    let refused_within = |status: u16| {
+        let app = &app;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let got = app.get(&app.api_key, "/v1/tenant").await.status().as_u16();
+                if got == status || std::time::Instant::now() > deadline {
+                    return got;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // The tenant's allow-list, changed behind the API's back, admits no loopback client.
+    app.sql_execute(&format!(
+        "UPDATE tenants SET ip_allowlist = ARRAY['192.0.2.0/24'] WHERE id = '{}'",
+        app.tenant_id
+    ));
+    assert_eq!(refused_within(403).await, 403);
+    app.sql_execute(&format!(
+        "UPDATE tenants SET ip_allowlist = NULL WHERE id = '{}'",
+        app.tenant_id
+    ));
+    assert_eq!(refused_within(200).await, 200);
+
+    // The key revoked.
+    app.sql_execute(&format!(
+        "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = '{}'",
+        app.tenant_id
+    ));
+    assert_eq!(refused_within(401).await, 401);
+}

@@ -8,7 +8,7 @@ use shomei_testkit::{sample, TestApp};
 
 use crate::JOB_TIMEOUT;
 
-async fn scrape(url: &str) -> String {
+pub(crate) async fn scrape(url: &str) -> String {
     let response = reqwest::get(url).await.unwrap();
     assert_eq!(response.status(), 200, "{url}");
     assert!(response.headers()["content-type"]
@@ -19,7 +19,7 @@ async fn scrape(url: &str) -> String {
 }
 
 /// The value of the one sample whose line starts with `series` (name and labels).
-fn value(text: &str, series: &str) -> f64 {
+pub(crate) fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
