@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The fault-injection suite in its full form (R-OPS-5, issue 9): a whole deployment on loopback
 # (API, three workers, TSA, its own PostgreSQL and Redis, an SMTP server, a webhook receiver, the
-# TSA's HSM behind p11-kit) signs DOCUMENTS documents while workers are SIGKILLed and every
-# backing service goes down once; then it checks and prints what was lost, duplicated or stuck
-# and how long recovery took after each fault (testkit/tests/faults/).
+# TSA's HSM behind p11-kit, the workers' behind the fault-injection module shomei-hsm-fault)
+# signs DOCUMENTS documents while workers are SIGKILLed and every backing service goes down once;
+# then it checks and prints what was lost, duplicated or stuck and how long recovery took after
+# each fault (testkit/tests/faults/).
 #
 #   scripts/faults.sh [DOCUMENTS]        # default 3000, release binaries
 #
@@ -17,6 +18,8 @@ source scripts/prepare-machine.sh
 
 echo "==> building release binaries"
 cargo build --release --locked --bins -p shomei-api -p shomei-workers -p shomei-tsa -q
+# The workers' PKCS#11 module in the suite (a library: not among --bins).
+cargo build --release --locked -p shomei-hsm-fault -q
 echo "==> building the suite"
 cargo test --locked -p shomei-testkit --test faults --no-run -q
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
 
+use crate::hsm_fault::HsmFault;
 use crate::s3::S3Server;
 use crate::{hsm_dir, workspace_root};
 
@@ -42,6 +43,10 @@ pub struct TestAppOptions {
     /// Where documents are stored: the app's own directory ([`TestApp::storage_dir`]), or a
     /// bucket of an S3 server the app starts for itself ([`TestApp::s3`]).
     pub storage: TestStorage,
+    /// Start the workers on the fault-injection PKCS#11 module (`shomei-hsm-fault`) over the
+    /// app's token, so that the test can take their HSM away and give it back
+    /// ([`TestApp::worker_hsm`]). The API and the TSA keep SoftHSM2 itself.
+    pub worker_hsm_fault: bool,
 }
 
 /// The object store of a [`TestApp`].
@@ -73,6 +78,7 @@ impl Default for TestAppOptions {
             tsa_urls_before: vec![],
             tls: false,
             storage: TestStorage::Local,
+            worker_hsm_fault: false,
         }
     }
 }
@@ -101,19 +107,25 @@ pub struct TestApp {
     worker_metrics: Vec<String>,
     /// The S3 server of a [`TestStorage::S3`] app (stopped after the processes, on drop).
     s3: Option<S3Server>,
+    /// The workers' HSM switch, with [`TestAppOptions::worker_hsm_fault`].
+    worker_hsm: Option<HsmFault>,
 }
 
-/// The path of a built Shomei binary (`shomei-api`, ...).
-pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SHOMEI_BIN_DIR")
+/// Where the built binaries are: `SHOMEI_BIN_DIR`, else cargo's `debug` directory.
+pub(crate) fn bin_dir() -> PathBuf {
+    std::env::var_os("SHOMEI_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace_root().join("target"))
                 .join("debug")
-        });
-    let path = dir.join(name);
+        })
+}
+
+/// The path of a built Shomei binary (`shomei-api`, ...).
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
@@ -242,6 +254,9 @@ impl TestApp {
         };
         env.extend(s3.iter().flat_map(|s3| s3.env(S3_PREFIX)));
         env.extend(options.env.iter().cloned());
+        let worker_hsm = options
+            .worker_hsm_fault
+            .then(|| HsmFault::new(&dir.join("worker-hsm-fault")));
 
         let mut app = TestApp {
             base_url: format!("{scheme}://127.0.0.1:{port}"),
@@ -273,6 +288,7 @@ impl TestApp {
             workers: vec![],
             worker_metrics: vec![],
             s3,
+            worker_hsm,
         };
         app.wait_until_ready().await;
         (app.api_key, app.tenant_id) = app.create_tenant_with_id("Test tenant", &[]).await;
@@ -373,7 +389,9 @@ impl TestApp {
         let log = self.dir.join(format!("worker-{index}.log"));
         let [port] = free_ports();
         let metrics = format!("127.0.0.1:{port}");
-        let mut worker_env = self.options.worker_env.clone();
+        let mut worker_env: Vec<(String, String)> =
+            self.worker_hsm.iter().flat_map(HsmFault::env).collect();
+        worker_env.extend(self.options.worker_env.iter().cloned());
         worker_env.extend(
             extra_env
                 .iter()
@@ -385,6 +403,14 @@ impl TestApp {
         self.worker_metrics
             .push(format!("http://{metrics}/metrics"));
         index
+    }
+
+    /// The switch of the workers' HSM (an app started with
+    /// [`TestAppOptions::worker_hsm_fault`]): [`HsmFault::down`], [`HsmFault::up`].
+    pub fn worker_hsm(&self) -> &HsmFault {
+        self.worker_hsm
+            .as_ref()
+            .expect("the app was not started with worker_hsm_fault")
     }
 
     /// A worker's Prometheus endpoint.

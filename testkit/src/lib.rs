@@ -2,6 +2,7 @@
 
 mod app;
 pub mod hostile;
+pub mod hsm_fault;
 pub mod s3;
 pub mod services;
 pub mod smtp;
@@ -13,6 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub use app::{bin, own_token_copy, TestApp, TestAppOptions, TestStorage, S3_PREFIX};
+pub use hsm_fault::HsmFault;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,9 +1,11 @@
 //! The fault-injection suite (R-OPS-5, issue 9). A whole deployment on loopback (API, three
 //! workers, our TSA, a PostgreSQL cluster and a Redis of its own, an SMTP server, a webhook
-//! receiver, the TSA's HSM behind `p11-kit server`) signs a batch of documents and runs signature
-//! requests by e-mail while a random worker is SIGKILLed every few seconds (and a new one
-//! started), and each of Redis (restarted empty), the TSA, its HSM, PostgreSQL (immediate stop,
-//! crash recovery), the SMTP server and the webhook receiver goes down once and comes back.
+//! receiver, the TSA's HSM behind `p11-kit server`, the workers' HSM behind the fault-injection
+//! PKCS#11 module `shomei-hsm-fault`) signs a batch of documents and runs signature requests by
+//! e-mail while a random worker is SIGKILLed every few seconds (and a new one started), and each
+//! of Redis (restarted empty), the TSA, its HSM, the workers' HSM (device removed, then back
+//! with every session reset), PostgreSQL (immediate stop, crash recovery), the SMTP server and
+//! the webhook receiver goes down once and comes back.
 //! Then it checks that every accepted job finished, every document is signed exactly once,
 //! every webhook event arrived at least once under one `webhook-id`, every e-mail arrived
 //! (once, or twice when its worker was killed between sending it and recording that), the
@@ -86,7 +88,8 @@ impl Settings {
 pub enum Fault {
     Redis,
     Tsa,
-    Hsm,
+    TsaHsm,
+    WorkerHsm,
     Postgres,
     Smtp,
     Webhooks,
@@ -96,12 +99,13 @@ impl Fault {
     /// In the order they are injected, one at a time.
     /// Notifications first: they flow only while documents are being signed and requests
     /// answered, and the batch is over sooner than the faults on a fast machine.
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 7] = [
         Fault::Smtp,
         Fault::Webhooks,
         Fault::Redis,
         Fault::Tsa,
-        Fault::Hsm,
+        Fault::TsaHsm,
+        Fault::WorkerHsm,
         Fault::Postgres,
     ];
 
@@ -109,7 +113,8 @@ impl Fault {
         match self {
             Fault::Redis => "Redis killed, restarted empty",
             Fault::Tsa => "TSA (shomei-tsa) killed, restarted",
-            Fault::Hsm => "TSA's HSM gone (p11-kit server killed), back",
+            Fault::TsaHsm => "TSA's HSM gone (p11-kit server killed), back",
+            Fault::WorkerHsm => "workers' HSM removed, back with sessions reset",
             Fault::Postgres => "PostgreSQL stopped (immediate), restarted",
             Fault::Smtp => "SMTP server killed, restarted",
             Fault::Webhooks => "webhook receiver down, back",
@@ -130,7 +135,7 @@ impl Fault {
 /// on the PostgreSQL below).
 pub struct Deployment {
     pub app: TestApp,
-    hsm: P11KitServer,
+    tsa_hsm: P11KitServer,
     pub smtp: SmtpServer,
     pub receiver: WebhookReceiver,
     redis: Redis,
@@ -142,7 +147,8 @@ impl Deployment {
         match fault {
             Fault::Redis => self.redis.stop(),
             Fault::Tsa => self.app.stop_tsa(),
-            Fault::Hsm => self.hsm.stop(),
+            Fault::TsaHsm => self.tsa_hsm.stop(),
+            Fault::WorkerHsm => self.app.worker_hsm().down(),
             Fault::Postgres => block_in_place(|| self.pg.stop()),
             Fault::Smtp => self.smtp.stop(),
             Fault::Webhooks => self.receiver.stop().await,
@@ -153,7 +159,8 @@ impl Deployment {
         match fault {
             Fault::Redis => block_in_place(|| self.redis.start_again()),
             Fault::Tsa => self.app.start_tsa().await,
-            Fault::Hsm => block_in_place(|| self.hsm.start_again()),
+            Fault::TsaHsm => block_in_place(|| self.tsa_hsm.start_again()),
+            Fault::WorkerHsm => self.app.worker_hsm().up(),
             Fault::Postgres => block_in_place(|| self.pg.start_again()),
             Fault::Smtp => block_in_place(|| self.smtp.start_again()),
             Fault::Webhooks => self.receiver.start_again().await,
@@ -525,8 +532,10 @@ async fn deploy(dir: &Path) -> Deployment {
     let receiver = WebhookReceiver::start("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").await;
     // The TSA reaches the HSM through p11-kit (its own copy of the dev token): killing the
     // server cuts it off. Not the workers: p11-kit 0.24's RPC cannot carry the AES-GCM
-    // parameters their data-key unwrapping needs (CKR_MECHANISM_INVALID).
-    let hsm = block_in_place(|| P11KitServer::start(&dir.join("p11.sock"), &token_copy(dir)));
+    // parameters their data-key unwrapping needs (CKR_MECHANISM_INVALID). They load the
+    // fault-injection module over the app's token instead (`worker_hsm_fault`), told when the
+    // device is gone.
+    let tsa_hsm = block_in_place(|| P11KitServer::start(&dir.join("p11.sock"), &token_copy(dir)));
     let production = |name: &str, value: &str| (name.to_owned(), value.to_owned());
     let app = TestApp::spawn_with(TestAppOptions {
         workers: 0,
@@ -544,15 +553,16 @@ async fn deploy(dir: &Path) -> Deployment {
         ],
         tsa_env: vec![
             ("SHOMEI_HSM_MODULE".into(), P11_KIT_CLIENT.into()),
-            ("P11_KIT_SERVER_ADDRESS".into(), hsm.address()),
+            ("P11_KIT_SERVER_ADDRESS".into(), tsa_hsm.address()),
         ],
         worker_env: vec![("SHOMEI_SMTP_URL".into(), smtp.url())],
+        worker_hsm_fault: true,
         ..TestAppOptions::default()
     })
     .await;
     let mut d = Deployment {
         app,
-        hsm,
+        tsa_hsm,
         smtp,
         receiver,
         redis,

@@ -1,15 +1,16 @@
 //! Faults survived with nothing lost (R-OPS-5), the pipeline's side: a run past its timeout is
 //! cancelled and retried, a job left `running` by a worker that vanished is swept back, a dead
 //! letter is retried by hand, the API answers `503` while PostgreSQL is unreachable and records
-//! nothing it cannot, SIGTERM stops a worker and the API cleanly, and a sign job run again after
-//! its revision was recorded signs nothing twice.
+//! nothing it cannot, SIGTERM stops a worker and the API cleanly, a sign job run again after
+//! its revision was recorded signs nothing twice, and the workers' HSM gone for a while (or its
+//! sessions reset) holds signing up without failing it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shomei_testkit::validate::embedded_signatures;
+use shomei_testkit::validate::{assert_externally_valid, embedded_signatures, Expected};
 use shomei_testkit::{sample, TestApp, TestAppOptions};
 
 use crate::{assert_problem, JOB_TIMEOUT};
@@ -549,5 +550,136 @@ async fn a_sign_job_run_again_after_its_revision_was_recorded_signs_nothing_twic
         ),
         1,
         "one document.signed event"
+    );
+}
+
+/// The worker's log so far.
+fn worker_log(app: &TestApp, index: usize) -> String {
+    std::fs::read_to_string(app.log_dir().join(format!("worker-{index}.log"))).unwrap()
+}
+
+/// A job's row: status, attempts, last error.
+fn job_row(app: &TestApp, job: &str) -> (String, i64, Option<String>) {
+    let text = |column: &str| {
+        app.sql_text(&format!(
+            "SELECT {column}::text AS t FROM jobs WHERE id = '{job}'"
+        ))
+    };
+    (
+        text("status").unwrap(),
+        text("attempts").unwrap().parse().unwrap(),
+        text("error"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_job_while_the_workers_hsm_is_gone_is_retried_and_signed_once_it_is_back() {
+    let app = TestApp::spawn_with(TestAppOptions {
+        worker_hsm_fault: true,
+        // Room for the attempts made while the HSM is gone, whatever the machine's pace.
+        env: vec![("SHOMEI_JOB_MAX_ATTEMPTS".into(), "20".into())],
+        ..Default::default()
+    })
+    .await;
+    // Through the fault-injection module, healthy: signing as ever.
+    app.signed_document().await;
+
+    app.worker_hsm().down();
+    let document = app.upload_ok(sample("contract.pdf")).await;
+    let job = app.sign_ok(&document, "Hanako Yamada").await;
+    // Held until it failed on the missing HSM and was taken up again, the HSM still gone.
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    let (status, attempts, error) = loop {
+        let row = job_row(&app, &job);
+        if row.1 >= 2 && row.2.is_some() {
+            break row;
+        }
+        assert_ne!(row.0, "failed", "{row:?}");
+        assert!(Instant::now() < deadline, "no attempt failed: {row:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        matches!(status.as_str(), "queued" | "running"),
+        "retried, not failed: {status} after {attempts} attempts"
+    );
+    let error = error.unwrap();
+    assert!(
+        error.contains("not present") || error.contains("removed"),
+        "the failed attempt names the missing token: {error}"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) AS n FROM document_revisions WHERE document_id = '{document}' AND revision > 0")
+        ),
+        0,
+        "nothing signed while the HSM is gone"
+    );
+
+    // Back, after a reset: the sessions from before are invalid, the login is gone.
+    app.worker_hsm().up();
+    let state = app.wait_for_job(&job, JOB_TIMEOUT).await;
+    assert_eq!(state["status"], "succeeded", "{state}");
+    assert_signed_once(&app, &document).await;
+    assert_externally_valid(
+        "hsm-outage",
+        &app.download(&document).await,
+        Expected::timestamped(1),
+    );
+    // The worker noticed the device gone, counted the failures and initialised the module again
+    // (which also drops every session of the old initialisation from the pool).
+    assert!(
+        worker_metric(&app, 0, "shomei_hsm_errors_total").await >= 1.0,
+        "HSM failures counted"
+    );
+    let log = worker_log(&app, 0);
+    assert!(
+        log.contains("HSM still unreachable") && log.contains("reconnected to HSM"),
+        "the module was initialised again once the HSM was back:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_of_the_workers_hsm_sessions_alone_is_survived_without_reinitialising() {
+    let app = TestApp::spawn_with(TestAppOptions {
+        worker_hsm_fault: true,
+        ..Default::default()
+    })
+    .await;
+    app.signed_document().await;
+
+    // The sessions the pool holds are invalid from now on, and the login with them.
+    app.worker_hsm().reset_sessions();
+    let document = app.upload_ok(sample("contract.pdf")).await;
+    let job = app.sign_ok(&document, "Hanako Yamada").await;
+    let state = app.wait_for_job(&job, JOB_TIMEOUT).await;
+    assert_eq!(state["status"], "succeeded", "{state}");
+    // The pool tests a session when it hands it out, so a stale one never reaches a job: it is
+    // refused there and closed, and a fresh one opened and logged in. What the reset may cost
+    // is the signing key's handle, which SoftHSM2 lets go of with the login: the cached
+    // identity fails once (CKR_OBJECT_HANDLE_INVALID), is forgotten, and the retry looks it up
+    // again.
+    assert!(
+        state["attempts"].as_i64().unwrap() <= 2,
+        "at most one retry: {state}"
+    );
+    assert_signed_once(&app, &document).await;
+    assert_externally_valid(
+        "hsm-session-reset",
+        &app.download(&document).await,
+        Expected::timestamped(1),
+    );
+    let log = worker_log(&app, 0);
+    assert!(
+        log.contains("session handle was invalid"),
+        "the stale sessions were refused at check-out:\n{log}"
+    );
+    assert!(
+        !log.contains("discarding HSM session"),
+        "no operation ran on a stale session:\n{log}"
+    );
+    assert!(
+        !log.contains("reconnected to HSM"),
+        "a session error alone does not initialise the module again:\n{log}"
     );
 }
