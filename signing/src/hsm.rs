@@ -299,14 +299,7 @@ impl Hsm {
     /// Readiness probe: proves a logged-in session can be obtained and the
     /// token answers.
     pub fn check(&self) -> Result<(), HsmError> {
-        self.with_session("C_GetSessionInfo", |session| {
-            let state = session.get_session_info()?.session_state();
-            if is_logged_in(state) {
-                Ok(())
-            } else {
-                Err(not_logged_in())
-            }
-        })
+        self.with_session("C_GetSessionInfo", require_login)
     }
 
     /// Looks up (once, then cached) the private key labelled `key_label`, its
@@ -334,7 +327,9 @@ impl Hsm {
         identity: &SigningIdentity,
         sha256_digest: &[u8; 32],
     ) -> Result<Vec<u8>, HsmError> {
-        // The caller may hold an identity from before the module was initialised again.
+        // The caller may hold an identity from before the module was initialised again, or
+        // about to be (the device is known gone): recover first, then compare.
+        self.recover_if_lost();
         let refreshed;
         let identity = if identity.generation == self.link().generation {
             identity
@@ -407,6 +402,8 @@ impl Hsm {
                 Attribute::Label(key_label.into()),
             )?
             else {
+                // A session that lost its login sees no private objects: not a missing key.
+                require_login(session)?;
                 return Ok(None);
             };
             let attributes =
@@ -493,6 +490,17 @@ impl Hsm {
             .set(i64::from(state.connections - state.idle_connections));
     }
 
+    /// While the device is known gone, every caller tries to bring it back (at most once a
+    /// second, see `reinitialise`) and waits no longer than that for a session. Returns whether
+    /// it was gone.
+    fn recover_if_lost(&self) -> bool {
+        let lost = self.inner.device_lost.load(Ordering::SeqCst);
+        if lost {
+            self.reinitialise(&self.link());
+        }
+        lost
+    }
+
     /// Runs `op` on a pooled session, flagging the session as broken when
     /// the error says the session (rather than the request) is at fault, so
     /// the pool discards it instead of handing it out again. When the device is gone, the
@@ -502,12 +510,7 @@ impl Hsm {
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
-        // While the device is known gone, every caller tries to bring it back (at most once a
-        // second, see `reinitialise`) and waits no longer than that for a session.
-        let lost = self.inner.device_lost.load(Ordering::SeqCst);
-        if lost {
-            self.reinitialise(&self.link());
-        }
+        let lost = self.recover_if_lost();
         let link = self.link();
         let waited = std::time::Instant::now();
         let checked_out = link.pool.get_timeout(if lost {
@@ -682,6 +685,16 @@ fn build_chain(leaf: &Certificate, candidates: &[Certificate]) -> Vec<Certificat
 
 fn is_logged_in(state: SessionState) -> bool {
     matches!(state, SessionState::RoUser | SessionState::RwUser)
+}
+
+/// `Err(CKR_USER_NOT_LOGGED_IN)` (a broken session, a transient failure) unless the session is
+/// logged in: said before a private object that was not found is reported missing for good.
+pub(crate) fn require_login(session: &Session) -> Result<(), CkError> {
+    if is_logged_in(session.get_session_info()?.session_state()) {
+        Ok(())
+    } else {
+        Err(not_logged_in())
+    }
 }
 
 fn not_logged_in() -> CkError {

@@ -118,18 +118,23 @@ impl Hsm {
 }
 
 fn find_kek(session: &Session, label: &str) -> Result<ObjectHandle, CkError> {
-    session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ])?
-        .into_iter()
-        .next()
-        // Reported as the PKCS#11 error for a missing key, so callers see one kind of failure.
-        .ok_or(CkError::Pkcs11(
-            cryptoki::error::RvError::KeyHandleInvalid,
-            cryptoki::context::Function::FindObjects,
-        ))
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])?;
+    match found.first() {
+        Some(handle) => Ok(*handle),
+        None => {
+            // A session that lost its login sees no private objects: not a missing key.
+            crate::hsm::require_login(session)?;
+            // Reported as the PKCS#11 error for a missing key, so callers see one kind of
+            // failure.
+            Err(CkError::Pkcs11(
+                cryptoki::error::RvError::KeyHandleInvalid,
+                cryptoki::context::Function::FindObjects,
+            ))
+        }
+    }
 }
 
 fn label_of(session: &Session, handle: ObjectHandle) -> Result<Option<Vec<u8>>, CkError> {
