@@ -59,21 +59,25 @@ impl Document {
         Ok(doc)
     }
 
-    /// The document if it belongs to `tenant_id`; another tenant's document is simply absent.
-    /// The tenant's document, if it is in a folder `principal` (an API key or a user) may see.
+    /// The tenant's document, if it is in a folder `principal` (an API key or a user) may see;
+    /// another tenant's document is simply absent.
     pub fn find(
         conn: &mut PgConnection,
         tenant_id: Uuid,
         principal: Uuid,
         id: Uuid,
     ) -> QueryResult<Option<Document>> {
-        documents::table
+        // By primary key alone, the tenant and the folder rule checked on the one row (see
+        // `Job::find_visible` for the plan a condition on `tenant_id` here can lead to).
+        let found = documents::table
             .filter(documents::id.eq(id))
-            .filter(documents::tenant_id.eq(tenant_id))
-            .filter(super::folder_visible(principal, documents::folder))
-            .select(Document::as_select())
+            .select((
+                Document::as_select(),
+                super::folder_visible(principal, documents::folder),
+            ))
             .first(conn)
-            .optional()
+            .optional()?;
+        Ok(found.and_then(|(doc, visible)| (doc.tenant_id == tenant_id && visible).then_some(doc)))
     }
 
     /// [`Document::find`] with the tenant's default signature level, in one statement (a sign
@@ -84,17 +88,19 @@ impl Document {
         principal: Uuid,
         id: Uuid,
     ) -> QueryResult<Option<(Document, String)>> {
-        documents::table
+        let found = documents::table
             .inner_join(crate::schema::tenants::table)
             .filter(documents::id.eq(id))
-            .filter(documents::tenant_id.eq(tenant_id))
-            .filter(super::folder_visible(principal, documents::folder))
             .select((
                 Document::as_select(),
                 crate::schema::tenants::signature_level,
+                super::folder_visible(principal, documents::folder),
             ))
             .first(conn)
-            .optional()
+            .optional()?;
+        Ok(found.and_then(|(doc, level, visible)| {
+            (doc.tenant_id == tenant_id && visible).then_some((doc, level))
+        }))
     }
 
     /// The document by id alone, for workers acting on a job or request that already names it.
