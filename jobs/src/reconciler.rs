@@ -22,11 +22,21 @@ use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::Pending;
 
+/// What the sweeper did with a job running past its timeout (`shomei_jobs_swept_total`).
+const SWEEP_OUTCOMES: [&str; 2] = ["requeued", "failed"];
+
 /// Jobs checked per pass; the oldest first, so a large backlog is worked through in turns.
 const BATCH: i64 = 500;
 
 /// Runs passes every `every` until the task is dropped.
 pub async fn run(ctx: std::sync::Arc<JobContext>, every: Duration) {
+    // Every kind's sweep counters are exposed from the start, at zero: the dashboard's panel
+    // has a series to show and `increase()` counts the first sweep.
+    for kind in JobKind::ALL {
+        for outcome in SWEEP_OUTCOMES {
+            metrics::JOBS_SWEPT.with_label_values(&[kind.as_str(), outcome]);
+        }
+    }
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -129,7 +139,7 @@ pub async fn sweep(ctx: &JobContext) -> Result<usize, JobError> {
             jobs.failed = failed,
             "took back jobs running past their timeout"
         );
-        for (outcome, n) in [("requeued", requeued.len()), ("failed", failed)] {
+        for (outcome, n) in SWEEP_OUTCOMES.into_iter().zip([requeued.len(), failed]) {
             metrics::JOBS_SWEPT
                 .with_label_values(&[kind.as_str(), outcome])
                 .inc_by(n as u64);

@@ -73,6 +73,9 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
             finished.unwrap_or_else(|_| Err(JobError::permanent("the handler panicked"))),
             false,
         ),
+        // The cancelled run's transaction, on its blocking thread, may have recorded the
+        // result and marked the job succeeded already: then the run did succeed.
+        Err(_) if finished_meanwhile(&ctx, job_id).await => (Ok(Done::Recorded), true),
         Err(_) => (
             Err(JobError::transient(format!(
                 "the run took longer than the {} job timeout of {} s and was cancelled",
@@ -161,4 +164,14 @@ async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<()
     .await?;
     pending.push(&ctx.queue).await;
     Err(AbortError::new(JobError::Permanent(reason)).into())
+}
+
+/// Whether the job is no longer unfinished (a cancelled run's transaction marked it); `false`
+/// when the database cannot say, so the run counts as failed and is tried again.
+async fn finished_meanwhile(ctx: &JobContext, job_id: uuid::Uuid) -> bool {
+    interact(&ctx.db, move |conn| {
+        Ok(Job::still_unfinished(conn, &[job_id])?)
+    })
+    .await
+    .is_ok_and(|unfinished| unfinished.is_empty())
 }

@@ -138,6 +138,8 @@ struct Inner {
     device_lost: Arc<AtomicBool>,
     /// Serialises re-initialisations and spaces them out.
     last_reinit: Mutex<Option<Instant>>,
+    /// Calls in flight hold it shared, a re-initialisation exclusively (`Hsm::call_guard`).
+    calls: RwLock<()>,
     identities: Mutex<HashMap<String, Arc<SigningIdentity>>>,
 }
 
@@ -230,6 +232,7 @@ impl Hsm {
                 generation,
                 device_lost,
                 last_reinit: Mutex::new(None),
+                calls: RwLock::new(()),
                 identities: Mutex::new(HashMap::new()),
             }),
         })
@@ -256,6 +259,12 @@ impl Hsm {
             return;
         }
         *last = Some(Instant::now());
+        // Every call in flight returns first (see `call_guard`); none starts until this is done.
+        let _no_calls = self
+            .inner
+            .calls
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.inner.device_lost.store(true, Ordering::SeqCst);
         // From here on the old initialisation's sessions are left unclosed (see the module doc).
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
@@ -512,6 +521,30 @@ impl Hsm {
     ) -> Result<T, HsmError> {
         let lost = self.recover_if_lost();
         let link = self.link();
+        let result = {
+            let _in_flight = self.call_guard();
+            self.on_pooled_session(&link, lost, operation, op)
+        };
+        // After the guard is released: a re-initialisation waits for every call in flight.
+        let device_gone = match &result {
+            Ok(_) => false,
+            Err(HsmError::Pkcs11 { source, .. }) => loses_device(source),
+            // No session could be checked out: was that because the device is gone?
+            Err(_) => self.inner.device_lost.load(Ordering::SeqCst),
+        };
+        if device_gone {
+            self.reinitialise(&link);
+        }
+        result
+    }
+
+    fn on_pooled_session<T>(
+        &self,
+        link: &Link,
+        lost: bool,
+        operation: &'static str,
+        op: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
         let waited = std::time::Instant::now();
         let checked_out = link.pool.get_timeout(if lost {
             REINIT_PAUSE
@@ -520,31 +553,25 @@ impl Hsm {
         });
         metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
         self.report_pool();
-        let mut pooled = match checked_out {
-            Ok(pooled) => pooled,
-            Err(e) => {
-                metrics::HSM_ERRORS.inc();
-                if self.inner.device_lost.load(Ordering::SeqCst) {
-                    self.reinitialise(&link);
-                }
-                return Err(e.into());
-            }
-        };
-        let result = op(pooled.session()).map_err(|source| {
+        let mut pooled = checked_out.inspect_err(|_| metrics::HSM_ERRORS.inc())?;
+        op(pooled.session()).map_err(|source| {
             metrics::HSM_ERRORS.inc();
             if breaks_session(&source) {
                 tracing::warn!(operation, error = %source, "discarding HSM session");
                 pooled.broken = true;
             }
             HsmError::Pkcs11 { operation, source }
-        });
-        drop(pooled);
-        if let Err(HsmError::Pkcs11 { source, .. }) = &result {
-            if loses_device(source) {
-                self.reinitialise(&link);
-            }
-        }
-        result
+        })
+    }
+
+    /// Held (shared) by every call into the module, and exclusively by a re-initialisation:
+    /// `C_Finalize` while other threads are inside calls is undefined (PKCS#11 §5.4), and
+    /// p11-kit's client was seen to abort the process on it.
+    fn call_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.inner
+            .calls
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `op` on a fresh read-write session (logged in through the pool's login), closed
@@ -559,6 +586,7 @@ impl Hsm {
             HsmError::Pkcs11 { operation, source }
         };
         let link = self.link();
+        let _in_flight = self.call_guard();
         // Held so the token stays logged in while the new session works.
         let _pooled = link.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
         let session = link
