@@ -19,6 +19,7 @@ const KNOWN_METRICS: &[&str] = &[
     "shomei_job_duration_seconds",
     "shomei_job_queue_wait_seconds",
     "shomei_job_failures_total",
+    "shomei_jobs_swept_total",
     "shomei_queue_depth",
     "shomei_queue_oldest_age_seconds",
     "shomei_documents_signed_total",
