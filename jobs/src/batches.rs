@@ -1,32 +1,68 @@
 //! Batches (R-OPS-1): many sign jobs accepted in one call (`POST /v1/batches`), each a job of
-//! its own carrying the batch id. When the last job of a batch finishes, in the transaction
-//! that finishes it, the batch is marked complete and `batch.completed` is emitted; the batch
-//! row is locked there, so of two last jobs finishing at once exactly one completes it.
+//! its own carrying the batch id. Once one of them has finished (its transaction committed),
+//! [`settle`] asks whether the batch is done; the one call that finds it so marks it complete
+//! and emits `batch.completed`, in one transaction. The question is asked after the commit, so
+//! the jobs of a batch never wait for one another's transactions (a lock on the batch row
+//! held until each finishing job's commit made them take turns), and of two last jobs the
+//! second sees the first's commit. A worker that stops between the two steps leaves a done
+//! batch open: the reconciler settles those ([`settle_forgotten`]).
 
 use diesel::prelude::*;
 use serde_json::json;
+use uuid::Uuid;
 
-use shomei_schema::{Batch, Job};
+use shomei_schema::{interact, Batch, Job};
 
+use crate::context::JobContext;
 use crate::events::{self, kind, NewEvent, Pending};
 
-/// Call in the transaction that marks `job` finished.
-pub fn job_finished(conn: &mut PgConnection, job: &Job) -> QueryResult<Pending> {
+/// Completes `job`'s batch if that job was its last unfinished one. Call once the transaction
+/// that finished the job has committed. A failure is logged and left to the reconciler.
+pub async fn settle(ctx: &JobContext, job: &Job) {
     let Some(batch_id) = job.batch_id else {
+        return;
+    };
+    settle_batch(ctx, batch_id, format!("job:{}", job.id)).await;
+}
+
+/// Batches the reconciler completes per pass.
+const FORGOTTEN_PER_PASS: i64 = 100;
+
+/// Completes the batches whose jobs have all finished but that were not marked complete.
+pub async fn settle_forgotten(ctx: &JobContext) -> Result<(), crate::error::JobError> {
+    let open = interact(&ctx.db, |conn| {
+        Ok(Batch::done_but_open(conn, FORGOTTEN_PER_PASS)?)
+    })
+    .await?;
+    for batch_id in open {
+        tracing::warn!(batch.id = %batch_id, "completing a batch its last job left open");
+        settle_batch(ctx, batch_id, "reconciler".to_owned()).await;
+    }
+    Ok(())
+}
+
+async fn settle_batch(ctx: &JobContext, batch_id: Uuid, actor: String) {
+    let settled = interact(&ctx.db, move |conn| {
+        Ok(conn.transaction(|conn| complete_if_done(conn, batch_id, actor))?)
+    })
+    .await;
+    match settled {
+        Ok(pending) => pending.push(&ctx.queue).await,
+        Err(e) => {
+            tracing::warn!(batch.id = %batch_id, error = %e, "batch not settled; left to the reconciler");
+        }
+    }
+}
+
+fn complete_if_done(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    actor: String,
+) -> QueryResult<Pending> {
+    let Some(batch) = Batch::complete_if_done(conn, batch_id)? else {
         return Ok(Pending::default());
     };
-    let mut batch = Batch::lock(conn, batch_id)?;
-    if batch.completed_at.is_some() {
-        return Ok(Pending::default());
-    }
     let counts = batch.counts(conn)?;
-    let unfinished = counts
-        .iter()
-        .any(|(_, status, n)| *n > 0 && (status == "queued" || status == "running"));
-    if unfinished {
-        return Ok(Pending::default());
-    }
-    batch.complete(conn)?;
     let count = |wanted: &str| -> i64 {
         counts
             .iter()
@@ -44,7 +80,7 @@ pub fn job_finished(conn: &mut PgConnection, job: &Job) -> QueryResult<Pending> 
             kind: kind::BATCH_COMPLETED,
             document_id: None,
             request_id: None,
-            actor: format!("job:{}", job.id),
+            actor,
             ip: None,
             data: json!({
                 "batch_id": batch.id,

@@ -56,6 +56,7 @@ const PRUNE: usize = 5_000;
 /// again when Redis does not know it. Returns how many were pushed.
 pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> {
     sweep(ctx).await?;
+    crate::batches::settle_forgotten(ctx).await?;
     let cutoff = chrono::Utc::now() - grace;
     let candidates = interact(&ctx.db, move |conn| {
         Ok(Job::unfinished_enqueued_before(conn, cutoff, BATCH)?)

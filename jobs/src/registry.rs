@@ -34,18 +34,7 @@ pub(crate) async fn dispatch(kind: JobKind, ctx: &JobContext, job: &Job) -> Resu
     }
 }
 
-/// Marks `job` succeeded with `result`; in the transaction, its batch may be complete.
-pub(crate) fn on_succeeded(
-    conn: &mut PgConnection,
-    job: &Job,
-    result: &serde_json::Value,
-) -> diesel::QueryResult<Pending> {
-    Job::succeed(conn, job.id, result)?;
-    crate::batches::job_finished(conn, job)
-}
-
-/// Marks `job` failed for good with `reason`; in the transaction, its batch may be complete, a
-/// sign job of a signature request gives the signer back their turn, and every job but a
+/// Marks `job` failed for good with `reason`; in the transaction, a sign job of a signature request gives the signer back their turn, and every job but a
 /// notification emits `job.failed` (a failed notification announced by notifications could
 /// loop).
 pub(crate) fn on_failed(
@@ -54,7 +43,7 @@ pub(crate) fn on_failed(
     reason: &str,
 ) -> diesel::QueryResult<Pending> {
     Job::fail(conn, job.id, reason)?;
-    let mut pending = crate::batches::job_finished(conn, job)?;
+    let mut pending = Pending::default();
     if matches!(
         job.kind(),
         Some(JobKind::NotifyEmail | JobKind::NotifyWebhook)

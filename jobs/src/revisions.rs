@@ -17,7 +17,7 @@ use shomei_schema::{interact, Job, Revision};
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::Pending;
-use crate::registry::{self, Done};
+use crate::registry::Done;
 
 pub(crate) enum Start {
     /// The job already made its revision; this is its result.
@@ -73,17 +73,18 @@ where
         created_at: chrono::Utc::now(),
     };
     let outcome = result(&revision);
-    let job = job.clone();
+    let job_id = job.id;
     let pending = interact(&ctx.db, move |conn| {
         Ok(conn.transaction(|conn| {
             revision.insert(conn)?;
-            let mut pending = then(conn, &revision)?;
-            pending.add(registry::on_succeeded(conn, &job, &outcome)?);
+            let pending = then(conn, &revision)?;
+            Job::succeed(conn, job_id, &outcome)?;
             diesel::QueryResult::Ok(pending)
         })?)
     })
     .await?;
     pending.push(&ctx.queue).await;
+    crate::batches::settle(ctx, job).await;
     Ok(Done::Recorded)
 }
 

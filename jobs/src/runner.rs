@@ -107,14 +107,11 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     match outcome {
         Ok(done) => {
             if let Done::Result(result) = done {
-                let finished = job.clone();
-                let pending = interact(&ctx.db, move |conn| {
-                    Ok(conn.transaction(|conn| {
-                        crate::registry::on_succeeded(conn, &finished, &result)
-                    })?)
+                interact(&ctx.db, move |conn| {
+                    Ok(Job::succeed(conn, job_id, &result)?)
                 })
                 .await?;
-                pending.push(&ctx.queue).await;
+                crate::batches::settle(&ctx, &job).await;
             }
             tracing::info!(job.attempts = job.attempts, "job succeeded");
             Ok(())
@@ -163,6 +160,7 @@ async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<()
     })
     .await?;
     pending.push(&ctx.queue).await;
+    crate::batches::settle(ctx, job).await;
     Err(AbortError::new(JobError::Permanent(reason)).into())
 }
 

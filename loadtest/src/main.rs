@@ -38,7 +38,8 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     idle_latency: usize,
     /// Submit the sign requests as batches of this many (`POST /v1/batches`) instead of one
-    /// `POST /v1/documents/{id}/sign` each; 0: one by one.
+    /// `POST /v1/documents/{id}/sign` each, and follow the batches instead of the jobs; 0: one
+    /// by one.
     #[arg(long, default_value_t = 0)]
     batch_size: usize,
     /// The PDF uploaded N times.
@@ -47,15 +48,18 @@ struct Cli {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Interval between two polling rounds of `GET /v1/jobs/{id}`.
+    /// Interval between two polling rounds of `GET /v1/jobs/{id}` (`GET /v1/batches/{id}` with
+    /// `--batch-size`).
     #[arg(long, default_value_t = 50)]
     poll_interval_ms: u64,
-    /// Pending jobs polled per round, oldest submission first (jobs run roughly in order, so
-    /// polling the whole backlog every round would only load the API being measured). A round
-    /// that finds at least half of them finished is followed by the next one without the pause.
+    /// Pending jobs (batches with `--batch-size`) polled per round, oldest submission first
+    /// (jobs run roughly in order, so polling the whole backlog every round would only load the
+    /// API being measured). A round that finds at least half of them finished is followed by the
+    /// next one without the pause.
     #[arg(long, default_value_t = 64)]
     poll_window: usize,
-    /// `GET /v1/jobs/{id}` requests in flight at once.
+    /// Polling requests in flight at once; also the `GET /v1/jobs/{id}` in flight at once when
+    /// the details of batched jobs are fetched, after the measured phase.
     #[arg(long, default_value_t = 8)]
     poll_concurrency: usize,
     /// Sign this many extra documents first, unmeasured, and wait for them: proves the workers
@@ -117,18 +121,69 @@ struct Shared {
     errors: Tally,
 }
 
-/// A sign job on its way: handed from the submitters to the poller.
+/// A sign job on its way, and when its sign (or batch) POST was sent.
 #[derive(Clone, Copy)]
 struct Submitted {
     job_id: Uuid,
     submitted_at: Instant,
 }
 
+/// What the submitters hand the poller to follow.
+enum Tracked {
+    /// A job submitted on its own, followed with `GET /v1/jobs/{id}`.
+    Job(Submitted),
+    /// A batch, followed with `GET /v1/batches/{id}` until its `completed_at` is set; `seen`:
+    /// its jobs finished at the last poll.
+    Batch {
+        batch_id: Uuid,
+        jobs: Vec<Submitted>,
+        seen: Counts,
+    },
+}
+
+impl Tracked {
+    /// Its jobs: one, or the batch's.
+    fn jobs(&self) -> &[Submitted] {
+        match self {
+            Tracked::Job(job) => std::slice::from_ref(job),
+            Tracked::Batch { jobs, .. } => jobs,
+        }
+    }
+
+    /// Polls it once: `GET /v1/jobs/{id}` or `GET /v1/batches/{id}`.
+    async fn poll(&mut self, shared: &Shared) -> Poll {
+        match self {
+            Tracked::Job(job) => poll_once(shared, job).await,
+            Tracked::Batch { batch_id, seen, .. } => poll_batch(shared, *batch_id, seen).await,
+        }
+    }
+}
+
+/// Finished jobs of a batch, as counted by `GET /v1/batches/{id}`.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    succeeded: u64,
+    failed: u64,
+}
+
+/// What the poller saw.
+#[derive(Default)]
+struct Polled {
+    /// Jobs followed on their own, finished.
+    finished: Vec<Finished>,
+    /// Jobs of completed batches, with when their batch was seen complete: their details come
+    /// after the measured phase (`job_details`).
+    batched: Vec<(Submitted, Instant)>,
+    /// Jobs still pending at the stall timeout (every job of a batch still pending).
+    timed_out: u64,
+}
+
 struct Finished {
     status: String,
     attempts: i64,
     error: Option<String>,
-    /// Client view: sign POST sent → job seen finished by polling.
+    /// Client view: sign POST sent → job seen finished by polling (a job of a batch: batch
+    /// POST sent → batch seen complete).
     completion: Duration,
     observed_at: Instant,
     created_at: Option<DateTime<Utc>>,
@@ -205,7 +260,8 @@ struct Report {
     attempts_total: i64,
     /// Sign POST latency (202 received).
     submit_latency: Option<LatencySummary>,
-    /// Client view: sign POST sent → job seen finished (includes up to one polling round).
+    /// Client view: sign POST sent → job seen finished (includes up to one polling round); with
+    /// batches, batch POST sent → batch seen complete, for each of its jobs.
     completion_latency: Option<LatencySummary>,
     /// Server view: job `created_at` → `finished_at` (no polling delay).
     server_completion_latency: Option<LatencySummary>,
@@ -220,7 +276,12 @@ struct Report {
     batch_size: usize,
     /// First submission sent → last one accepted (intake; the workers run meanwhile).
     submit_seconds: f64,
+    /// Polling requests during the measured phase: `GET /v1/jobs/{id}`, or with batches
+    /// `GET /v1/batches/{id}`.
     polls: u64,
+    /// `GET /v1/jobs/{id}` for the jobs of completed batches, after the measured phase (not in
+    /// `polls`).
+    job_detail_requests: u64,
     /// Errors by kind: HTTP status per phase, transport errors, job failure reasons.
     errors: BTreeMap<String, u64>,
     /// Last transient error recorded on jobs that succeeded after a retry.
@@ -299,8 +360,8 @@ async fn main() -> anyhow::Result<()> {
     let upload_seconds = upload_start.elapsed().as_secs_f64();
     let upload_latency = LatencySummary::of(uploads.iter().map(|u| u.1).collect());
 
-    // 2. Sign submissions, C at a time, while a poller follows the jobs.
-    let (tx, rx) = mpsc::unbounded_channel::<Submitted>();
+    // 2. Sign submissions, C at a time, while a poller follows the jobs (or the batches).
+    let (tx, rx) = mpsc::unbounded_channel::<Tracked>();
     let poller = tokio::spawn(poll_jobs(
         shared.clone(),
         rx,
@@ -340,12 +401,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let submit_seconds = pipeline_start.elapsed().as_secs_f64();
     drop(tx);
-    let (finished, timed_out) = poller.await.context("poller")?;
+    let polled = poller.await.context("poller")?;
     let cpu_after = cpu::snapshot(&cli.cpu_of);
     ticker.abort();
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
+    // The details of batched jobs, now that the measured phase is over.
+    let job_detail_requests = polled.batched.len() as u64;
+    if job_detail_requests > 0 {
+        eprintln!("fetching the details of {job_detail_requests} batched job(s)");
+    }
+    let timed_out = polled.timed_out;
+    let mut finished = polled.finished;
+    finished.extend(job_details(&shared, polled.batched, cli.poll_concurrency.max(1)).await);
 
     let last_observed = finished.iter().map(|f| f.observed_at).max();
     let pipeline_seconds = last_observed
@@ -437,6 +506,7 @@ async fn main() -> anyhow::Result<()> {
         server_pipeline_seconds,
         server_documents_per_second: server_pipeline_seconds.map(per_second),
         polls: shared.progress.polls.load(Ordering::Relaxed),
+        job_detail_requests,
         errors: shared.errors.snapshot(),
         retry_reasons: retry_reasons.snapshot(),
         hsm,
@@ -463,12 +533,12 @@ async fn idle_latency(shared: &Shared, pdf: Arc<Vec<u8>>, n: usize) -> anyhow::R
         let Some((document, _)) = upload(shared, i, pdf.clone()).await else {
             continue;
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<Submitted>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Tracked>();
         let started = Instant::now();
         if submit(shared, i, document, &tx).await.is_none() {
             continue;
         }
-        let job = rx.recv().await.context("submitted job")?.job_id;
+        let job = rx.recv().await.context("submitted job")?.jobs()[0].job_id;
         loop {
             let view: serde_json::Value = shared
                 .http
@@ -524,7 +594,7 @@ async fn warmup(cli: &Cli, shared: Arc<Shared>, pdf: Arc<Vec<u8>>) -> anyhow::Re
         .filter_map(|r| async move { r })
         .collect()
         .await;
-    let (tx, rx) = mpsc::unbounded_channel::<Submitted>();
+    let (tx, rx) = mpsc::unbounded_channel::<Tracked>();
     let poller = tokio::spawn(poll_jobs(
         shared.clone(),
         rx,
@@ -542,7 +612,7 @@ async fn warmup(cli: &Cli, shared: Arc<Shared>, pdf: Arc<Vec<u8>>) -> anyhow::Re
         .collect::<Vec<_>>()
         .await;
     drop(tx);
-    let (finished, _) = poller.await.context("warm-up poller")?;
+    let finished = poller.await.context("warm-up poller")?.finished;
     let ok = finished.iter().filter(|f| f.status == "succeeded").count();
     eprintln!(
         "warm-up: {ok}/{} succeeded in {:.2} s",
@@ -665,13 +735,13 @@ async fn upload(shared: &Shared, i: usize, pdf: Arc<Vec<u8>>) -> Option<(Uuid, D
     }
 }
 
-/// Sign requests for `documents` as one `POST /v1/batches`; every job of it is handed to the
-/// poller with the batch's submission time. Returns the batch call's latency.
+/// Sign requests for `documents` as one `POST /v1/batches`; the batch is handed to the poller,
+/// its jobs with the batch's submission time. Returns the batch call's latency.
 async fn submit_batch(
     shared: &Shared,
     first: usize,
     documents: Vec<Uuid>,
-    tx: &mpsc::UnboundedSender<Submitted>,
+    tx: &mpsc::UnboundedSender<Tracked>,
 ) -> Option<Duration> {
     let items: Vec<serde_json::Value> = documents
         .iter()
@@ -706,23 +776,39 @@ async fn submit_batch(
         }
     };
     let latency = submitted_at.elapsed();
-    let job_ids: Vec<Uuid> = response
+    let accepted = response
         .json::<serde_json::Value>()
         .await
         .ok()
-        .and_then(|v| serde_json::from_value(v.get("job_ids")?.clone()).ok())
-        .unwrap_or_default();
-    if job_ids.len() != documents.len() {
-        shared.errors.add("batch: 202 without a job id per item");
+        .and_then(|v| {
+            let batch_id = v.get("batch_id")?.as_str()?.parse::<Uuid>().ok()?;
+            let job_ids: Vec<Uuid> = serde_json::from_value(v.get("job_ids")?.clone()).ok()?;
+            Some((batch_id, job_ids))
+        })
+        .filter(|(_, job_ids)| job_ids.len() == documents.len());
+    let Some((batch_id, job_ids)) = accepted else {
+        shared
+            .errors
+            .add("batch: 202 without a batch_id and a job id per item");
         return None;
-    }
-    for job_id in job_ids {
-        shared.progress.submitted.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(Submitted {
+    };
+    shared
+        .progress
+        .submitted
+        .fetch_add(job_ids.len() as u64, Ordering::Relaxed);
+    let jobs = job_ids
+        .into_iter()
+        .map(|job_id| Submitted {
             job_id,
             submitted_at,
-        });
-    }
+        })
+        .collect();
+    // The poller outlives every sender, so this cannot fail.
+    let _ = tx.send(Tracked::Batch {
+        batch_id,
+        jobs,
+        seen: Counts::default(),
+    });
     Some(latency)
 }
 
@@ -730,7 +816,7 @@ async fn submit(
     shared: &Shared,
     i: usize,
     document: Uuid,
-    tx: &mpsc::UnboundedSender<Submitted>,
+    tx: &mpsc::UnboundedSender<Tracked>,
 ) -> Option<Duration> {
     let body = serde_json::json!({
         "signer": {"name": format!("Load Tester {i}"), "email": format!("load{i}@example.jp")},
@@ -768,24 +854,37 @@ async fn submit(
     };
     shared.progress.submitted.fetch_add(1, Ordering::Relaxed);
     // The poller outlives every sender, so this cannot fail.
-    let _ = tx.send(Submitted {
+    let _ = tx.send(Tracked::Job(Submitted {
         job_id,
         submitted_at,
-    });
+    }));
     Some(latency)
 }
 
+/// What one poll of a tracked job or batch found.
 enum Poll {
+    /// Nothing finished since the last poll.
     Pending,
+    /// Some jobs of a batch finished since the last poll, not all of them.
+    Progress,
+    /// A job followed on its own finished.
     Finished(Finished),
+    /// Every job of a batch has finished: seen at that instant.
+    Completed(Instant),
+    /// The request failed (tallied); the next round tries again.
     Error,
 }
 
-async fn poll_once(shared: &Shared, job: &Submitted) -> Poll {
-    shared.progress.polls.fetch_add(1, Ordering::Relaxed);
+/// `GET {path}` from the API: the JSON body and when the response arrived, or `None` with the
+/// error tallied under `phase`.
+async fn get_json(
+    shared: &Shared,
+    path: &str,
+    phase: &str,
+) -> Option<(serde_json::Value, Instant)> {
     let result = shared
         .http
-        .get(format!("{}/v1/jobs/{}", shared.api, job.job_id))
+        .get(format!("{}{path}", shared.api))
         .bearer_auth(&shared.key)
         .send()
         .await;
@@ -793,31 +892,40 @@ async fn poll_once(shared: &Shared, job: &Submitted) -> Poll {
     let response = match result {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => {
-            shared.errors.add(problem_kind("poll", r).await);
-            return Poll::Error;
+            shared.errors.add(problem_kind(phase, r).await);
+            return None;
         }
         Err(e) => {
-            shared.errors.add(transport_kind("poll", &e));
-            return Poll::Error;
+            shared.errors.add(transport_kind(phase, &e));
+            return None;
         }
     };
-    let view: serde_json::Value = match response.json().await {
-        Ok(v) => v,
+    match response.json().await {
+        Ok(view) => Some((view, observed_at)),
         Err(e) => {
-            shared.errors.add(transport_kind("poll", &e));
-            return Poll::Error;
+            shared.errors.add(transport_kind(phase, &e));
+            None
         }
-    };
+    }
+}
+
+/// Reads a job view (`GET /v1/jobs/{id}`) of `job`, seen finished at `observed_at`: `None`
+/// while it is queued or running.
+fn finished_job(
+    view: &serde_json::Value,
+    job: &Submitted,
+    observed_at: Instant,
+) -> Option<Finished> {
     let status = view["status"].as_str().unwrap_or("").to_owned();
     if status != "succeeded" && status != "failed" {
-        return Poll::Pending;
+        return None;
     }
     let time = |field: &str| {
         view[field]
             .as_str()
             .and_then(|s| s.parse::<DateTime<Utc>>().ok())
     };
-    Poll::Finished(Finished {
+    Some(Finished {
         attempts: view["attempts"].as_i64().unwrap_or(0),
         error: view["error"].as_str().map(str::to_owned),
         completion: observed_at.duration_since(job.submitted_at),
@@ -828,25 +936,104 @@ async fn poll_once(shared: &Shared, job: &Submitted) -> Poll {
     })
 }
 
-/// Follows the submitted jobs until each has finished (or nothing finished for
-/// `stall_timeout`). Each round polls the `window` oldest pending jobs, `concurrency` requests
-/// at a time, then sleeps `interval`. Returns the finished jobs and how many timed out.
+/// Tallies the error of a failed job; called once per job.
+fn tally_failure(errors: &Tally, job: &Finished) {
+    if job.status != "succeeded" {
+        errors.add(format!(
+            "job {}: {}",
+            job.status,
+            error_kind(job.error.as_deref().unwrap_or("(no error)"))
+        ));
+    }
+}
+
+/// Polls a job followed on its own.
+async fn poll_once(shared: &Shared, job: &Submitted) -> Poll {
+    shared.progress.polls.fetch_add(1, Ordering::Relaxed);
+    let path = format!("/v1/jobs/{}", job.job_id);
+    let Some((view, observed_at)) = get_json(shared, &path, "poll").await else {
+        return Poll::Error;
+    };
+    match finished_job(&view, job, observed_at) {
+        Some(f) => Poll::Finished(f),
+        None => Poll::Pending,
+    }
+}
+
+/// Polls a batch: adds the jobs finished since the last poll (`seen`) to the progress counts.
+async fn poll_batch(shared: &Shared, batch_id: Uuid, seen: &mut Counts) -> Poll {
+    shared.progress.polls.fetch_add(1, Ordering::Relaxed);
+    let path = format!("/v1/batches/{batch_id}");
+    let Some((view, observed_at)) = get_json(shared, &path, "batch poll").await else {
+        return Poll::Error;
+    };
+    let count = |status: &str| view["jobs"][status].as_u64().unwrap_or(0);
+    let now = Counts {
+        succeeded: count("succeeded"),
+        failed: count("failed"),
+    };
+    let progress = &shared.progress;
+    let new_succeeded = now.succeeded.saturating_sub(seen.succeeded);
+    let new_failed = now.failed.saturating_sub(seen.failed);
+    progress
+        .succeeded
+        .fetch_add(new_succeeded, Ordering::Relaxed);
+    progress.failed.fetch_add(new_failed, Ordering::Relaxed);
+    *seen = now;
+    if !view["completed_at"].is_null() {
+        Poll::Completed(observed_at)
+    } else if new_succeeded + new_failed > 0 {
+        Poll::Progress
+    } else {
+        Poll::Pending
+    }
+}
+
+/// Fetches the details of the jobs of completed batches, `concurrency` requests at a time, each
+/// seen finished when its batch was, and tallies the failed ones. Not counted as polls.
+async fn job_details(
+    shared: &Shared,
+    jobs: Vec<(Submitted, Instant)>,
+    concurrency: usize,
+) -> Vec<Finished> {
+    stream::iter(jobs)
+        .map(|(job, observed_at)| async move {
+            let path = format!("/v1/jobs/{}", job.job_id);
+            let (view, _) = get_json(shared, &path, "details").await?;
+            let Some(finished) = finished_job(&view, &job, observed_at) else {
+                shared
+                    .errors
+                    .add("details: job unfinished although its batch completed");
+                return None;
+            };
+            tally_failure(&shared.errors, &finished);
+            Some(finished)
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await
+}
+
+/// Follows the submitted jobs and batches until each has finished (or nothing finished for
+/// `stall_timeout`). Each round polls the `window` oldest pending ones, `concurrency` requests
+/// at a time, then sleeps `interval`.
 async fn poll_jobs(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Submitted>,
+    mut rx: mpsc::UnboundedReceiver<Tracked>,
     interval: Duration,
     window: usize,
     concurrency: usize,
     stall_timeout: Duration,
-) -> (Vec<Finished>, u64) {
-    let mut pending: Vec<Submitted> = Vec::new();
-    let mut finished = Vec::new();
+) -> Polled {
+    let mut pending: Vec<Tracked> = Vec::new();
+    let mut polled = Polled::default();
     let mut open = true;
     let mut last_progress = Instant::now();
     loop {
         while open {
             match rx.try_recv() {
-                Ok(job) => pending.push(job),
+                Ok(item) => pending.push(item),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
@@ -857,60 +1044,73 @@ async fn poll_jobs(
             }
             // Nothing submitted yet (or all caught up): wait for the next submission.
             match rx.recv().await {
-                Some(job) => pending.push(job),
+                Some(item) => pending.push(item),
                 None => open = false,
             }
             continue;
         }
-        let head: Vec<(usize, Submitted)> =
-            pending.iter().copied().take(window).enumerate().collect();
-        let results: Vec<(usize, Poll)> = stream::iter(head)
-            .map(|(i, job)| {
-                let shared = shared.clone();
-                async move { (i, poll_once(&shared, &job).await) }
+        // The polls are made up front: a lazy `map` over the borrowed items trips up the `Send`
+        // check of the spawned poller.
+        let polls: Vec<_> = pending
+            .iter_mut()
+            .take(window)
+            .enumerate()
+            .map(|(i, item)| {
+                let shared = &shared;
+                async move { (i, item.poll(shared).await) }
             })
+            .collect();
+        let results: Vec<(usize, Poll)> = stream::iter(polls)
             .buffer_unordered(concurrency)
             .collect()
             .await;
         let mut done: Vec<usize> = Vec::new();
+        let mut progressed = false;
         for (i, poll) in results {
-            if let Poll::Finished(f) = poll {
-                if f.status == "succeeded" {
-                    shared.progress.succeeded.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                    shared.errors.add(format!(
-                        "job {}: {}",
-                        f.status,
-                        error_kind(f.error.as_deref().unwrap_or("(no error)"))
-                    ));
+            match poll {
+                Poll::Pending | Poll::Error => continue,
+                Poll::Progress => {
+                    progressed = true;
+                    continue;
                 }
-                finished.push(f);
-                done.push(i);
+                Poll::Finished(f) => {
+                    let counter = if f.status == "succeeded" {
+                        &shared.progress.succeeded
+                    } else {
+                        &shared.progress.failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tally_failure(&shared.errors, &f);
+                    polled.finished.push(f);
+                }
+                Poll::Completed(observed_at) => polled
+                    .batched
+                    .extend(pending[i].jobs().iter().map(|&job| (job, observed_at))),
             }
+            done.push(i);
         }
         // Most of the head finished: the poller is behind the workers, catch up without sleeping.
         let behind = done.len() * 2 >= window.min(pending.len());
-        if !done.is_empty() {
+        if progressed || !done.is_empty() {
             last_progress = Instant::now();
             done.sort_unstable();
             for i in done.into_iter().rev() {
                 pending.remove(i);
             }
         } else if last_progress.elapsed() > stall_timeout {
-            let timed_out = pending.len() as u64;
-            for _ in 0..timed_out {
+            polled.timed_out = pending.iter().map(|t| t.jobs().len() as u64).sum();
+            for _ in 0..polled.timed_out {
                 shared
                     .errors
                     .add("job timeout: still queued/running at the stall timeout");
             }
-            return (finished, timed_out);
+            return polled;
         }
         if !behind {
             tokio::time::sleep(interval).await;
         }
     }
-    (finished, 0)
+    polled
 }
 
 fn hsm_rate(config: &shomei_config::Config, threads: u32, seconds: f64) -> anyhow::Result<HsmRate> {
@@ -1019,7 +1219,14 @@ fn print_report(r: &Report) {
     if let (Some(s), Some(d)) = (r.server_pipeline_seconds, r.server_documents_per_second) {
         println!("            {d:.2} documents/s by the database clock (first created → last finished, {s:.2} s)");
     }
-    println!("polls       {} GET /v1/jobs", r.polls);
+    if r.batch_size > 0 {
+        println!(
+            "polls       {} GET /v1/batches; then {} GET /v1/jobs for the job details, unmeasured",
+            r.polls, r.job_detail_requests
+        );
+    } else {
+        println!("polls       {} GET /v1/jobs", r.polls);
+    }
     if r.errors.is_empty() {
         println!("errors      none");
     } else {

@@ -278,18 +278,23 @@ impl PreparedRevision {
         }
 
         let appended = original.len();
-        let contents_placeholder = {
-            let mut p = Vec::with_capacity(2 * capacity + 2);
-            p.push(b'(');
-            p.resize(2 * capacity + 1, b'0');
-            p.push(b')');
-            p
+        // The placeholder is `(` and 2 × capacity + 1 zeros and `)`: found by its start (a
+        // search for the whole run would first analyse a needle of tens of kilobytes), then
+        // checked whole.
+        let placeholder_len = 2 * capacity + 2;
+        let is_placeholder = |at: &[u8]| {
+            at.len() >= placeholder_len
+                && at[0] == b'('
+                && at[1..placeholder_len - 1].iter().all(|&b| b == b'0')
+                && at[placeholder_len - 1] == b')'
         };
         let gap_start = appended
-            + find(&bytes[appended..], &contents_placeholder).ok_or_else(|| {
-                SignError::Write("signature /Contents placeholder not found".into())
-            })?;
-        let gap_end = gap_start + contents_placeholder.len();
+            + memchr::memmem::find_iter(&bytes[appended..], b"(0000000000000000")
+                .find(|&at| is_placeholder(&bytes[appended + at..]))
+                .ok_or_else(|| {
+                    SignError::Write("signature /Contents placeholder not found".into())
+                })?;
+        let gap_end = gap_start + placeholder_len;
         bytes[gap_start] = b'<';
         bytes[gap_end - 1] = b'>';
         let byte_range = [0, gap_start, gap_end, bytes.len() - gap_end];

@@ -6,6 +6,7 @@
 //! everything else is a finding in the report.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{LazyLock, Mutex};
 
 use chrono::SecondsFormat;
 use cms::cert::CertificateChoices;
@@ -833,14 +834,48 @@ pub(crate) fn verify_certificate_signature(
         .signature()
         .as_bytes()
         .ok_or("certificate signature has unused bits")?;
-    verify_signature(
-        issuer.tbs_certificate().subject_public_key_info(),
-        certificate.signature_algorithm(),
-        None,
-        &tbs,
-        signature,
-    )
+    let issuer_key = issuer.tbs_certificate().subject_public_key_info();
+    let algorithm = certificate.signature_algorithm();
+    // Every time-stamp token a worker receives carries the same TSA certificate: its
+    // signature is checked once, not once per document.
+    let memo_key = (|| {
+        let mut hash = Sha256::new();
+        for part in [
+            tbs.as_slice(),
+            signature,
+            &algorithm.to_der().ok()?,
+            &issuer_key.to_der().ok()?,
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        Some(<[u8; 32]>::from(hash.finalize()))
+    })();
+    let verified = || {
+        VERIFIED_CERTIFICATES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    if memo_key.is_some_and(|key| verified().contains(&key)) {
+        return Ok(());
+    }
+    verify_signature(issuer_key, algorithm, None, &tbs, signature)?;
+    if let Some(key) = memo_key {
+        let mut verified = verified();
+        if verified.len() >= VERIFIED_CERTIFICATES_KEPT {
+            verified.clear();
+        }
+        verified.insert(key);
+    }
+    Ok(())
 }
+
+/// Certificate signatures found valid, by SHA-256 of everything the check depends on (the
+/// signed part, the signature, its algorithm and the issuer's public key): a memo of a pure
+/// function, so a hit means exactly what checking again would. Only successes are kept, at
+/// most [`VERIFIED_CERTIFICATES_KEPT`].
+static VERIFIED_CERTIFICATES: LazyLock<Mutex<HashSet<[u8; 32]>>> = LazyLock::new(Mutex::default);
+const VERIFIED_CERTIFICATES_KEPT: usize = 1024;
 
 /// Walks from `leaf` to a trust anchor through CA certificates of `pool`, checking every
 /// signature on the way (the same walk as the time-stamp check in tsp.rs, with the wider
@@ -1372,6 +1407,36 @@ mod tests {
         changes.page_content = true;
         assert!(!changes.allowed());
         assert_eq!(changes.describe(), "page content changed");
+    }
+
+    #[test]
+    fn a_remembered_certificate_check_does_not_vouch_for_an_altered_certificate() {
+        let dir = shomei_testkit::hsm_dir();
+        let load = |name: &str| {
+            let pem = std::fs::read(dir.join("ca").join(name)).unwrap();
+            Certificate::load_pem_chain(&pem).unwrap().remove(0)
+        };
+        let (ca, leaf) = (load("ca.pem"), load("shomei-dev-rsa.pem"));
+        // Twice: the second answer comes from the memo.
+        for _ in 0..2 {
+            verify_certificate_signature(&leaf, &ca).unwrap();
+        }
+        // The same signed part under another signature, and the same signature over another
+        // signed part: both refused, though the genuine pair is remembered.
+        let mut der = leaf.to_der().unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let forged_signature = Certificate::from_der(&der).unwrap();
+        assert!(verify_certificate_signature(&forged_signature, &ca).is_err());
+        let mut der = leaf.to_der().unwrap();
+        let serial = leaf.tbs_certificate().serial_number().as_bytes();
+        let at = der.windows(serial.len()).position(|w| w == serial).unwrap() + serial.len() - 1;
+        der[at] ^= 1;
+        let forged_content = Certificate::from_der(&der).unwrap();
+        assert_eq!(forged_content.signature(), leaf.signature());
+        assert!(verify_certificate_signature(&forged_content, &ca).is_err());
+        // And a certificate is not its own issuer's issuer.
+        assert!(verify_certificate_signature(&leaf, &leaf).is_err());
     }
 
     #[test]

@@ -53,6 +53,18 @@ fn every_unencrypted_sample_signs() {
 }
 
 #[test]
+fn a_signer_named_like_the_placeholder_does_not_take_its_place() {
+    // The /Contents placeholder is a literal string of zeros, found by its first bytes: a
+    // signer whose name and reason are runs of zeros (written before it) must not be mistaken
+    // for it.
+    let mut zeros = request(RSA_KEY);
+    zeros.signer_name = "0".repeat(40);
+    zeros.reason = Some("0".repeat(400));
+    let signed = sign_pdf(hsm(), &sample("contract.pdf"), &zeros, None).unwrap();
+    assert_externally_valid("zeros-signer", &signed, Expected::basic(1));
+}
+
+#[test]
 fn second_signature_keeps_first_valid() {
     for name in [
         "contract.pdf",

@@ -34,13 +34,36 @@ impl Batch {
             .optional()
     }
 
-    /// The batch, locked until the transaction ends: its last jobs may finish at once.
-    pub fn lock(conn: &mut PgConnection, id: Uuid) -> QueryResult<Batch> {
+    /// Marks the batch complete if it is not yet and none of its jobs is queued or running;
+    /// the batch if this call completed it. Ask after the finishing job's transaction has
+    /// committed: of two last jobs asking at once, the second waits for the first's update and
+    /// then finds the batch complete, so exactly one completes it. A batch that is not done is
+    /// not locked (one probe of the `jobs_batch` index), so its jobs finish side by side.
+    pub fn complete_if_done(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Batch>> {
+        let unfinished = jobs::table
+            .filter(jobs::batch_id.eq(id))
+            .filter(jobs::status.eq_any(["queued", "running"]));
+        diesel::update(batches::table.find(id))
+            .filter(batches::completed_at.is_null())
+            .filter(diesel::dsl::not(diesel::dsl::exists(unfinished)))
+            .set(batches::completed_at.eq(Utc::now()))
+            .returning(Batch::as_returning())
+            .get_result(conn)
+            .optional()
+    }
+
+    /// Batches not marked complete although none of their jobs is unfinished (their last job's
+    /// worker stopped between the two steps), at most `limit`.
+    pub fn done_but_open(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<Uuid>> {
+        let unfinished = jobs::table
+            .filter(jobs::batch_id.eq(batches::id.nullable()))
+            .filter(jobs::status.eq_any(["queued", "running"]));
         batches::table
-            .find(id)
-            .for_update()
-            .select(Batch::as_select())
-            .first(conn)
+            .filter(batches::completed_at.is_null())
+            .filter(diesel::dsl::not(diesel::dsl::exists(unfinished)))
+            .select(batches::id)
+            .limit(limit)
+            .load(conn)
     }
 
     /// Its jobs per (kind, status).
@@ -51,14 +74,5 @@ impl Batch {
             .group_by((jobs::kind, jobs::status))
             .select((jobs::kind, jobs::status, count_star()))
             .load(conn)
-    }
-
-    pub fn complete(&mut self, conn: &mut PgConnection) -> QueryResult<()> {
-        let now = Utc::now();
-        diesel::update(batches::table.find(self.id))
-            .set(batches::completed_at.eq(now))
-            .execute(conn)?;
-        self.completed_at = Some(now);
-        Ok(())
     }
 }

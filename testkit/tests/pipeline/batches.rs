@@ -132,3 +132,46 @@ async fn a_bad_batch_is_refused_whole_with_the_item_named() {
         "nothing accepted"
     );
 }
+
+#[tokio::test]
+async fn a_batch_whose_last_worker_stopped_before_completing_it_is_completed_by_the_reconciler() {
+    // The state a worker leaves when it stops between committing the batch's last job and
+    // completing the batch: every job finished, the batch still open, no event.
+    let app = TestApp::spawn().await;
+    let batch_id = uuid::Uuid::new_v4();
+    let tenant = &app.tenant_id;
+    app.sql_execute(&format!(
+        "INSERT INTO batches (id, tenant_id, total, created_by) \
+         VALUES ('{batch_id}', '{tenant}', 2, 'test')"
+    ));
+    for status in ["succeeded", "failed"] {
+        app.sql_execute(&format!(
+            "INSERT INTO jobs (id, tenant_id, kind, payload, status, batch_id, finished_at) \
+             VALUES ('{}', '{tenant}', 'sign', '{{}}', '{status}', '{batch_id}', now())",
+            uuid::Uuid::new_v4()
+        ));
+    }
+    let completed = format!(
+        "SELECT count(*) AS n FROM events WHERE kind = 'batch.completed' \
+         AND data->>'batch_id' = '{batch_id}' AND (data->>'succeeded')::int = 1 \
+         AND (data->>'failed')::int = 1"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.sql_count(&completed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reconciler did not complete the batch"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let view: Value = app
+        .get(&app.api_key, &format!("/v1/batches/{batch_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(view["completed_at"].is_string(), "{view}");
+    // Completed once, though every worker's reconciler keeps looking.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.sql_count(&completed), 1);
+}
