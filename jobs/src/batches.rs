@@ -42,7 +42,12 @@ pub async fn settle_forgotten(ctx: &JobContext) -> Result<(), crate::error::JobE
 }
 
 async fn settle_batch(ctx: &JobContext, batch_id: Uuid, actor: String) {
+    // Most jobs of a batch are not its last: one statement tells, without a transaction. The
+    // last job to commit sees every other job's commit, so it gets past this.
     let settled = interact(&ctx.db, move |conn| {
+        if Batch::has_unfinished(conn, batch_id)? {
+            return Ok(Pending::default());
+        }
         Ok(conn.transaction(|conn| complete_if_done(conn, batch_id, actor))?)
     })
     .await;

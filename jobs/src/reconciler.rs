@@ -1,7 +1,8 @@
 //! Re-queues jobs that PostgreSQL holds as unfinished but Redis no longer has: Redis keeps
 //! nothing on disk here and may come back empty, and a push may have failed after the row was
 //! committed. Every worker runs one; duplicate pushes are harmless (same task id).
-//! Each pass also makes Redis forget the tasks apalis has finished.
+//! Each pass also makes Redis forget the tasks apalis has finished, and completes the batches
+//! whose last job's worker stopped before completing them ([`crate::batches::settle_forgotten`]).
 //!
 //! Each pass first sweeps: a job still `running` `timeout + grace` after its run started
 //! ([`JobContext::timeout`]) was left by a worker that died or hung (the runner cancels its own

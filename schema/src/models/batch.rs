@@ -34,18 +34,21 @@ impl Batch {
             .optional()
     }
 
+    /// Whether any of the batch's jobs is queued or running (one probe of the `jobs_batch`
+    /// index).
+    pub fn has_unfinished(conn: &mut PgConnection, id: Uuid) -> QueryResult<bool> {
+        diesel::select(diesel::dsl::exists(unfinished_jobs(id))).get_result(conn)
+    }
+
     /// Marks the batch complete if it is not yet and none of its jobs is queued or running;
     /// the batch if this call completed it. Ask after the finishing job's transaction has
     /// committed: of two last jobs asking at once, the second waits for the first's update and
     /// then finds the batch complete, so exactly one completes it. A batch that is not done is
     /// not locked (one probe of the `jobs_batch` index), so its jobs finish side by side.
     pub fn complete_if_done(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Batch>> {
-        let unfinished = jobs::table
-            .filter(jobs::batch_id.eq(id))
-            .filter(jobs::status.eq_any(["queued", "running"]));
         diesel::update(batches::table.find(id))
             .filter(batches::completed_at.is_null())
-            .filter(diesel::dsl::not(diesel::dsl::exists(unfinished)))
+            .filter(diesel::dsl::not(diesel::dsl::exists(unfinished_jobs(id))))
             .set(batches::completed_at.eq(Utc::now()))
             .returning(Batch::as_returning())
             .get_result(conn)
@@ -75,4 +78,12 @@ impl Batch {
             .select((jobs::kind, jobs::status, count_star()))
             .load(conn)
     }
+}
+
+/// The queued or running jobs of batch `id`.
+fn unfinished_jobs(id: Uuid) -> jobs::BoxedQuery<'static, diesel::pg::Pg> {
+    jobs::table
+        .filter(jobs::batch_id.eq(id))
+        .filter(jobs::status.eq_any(["queued", "running"]))
+        .into_boxed()
 }
