@@ -8,7 +8,8 @@
 # Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (the number of CPUs),
 # LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
-# LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log).
+# LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log),
+# LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, e.g. sslmode=disable).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -51,7 +52,9 @@ PORT=$(free_port)
 TSA_PORT=$(free_port)
 
 PG=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
-export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
+# LOADTEST_PG_OPTIONS: libpq parameters for the services' connections, as a URL query
+# (`sslmode=disable`: no TLS on loopback; `host=/var/run/postgresql`: the Unix socket).
+export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB${LOADTEST_PG_OPTIONS:+?$LOADTEST_PG_OPTIONS}
 export SHOMEI_QUEUE_NAMESPACE=$DB
 export SHOMEI_STORAGE_DIR=$RUN/storage
 export SHOMEI_API_ADDR=127.0.0.1:$PORT
