@@ -794,25 +794,36 @@ fn initialised_module(path: &Path) -> Result<Pkcs11, HsmError> {
 }
 
 /// The slot holding the token labelled `label`. Looked for a few times over about a second:
-/// SoftHSM2 leaves out a token whose files another process holds locked at that moment (seen
-/// as a worker failing to start beside another one that was starting).
+/// SoftHSM2 leaves out a token whose files another process holds locked at that moment, or
+/// answers `C_GetTokenInfo` with `CKR_GENERAL_ERROR` (both seen as a worker failing to start
+/// beside another one that was starting). The error of the last round, if it had one.
 fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
     let pkcs11_error = |source| HsmError::Pkcs11 {
         operation: "C_GetSlotList",
         source,
     };
+    let mut last_error = None;
     for attempt in 0..10 {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(100));
         }
-        for slot in pkcs11.get_slots_with_token().map_err(pkcs11_error)? {
-            let info = pkcs11.get_token_info(slot).map_err(pkcs11_error)?;
-            if info.label().trim_end() == label {
-                return Ok(slot);
+        last_error = None;
+        let slots = match pkcs11.get_slots_with_token() {
+            Ok(slots) => slots,
+            Err(e) => {
+                last_error = Some(e);
+                continue;
+            }
+        };
+        for slot in slots {
+            match pkcs11.get_token_info(slot) {
+                Ok(info) if info.label().trim_end() == label => return Ok(slot),
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
             }
         }
     }
-    Err(HsmError::TokenNotFound(label.to_owned()))
+    Err(last_error.map_or_else(|| HsmError::TokenNotFound(label.to_owned()), pkcs11_error))
 }
 
 struct SessionManager {

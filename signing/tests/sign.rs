@@ -4,7 +4,9 @@
 mod common;
 
 use common::{assert_externally_valid, hsm, request, sample, Expected, EC_KEY, RSA_KEY};
-use shomei_signing::{inspect_pdf, sign_pdf, HsmError, KeyAlgorithm, PdfError, SignError};
+use shomei_signing::{
+    inspect_pdf, sign_pdf, Hsm, HsmError, HsmSettings, KeyAlgorithm, PdfError, SignError,
+};
 
 fn sign_and_check(sample_name: &str, key: &str) {
     let original = sample(sample_name);
@@ -93,6 +95,24 @@ fn encrypted_sample_is_refused_permanently() {
         "{err:?}"
     );
     assert!(err.is_permanent());
+}
+
+#[test]
+fn a_token_that_is_not_there_is_named_after_the_search() {
+    hsm(); // the module initialised as the other tests have it
+    let pin = std::fs::read_to_string(common::hsm_dir().join("user-pin")).unwrap();
+    let err = Hsm::connect(&HsmSettings {
+        module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+        token_label: "no-such-token".into(),
+        user_pin: secrecy::SecretString::from(pin.trim().to_owned()),
+        pool_size: 1,
+    })
+    .err()
+    .expect("no such token");
+    assert!(
+        matches!(err, HsmError::TokenNotFound(ref label) if label == "no-such-token"),
+        "{err}"
+    );
 }
 
 #[test]
