@@ -107,8 +107,7 @@ fn a_token_that_is_not_there_is_named_after_the_search() {
         user_pin: secrecy::SecretString::from(pin.trim().to_owned()),
         pool_size: 1,
     })
-    .err()
-    .expect("no such token");
+    .expect_err("no such token");
     assert!(
         matches!(err, HsmError::TokenNotFound(ref label) if label == "no-such-token"),
         "{err}"
