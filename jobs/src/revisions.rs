@@ -22,8 +22,13 @@ use crate::registry::Done;
 pub(crate) enum Start {
     /// The job already made its revision; this is its result.
     AlreadyDone(serde_json::Value),
-    /// The latest revision, to build on.
-    Work { latest: Revision, bytes: Bytes },
+    /// The latest revision, to build on, and the SHA-256 state after its bytes (see
+    /// `Storage::get_verified_hashing`).
+    Work {
+        latest: Revision,
+        bytes: Bytes,
+        hashed: Box<sha2::Sha256>,
+    },
 }
 
 pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError> {
@@ -38,14 +43,19 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
     if latest.job_id == Some(job_id) {
         return Ok(Start::AlreadyDone(result(&latest)));
     }
-    let bytes = ctx
+    let (bytes, hashed) = ctx
         .storage
-        .get_verified(&latest.storage_key, &latest.sha256)
+        .get_verified_hashing(&latest.storage_key, &latest.sha256)
         .await?;
-    Ok(Start::Work { latest, bytes })
+    Ok(Start::Work {
+        latest,
+        bytes,
+        hashed: Box::new(hashed),
+    })
 }
 
-/// Stores `bytes` as the revision after `latest`, made by `job`, and marks the job succeeded.
+/// Stores `bytes` as the revision after `latest`, made by `job`, and marks the job succeeded;
+/// `sha256`: the digest of `bytes`, when the caller has it.
 /// `then` runs in the transaction that records the revision (the state changes and events the
 /// revision brings), so it happens exactly once however often the job runs; the job's success
 /// is recorded in that transaction too.
@@ -54,15 +64,21 @@ pub(crate) async fn record<F>(
     job: &Job,
     latest: &Revision,
     bytes: Vec<u8>,
+    sha256: Option<[u8; 32]>,
     then: F,
 ) -> Result<Done, JobError>
 where
     F: FnOnce(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
 {
-    let stored = ctx
-        .storage
-        .put_pdf(job.tenant_id, latest.document_id, Bytes::from(bytes))
-        .await?;
+    let (tenant, document, bytes) = (job.tenant_id, latest.document_id, Bytes::from(bytes));
+    let stored = match sha256 {
+        Some(sha256) => {
+            ctx.storage
+                .put_pdf_hashed(tenant, document, bytes, sha256)
+                .await?
+        }
+        None => ctx.storage.put_pdf(tenant, document, bytes).await?,
+    };
     let revision = Revision {
         document_id: latest.document_id,
         revision: latest.revision + 1,

@@ -214,9 +214,13 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         SignatureLevel::Basic => None,
         SignatureLevel::Timestamped => Some(ctx.timestamper()?),
     };
-    let (latest, bytes) = match revisions::begin(ctx, job).await? {
+    let (latest, bytes, hashed) = match revisions::begin(ctx, job).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
-        Start::Work { latest, bytes } => (latest, bytes),
+        Start::Work {
+            latest,
+            bytes,
+            hashed,
+        } => (latest, bytes, hashed),
     };
     if let Some(step) = &request.step {
         still_signing(ctx, job, step).await?;
@@ -241,7 +245,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     };
     let hsm = ctx.hsm.clone();
     let signed = tokio::task::spawn_blocking(move || {
-        shomei_signing::sign_pdf(&hsm, &bytes, &signature, timestamper.as_deref())
+        shomei_signing::sign_pdf_hashed(&hsm, &bytes, &hashed, &signature, timestamper.as_deref())
     })
     .await
     .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
@@ -251,40 +255,47 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let step = request.step;
     let conclude = ctx.concludes_with_timestamp();
     let done = job.clone();
-    let done = revisions::record(ctx, job, &latest, signed, move |conn, revision| {
-        data["revision"] = json!(revision.revision);
-        if let Some(step) = &step {
-            data["signer_id"] = json!(step.signer_id);
-            data["method"] = json!(step.method);
-        }
-        let mut pending = events::emit(
-            conn,
-            NewEvent {
-                tenant_id: done.tenant_id,
-                kind: kind::DOCUMENT_SIGNED,
-                document_id: Some(revision.document_id),
-                request_id: step.as_ref().map(|s| s.request_id),
-                actor: format!("job:{}", done.id),
-                ip: step.as_ref().and_then(|s| s.ip.clone()),
-                data,
-            },
-        )?;
-        if let Some(step) = &step {
-            pending.add(requests::signed(conn, &done, step, conclude)?);
-        } else if then_conclude {
-            let timestamp = NewJob {
-                id: uuid::Uuid::now_v7(),
-                tenant_id: done.tenant_id,
-                kind: JobKind::Timestamp.as_str(),
-                document_id: done.document_id,
-                payload: json!({}),
-                batch_id: done.batch_id,
-                ..NewJob::default()
-            };
-            pending.add(Pending::jobs(Job::insert_all(conn, &[timestamp])?));
-        }
-        Ok(pending)
-    })
+    let done = revisions::record(
+        ctx,
+        job,
+        &latest,
+        signed.bytes,
+        Some(signed.sha256),
+        move |conn, revision| {
+            data["revision"] = json!(revision.revision);
+            if let Some(step) = &step {
+                data["signer_id"] = json!(step.signer_id);
+                data["method"] = json!(step.method);
+            }
+            let mut pending = events::emit(
+                conn,
+                NewEvent {
+                    tenant_id: done.tenant_id,
+                    kind: kind::DOCUMENT_SIGNED,
+                    document_id: Some(revision.document_id),
+                    request_id: step.as_ref().map(|s| s.request_id),
+                    actor: format!("job:{}", done.id),
+                    ip: step.as_ref().and_then(|s| s.ip.clone()),
+                    data,
+                },
+            )?;
+            if let Some(step) = &step {
+                pending.add(requests::signed(conn, &done, step, conclude)?);
+            } else if then_conclude {
+                let timestamp = NewJob {
+                    id: uuid::Uuid::now_v7(),
+                    tenant_id: done.tenant_id,
+                    kind: JobKind::Timestamp.as_str(),
+                    document_id: done.document_id,
+                    payload: json!({}),
+                    batch_id: done.batch_id,
+                    ..NewJob::default()
+                };
+                pending.add(Pending::jobs(Job::insert_all(conn, &[timestamp])?));
+            }
+            Ok(pending)
+        },
+    )
     .await?;
     shomei_telemetry::metrics::DOCUMENTS_SIGNED
         .with_label_values(&[level.as_str()])

@@ -19,7 +19,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
     let (latest, bytes) = match revisions::begin(ctx, job).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
-        Start::Work { latest, bytes } => (latest, bytes),
+        Start::Work { latest, bytes, .. } => (latest, bytes),
     };
     let stamped = tokio::task::spawn_blocking(move || {
         let material = shomei_signing::validation_material(&bytes)?;
@@ -33,10 +33,17 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     .map_err(|e| JobError::transient(format!("time-stamping task failed: {e}")))??;
     let concludes = concluded_request(job);
     let concluding = job.clone();
-    revisions::record(ctx, job, &latest, stamped, move |conn, _| match concludes {
-        Some(request_id) => requests::concluded(conn, &concluding, request_id),
-        None => Ok(Pending::default()),
-    })
+    revisions::record(
+        ctx,
+        job,
+        &latest,
+        stamped,
+        None,
+        move |conn, _| match concludes {
+            Some(request_id) => requests::concluded(conn, &concluding, request_id),
+            None => Ok(Pending::default()),
+        },
+    )
     .await
 }
 

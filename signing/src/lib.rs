@@ -78,6 +78,43 @@ pub fn sign_pdf(
     request: &SignatureRequest,
     timestamper: Option<&dyn Timestamper>,
 ) -> Result<Vec<u8>, SignError> {
+    sign(hsm, pdf, None, request, timestamper)
+}
+
+/// A signed file and its SHA-256, from [`sign_pdf_hashed`].
+#[derive(Debug)]
+pub struct SignedPdf {
+    pub bytes: Vec<u8>,
+    pub sha256: [u8; 32],
+}
+
+/// [`sign_pdf`] for a file whose bytes have been hashed already (`hashed`: SHA-256 updated
+/// with exactly `pdf`, not finalised, as a verified read from storage leaves it): the
+/// signature's digest and the signed file's SHA-256 hash only the appended revision, not the
+/// whole file twice more.
+pub fn sign_pdf_hashed(
+    hsm: &Hsm,
+    pdf: &[u8],
+    hashed: &sha2::Sha256,
+    request: &SignatureRequest,
+    timestamper: Option<&dyn Timestamper>,
+) -> Result<SignedPdf, SignError> {
+    use sha2::Digest;
+    let bytes = sign(hsm, pdf, Some(hashed), request, timestamper)?;
+    let sha256 = hashed.clone().chain_update(&bytes[pdf.len()..]).finalize();
+    Ok(SignedPdf {
+        sha256: sha256.into(),
+        bytes,
+    })
+}
+
+fn sign(
+    hsm: &Hsm,
+    pdf: &[u8],
+    original: Option<&sha2::Sha256>,
+    request: &SignatureRequest,
+    timestamper: Option<&dyn Timestamper>,
+) -> Result<Vec<u8>, SignError> {
     let doc = pdf::load(pdf)?;
     let identity = hsm.identity(&request.key_label)?;
     let fields = pdf::SignatureFields {
@@ -90,12 +127,23 @@ pub fn sign_pdf(
 
     let capacity =
         cms::estimated_size(&identity) + timestamper.map_or(0, |_| cms::TIMESTAMP_TOKEN_ESTIMATE);
-    sign_with_capacity(hsm, pdf, doc, &identity, &fields, timestamper, capacity)
+    sign_with_capacity(
+        hsm,
+        pdf,
+        original,
+        doc,
+        &identity,
+        &fields,
+        timestamper,
+        capacity,
+    )
 }
 
+#[allow(clippy::too_many_arguments)] // the steps of `sign`, each needed
 fn sign_with_capacity(
     hsm: &Hsm,
     pdf: &[u8],
+    original: Option<&sha2::Sha256>,
     doc: lopdf::Document,
     identity: &SigningIdentity,
     fields: &pdf::SignatureFields<'_>,
@@ -112,7 +160,7 @@ fn sign_with_capacity(
         let kind = pdf::FieldKind::Signature(fields);
         let parsed = doc.take().map_or_else(|| pdf::load(pdf), Ok)?;
         let revision = pdf::PreparedRevision::new(pdf, parsed, &kind, None, capacity)?;
-        let mut signed_data = cms::signed_data(hsm, identity, &revision.digest())?;
+        let mut signed_data = cms::signed_data(hsm, identity, &revision.digest(original))?;
         if let Some(timestamper) = timestamper {
             signed_data = cms::add_signature_timestamp(&signed_data, timestamper)?;
         }
@@ -166,7 +214,7 @@ pub fn timestamp_pdf(
             validation,
             capacity,
         )?;
-        let digest = revision.digest();
+        let digest = revision.digest(None);
         let token = timestamper.timestamp(&digest)?;
         cms::check_token(&token, &digest)?;
         match revision.embed(&token) {
@@ -209,7 +257,7 @@ pub mod fuzzing {
         };
         let revision =
             pdf::PreparedRevision::new(pdf, doc, &pdf::FieldKind::Signature(&fields), None, 256)?;
-        let digest = revision.digest();
+        let digest = revision.digest(None);
         revision
             .embed(&[&[0x30, 0x22, 0x04, 0x20][..], &digest[..]].concat())
             .map_err(|needed| SignError::Cms(format!("dummy CMS of {needed} bytes did not fit")))
@@ -229,7 +277,7 @@ pub mod fuzzing {
             Some(&validation),
             128,
         )?;
-        let digest = revision.digest();
+        let digest = revision.digest(None);
         revision
             .embed(&digest)
             .map_err(|needed| SignError::Cms(format!("dummy token of {needed} bytes did not fit")))
@@ -363,7 +411,7 @@ mod tests {
             signing_time: Utc::now(),
         };
         let signed =
-            sign_with_capacity(&hsm, &original, doc, &identity, &fields, None, 16).unwrap();
+            sign_with_capacity(&hsm, &original, None, doc, &identity, &fields, None, 16).unwrap();
         assert!(signed.starts_with(&original));
         assert_eq!(inspect_pdf(&signed).unwrap().signatures, 1);
     }

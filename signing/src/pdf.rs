@@ -237,6 +237,8 @@ pub(crate) fn signature_contents(doc: &Document) -> Vec<Vec<u8>> {
 /// An incremental revision written out with placeholders, waiting for its CMS.
 pub(crate) struct PreparedRevision {
     bytes: Vec<u8>,
+    /// The length of the file the revision is appended to (the start of `bytes`).
+    original_len: usize,
     byte_range: [usize; 4],
     /// Capacity of /Contents in bytes of DER (the hex string holds twice as many digits).
     capacity: usize,
@@ -318,16 +320,21 @@ impl PreparedRevision {
 
         Ok(Self {
             bytes,
+            original_len: original.len(),
             byte_range,
             capacity,
         })
     }
 
-    /// SHA-256 over everything except the /Contents hex string.
-    pub(crate) fn digest(&self) -> [u8; 32] {
+    /// SHA-256 over everything except the /Contents hex string; with `original`, the state
+    /// after the original file's bytes, only the appended revision is hashed.
+    pub(crate) fn digest(&self, original: Option<&Sha256>) -> [u8; 32] {
         let [a, b, c, d] = self.byte_range;
-        let mut hasher = Sha256::new();
-        hasher.update(&self.bytes[a..a + b]);
+        let (mut hasher, from) = match original {
+            Some(state) => (state.clone(), self.original_len),
+            None => (Sha256::new(), a),
+        };
+        hasher.update(&self.bytes[from..a + b]);
         hasher.update(&self.bytes[c..c + d]);
         hasher.finalize().into()
     }

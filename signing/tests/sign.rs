@@ -5,7 +5,8 @@ mod common;
 
 use common::{assert_externally_valid, hsm, request, sample, Expected, EC_KEY, RSA_KEY};
 use shomei_signing::{
-    inspect_pdf, sign_pdf, Hsm, HsmError, HsmSettings, KeyAlgorithm, PdfError, SignError,
+    inspect_pdf, sign_pdf, sign_pdf_hashed, Hsm, HsmError, HsmSettings, KeyAlgorithm, PdfError,
+    SignError,
 };
 
 fn sign_and_check(sample_name: &str, key: &str) {
@@ -95,6 +96,21 @@ fn encrypted_sample_is_refused_permanently() {
         "{err:?}"
     );
     assert!(err.is_permanent());
+}
+
+#[test]
+fn signing_on_from_the_original_hash_gives_a_valid_file_and_its_digest() {
+    use sha2::{Digest, Sha256};
+    // A file with two revisions already, so the state covers more than one revision.
+    let original = sign_pdf(hsm(), &sample("contract.pdf"), &request(EC_KEY), None).unwrap();
+    let hashed = Sha256::new_with_prefix(&original);
+    let signed = sign_pdf_hashed(hsm(), &original, &hashed, &request(RSA_KEY), None).unwrap();
+    assert!(signed.bytes.starts_with(&original));
+    assert_eq!(
+        signed.sha256,
+        <[u8; 32]>::from(Sha256::digest(&signed.bytes))
+    );
+    assert_externally_valid("hashed-on", &signed.bytes, Expected::basic(2));
 }
 
 #[test]

@@ -140,7 +140,21 @@ impl Storage {
         document_id: Uuid,
         bytes: Bytes,
     ) -> Result<StoredObject, StorageError> {
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let sha256 = Sha256::digest(&bytes).into();
+        self.put_pdf_hashed(tenant_id, document_id, bytes, sha256)
+            .await
+    }
+
+    /// [`put_pdf`](Self::put_pdf) for bytes whose SHA-256 the caller already has (a revision
+    /// hashed on from the state [`get_verified_hashing`](Self::get_verified_hashing) gave for
+    /// the revision it extends): recorded as given.
+    pub async fn put_pdf_hashed(
+        &self,
+        tenant_id: Uuid,
+        document_id: Uuid,
+        bytes: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<StoredObject, StorageError> {
         let size = bytes.len() as u64;
         let data_key = self
             .keys
@@ -237,6 +251,17 @@ impl Storage {
     /// Reads an object back, opens it and checks it against the plaintext digest recorded when
     /// it was written.
     pub async fn get_verified(&self, key: &str, sha256: &[u8]) -> Result<Bytes, StorageError> {
+        Ok(self.get_verified_hashing(key, sha256).await?.0)
+    }
+
+    /// [`get_verified`](Self::get_verified), with the SHA-256 state after the whole plaintext,
+    /// not finalised: a revision appended to it is hashed on from there
+    /// ([`put_pdf_hashed`](Self::put_pdf_hashed)) instead of from its first byte.
+    pub async fn get_verified_hashing(
+        &self,
+        key: &str,
+        sha256: &[u8],
+    ) -> Result<(Bytes, Sha256), StorageError> {
         let sealed = self
             .store
             .get(&ObjectPath::from(key))
@@ -244,12 +269,13 @@ impl Storage {
             .bytes()
             .await?;
         let bytes = self.keys.open(&sealed).await.map_err(Self::sealed(key))?;
-        if Sha256::digest(&bytes).as_slice() != sha256 {
+        let state = Sha256::new_with_prefix(&bytes);
+        if state.clone().finalize().as_slice() != sha256 {
             return Err(StorageError::Corrupt {
                 key: key.to_owned(),
             });
         }
-        Ok(Bytes::from(bytes))
+        Ok((Bytes::from(bytes), state))
     }
 
     /// The keys of every object under `prefix`.
