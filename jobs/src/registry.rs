@@ -34,9 +34,10 @@ pub(crate) async fn dispatch(kind: JobKind, ctx: &JobContext, job: &Job) -> Resu
     }
 }
 
-/// Marks `job` failed for good with `reason`; in the transaction, a sign job of a signature request gives the signer back their turn, and every job but a
-/// notification emits `job.failed` (a failed notification announced by notifications could
-/// loop).
+/// Marks `job` failed for good with `reason`; in the transaction, a sign job of a signature
+/// request gives the signer back their turn, and every job but a notification emits
+/// `job.failed` (a failed notification announced by notifications could loop). Its batch is
+/// settled after the commit (`crate::batches::settle`).
 pub(crate) fn on_failed(
     conn: &mut PgConnection,
     job: &Job,
