@@ -14,7 +14,7 @@ use diesel::Connection;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use shomei_schema::{interact, Job};
+use shomei_schema::{interact, Job, JobStatus};
 use shomei_telemetry::metrics;
 
 use crate::context::JobContext;
@@ -75,7 +75,7 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
         ),
         // The cancelled run's transaction, on its blocking thread, may have recorded the
         // result and marked the job succeeded already: then the run did succeed.
-        Err(_) if finished_meanwhile(&ctx, job_id).await => (Ok(Done::Recorded), true),
+        Err(_) if succeeded_meanwhile(&ctx, &job).await => (Ok(Done::Recorded), true),
         Err(_) => (
             Err(JobError::transient(format!(
                 "the run took longer than the {} job timeout of {} s and was cancelled",
@@ -164,12 +164,13 @@ async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<()
     Err(AbortError::new(JobError::Permanent(reason)).into())
 }
 
-/// Whether the job is no longer unfinished (a cancelled run's transaction marked it); `false`
-/// when the database cannot say, so the run counts as failed and is tried again.
-async fn finished_meanwhile(ctx: &JobContext, job_id: uuid::Uuid) -> bool {
-    interact(&ctx.db, move |conn| {
-        Ok(Job::still_unfinished(conn, &[job_id])?)
-    })
-    .await
-    .is_ok_and(|unfinished| unfinished.is_empty())
+/// Whether the job is recorded as succeeded (a cancelled run's transaction marked it); `false`
+/// when it is not (the sweeper may have failed it meanwhile) or the database cannot say, so
+/// the run counts as timed out and apalis delivers it again (a finished job is then
+/// acknowledged without work).
+async fn succeeded_meanwhile(ctx: &JobContext, job: &Job) -> bool {
+    let (tenant_id, job_id) = (job.tenant_id, job.id);
+    interact(&ctx.db, move |conn| Ok(Job::find(conn, tenant_id, job_id)?))
+        .await
+        .is_ok_and(|found| found.is_some_and(|j| j.status == JobStatus::Succeeded.as_str()))
 }
