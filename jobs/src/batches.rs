@@ -16,8 +16,9 @@ use shomei_schema::{interact, Batch, Job};
 use crate::context::JobContext;
 use crate::events::{self, kind, NewEvent, Pending};
 
-/// Completes `job`'s batch if that job was its last unfinished one. Call once the transaction
-/// that finished the job has committed. A failure is logged and left to the reconciler.
+/// Completes `job`'s batch if that job was its last unfinished one. The runner calls it once the
+/// transaction that finished the job has committed (the handler's own, or the runner's). A
+/// failure is logged and left to the reconciler.
 pub async fn settle(ctx: &JobContext, job: &Job) {
     let Some(batch_id) = job.batch_id else {
         return;

@@ -100,7 +100,6 @@ where
     })
     .await?;
     pending.push(&ctx.queue).await;
-    crate::batches::settle(ctx, job).await;
     Ok(Done::Recorded)
 }
 

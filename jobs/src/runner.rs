@@ -111,8 +111,9 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
                     Ok(Job::succeed(conn, job_id, &result)?)
                 })
                 .await?;
-                crate::batches::settle(&ctx, &job).await;
             }
+            // Committed either way (here, or in the handler's own transaction).
+            crate::batches::settle(&ctx, &job).await;
             tracing::info!(job.attempts = job.attempts, "job succeeded");
             Ok(())
         }

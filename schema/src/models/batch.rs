@@ -2,6 +2,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
+use super::job::UNFINISHED;
 use crate::schema::{batches, jobs};
 
 /// Many jobs submitted in one call (`POST /v1/batches`) and followed as one.
@@ -60,7 +61,7 @@ impl Batch {
     pub fn done_but_open(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<Uuid>> {
         let unfinished = jobs::table
             .filter(jobs::batch_id.eq(batches::id.nullable()))
-            .filter(jobs::status.eq_any(["queued", "running"]));
+            .filter(jobs::status.eq_any(UNFINISHED));
         batches::table
             .filter(batches::completed_at.is_null())
             .filter(diesel::dsl::not(diesel::dsl::exists(unfinished)))
@@ -84,6 +85,6 @@ impl Batch {
 fn unfinished_jobs(id: Uuid) -> jobs::BoxedQuery<'static, diesel::pg::Pg> {
     jobs::table
         .filter(jobs::batch_id.eq(id))
-        .filter(jobs::status.eq_any(["queued", "running"]))
+        .filter(jobs::status.eq_any(UNFINISHED))
         .into_boxed()
 }

@@ -125,7 +125,8 @@ pub struct QueueDepth {
     pub oldest_due: Option<DateTime<Utc>>,
 }
 
-const UNFINISHED: [&str; 2] = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
+/// The statuses of a job not yet finished.
+pub(crate) const UNFINISHED: [&str; 2] = [JobStatus::Queued.as_str(), JobStatus::Running.as_str()];
 
 impl Job {
     /// `None` only for a kind written by a newer release than this process knows.
