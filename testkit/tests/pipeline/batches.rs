@@ -140,17 +140,15 @@ async fn a_batch_whose_last_worker_stopped_before_completing_it_is_completed_by_
     let app = TestApp::spawn().await;
     let batch_id = uuid::Uuid::new_v4();
     let tenant = &app.tenant_id;
+    // One statement, as the API does it in one transaction: a reconciler pass between a batch
+    // and its jobs would find a batch with no unfinished job and complete it empty.
     app.sql_execute(&format!(
-        "INSERT INTO batches (id, tenant_id, total, created_by) \
-         VALUES ('{batch_id}', '{tenant}', 2, 'test')"
+        "WITH batch AS (INSERT INTO batches (id, tenant_id, total, created_by) \
+         VALUES ('{batch_id}', '{tenant}', 2, 'test') RETURNING id) \
+         INSERT INTO jobs (id, tenant_id, kind, payload, status, batch_id, finished_at) \
+         SELECT gen_random_uuid(), '{tenant}', 'sign', '{{}}', status, batch.id, now() \
+         FROM batch, (VALUES ('succeeded'), ('failed')) AS finished (status)"
     ));
-    for status in ["succeeded", "failed"] {
-        app.sql_execute(&format!(
-            "INSERT INTO jobs (id, tenant_id, kind, payload, status, batch_id, finished_at) \
-             VALUES ('{}', '{tenant}', 'sign', '{{}}', '{status}', '{batch_id}', now())",
-            uuid::Uuid::new_v4()
-        ));
-    }
     let completed = format!(
         "SELECT count(*) AS n FROM events WHERE kind = 'batch.completed' \
          AND data->>'batch_id' = '{batch_id}' AND (data->>'succeeded')::int = 1 \
