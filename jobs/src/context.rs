@@ -17,10 +17,13 @@ use shomei_storage::Storage;
 use shomei_vault::Keyring;
 
 use crate::error::JobError;
+use crate::group_commit::GroupCommit;
 use crate::queue::Queue;
 
 pub struct JobContext {
     pub db: DbPool,
+    /// The jobs' claims and records, coalesced ([`crate::group_commit`]).
+    pub group_commit: GroupCommit,
     pub storage: Storage,
     /// Data keys: documents are sealed by `storage`, personal fields by the jobs.
     pub keys: Keyring,
@@ -103,6 +106,7 @@ impl JobContext {
             export_part_bytes: config.exports.part_bytes,
             export_link_ttl: config.exports.link_ttl,
             logs: config.logs.clone(),
+            group_commit: GroupCommit::spawn(db.clone()),
             db,
             storage,
             keys,

@@ -9,7 +9,7 @@ use shomei_signing::SignError;
 use shomei_storage::StorageError;
 use shomei_vault::VaultError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JobError {
     #[error("{0}")]
     Permanent(String),

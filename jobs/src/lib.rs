@@ -8,6 +8,7 @@ pub mod deletion;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod group_commit;
 pub mod ledger;
 pub mod notify_email;
 pub mod notify_webhook;

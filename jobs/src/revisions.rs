@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use diesel::{Connection, PgConnection, QueryResult};
+use diesel::{PgConnection, QueryResult};
 
 use shomei_schema::{interact, Job, Revision};
 
@@ -58,17 +58,18 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
 /// `sha256`: the digest of `bytes`, when the caller has it.
 /// `then` runs in the transaction that records the revision (the state changes and events the
 /// revision brings), so it happens exactly once however often the job runs; the job's success
-/// is recorded in that transaction too.
+/// is recorded in that transaction too. The transaction is one of a group
+/// ([`crate::group_commit`]): `then` only touches the database, and may run twice.
 pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     latest: &Revision,
     bytes: Vec<u8>,
     sha256: Option<[u8; 32]>,
-    then: F,
+    mut then: F,
 ) -> Result<Done, JobError>
 where
-    F: FnOnce(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
+    F: FnMut(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
 {
     let (tenant, document, bytes) = (job.tenant_id, latest.document_id, Bytes::from(bytes));
     let stored = match sha256 {
@@ -90,15 +91,15 @@ where
     };
     let outcome = result(&revision);
     let job_id = job.id;
-    let pending = interact(&ctx.db, move |conn| {
-        Ok(conn.transaction(|conn| {
+    let pending = ctx
+        .group_commit
+        .record(Box::new(move |conn| {
             revision.insert(conn)?;
             let pending = then(conn, &revision)?;
             Job::succeed(conn, job_id, &outcome)?;
-            diesel::QueryResult::Ok(pending)
-        })?)
-    })
-    .await?;
+            Ok(pending)
+        }))
+        .await?;
     pending.push(&ctx.queue).await;
     Ok(Done::Recorded)
 }

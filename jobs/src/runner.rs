@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use apalis::prelude::{AbortError, BoxDynError, Data};
-use diesel::Connection;
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -19,6 +18,7 @@ use shomei_telemetry::metrics;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::events::Pending;
 use crate::queue::JobMessage;
 use crate::registry::{dispatch, Done};
 
@@ -30,7 +30,7 @@ pub async fn handle(message: JobMessage, ctx: Data<Arc<JobContext>>) -> Result<(
 
 async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynError> {
     let job_id = message.job_id;
-    let Some(job) = interact(&ctx.db, move |conn| Ok(Job::start(conn, job_id)?)).await? else {
+    let Some(job) = ctx.group_commit.start(job_id).await? else {
         tracing::info!("job already finished; duplicate delivery acknowledged");
         return Ok(());
     };
@@ -107,10 +107,14 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
     match outcome {
         Ok(done) => {
             if let Done::Result(result) = done {
-                interact(&ctx.db, move |conn| {
-                    Ok(Job::succeed(conn, job_id, &result)?)
-                })
-                .await?;
+                // A plain success has no event: nothing is left pending.
+                let _ = ctx
+                    .group_commit
+                    .record(Box::new(move |conn| {
+                        Job::succeed(conn, job_id, &result)?;
+                        Ok(Pending::default())
+                    }))
+                    .await?;
             }
             // Committed either way (here, or in the handler's own transaction).
             crate::batches::settle(&ctx, &job).await;
@@ -156,10 +160,12 @@ async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<()
     tracing::error!(job.attempts = job.attempts, error = %reason, "job failed permanently");
     let failed = job.clone();
     let recorded = reason.clone();
-    let pending = interact(&ctx.db, move |conn| {
-        Ok(conn.transaction(|conn| crate::registry::on_failed(conn, &failed, &recorded))?)
-    })
-    .await?;
+    let pending = ctx
+        .group_commit
+        .record(Box::new(move |conn| {
+            crate::registry::on_failed(conn, &failed, &recorded)
+        }))
+        .await?;
     pending.push(&ctx.queue).await;
     crate::batches::settle(ctx, job).await;
     Err(AbortError::new(JobError::Permanent(reason)).into())

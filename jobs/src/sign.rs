@@ -276,7 +276,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
                     request_id: step.as_ref().map(|s| s.request_id),
                     actor: format!("job:{}", done.id),
                     ip: step.as_ref().and_then(|s| s.ip.clone()),
-                    data,
+                    data: data.clone(),
                 },
             )?;
             if let Some(step) = &step {

@@ -45,6 +45,16 @@ metric!(JOBS_SWEPT: IntCounterVec = register_int_counter_vec!(
     &["kind", "outcome"]));
 metric!(JOB_DURATION: HistogramVec = register_histogram_vec!(
     "shomei_job_duration_seconds", "One run of a job handler", &["kind"], SECONDS.to_vec()));
+/// Group sizes from 1 to the most a group takes (`MAX_GROUP` in `shomei_jobs::group_commit`, 64).
+const GROUP_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+metric!(GROUP_COMMIT_SIZE: HistogramVec = register_histogram_vec!(
+    "shomei_group_commit_size",
+    "Job steps a worker ran as one statement or transaction, by step: start (claiming the rows) \
+     or record (recording the runs' results)",
+    &["step"], GROUP_SIZES.to_vec()));
+metric!(GROUP_COMMIT_SPLITS: IntCounter = register_int_counter!(
+    "shomei_group_commit_splits_total",
+    "Groups whose transaction failed, their members then run one transaction each"));
 metric!(JOB_QUEUE_WAIT: HistogramVec = register_histogram_vec!(
     "shomei_job_queue_wait_seconds",
     "From a job's creation to the start of its first run", &["kind"], SECONDS.to_vec()));

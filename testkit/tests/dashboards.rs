@@ -20,6 +20,8 @@ const KNOWN_METRICS: &[&str] = &[
     "shomei_job_queue_wait_seconds",
     "shomei_job_failures_total",
     "shomei_jobs_swept_total",
+    "shomei_group_commit_size",
+    "shomei_group_commit_splits_total",
     "shomei_queue_depth",
     "shomei_queue_oldest_age_seconds",
     "shomei_documents_signed_total",
@@ -45,6 +47,7 @@ const KNOWN_METRICS: &[&str] = &[
 const HISTOGRAMS: &[&str] = &[
     "shomei_job_duration_seconds",
     "shomei_job_queue_wait_seconds",
+    "shomei_group_commit_size",
     "shomei_hsm_session_wait_seconds",
     "shomei_hsm_sign_duration_seconds",
     "shomei_tsa_client_request_duration_seconds",

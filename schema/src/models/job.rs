@@ -224,13 +224,14 @@ impl Job {
             .load(conn)
     }
 
-    /// Claims an unfinished, due job for a run and counts the attempt. `None` when the job is
-    /// already finished or waits for a later retry: a duplicate delivery, which the caller
-    /// acknowledges without work (the reconciler pushes a waiting job when it is due).
-    pub fn start(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Job>> {
+    /// Claims the unfinished, due jobs among `ids` for a run and counts their attempts, in one
+    /// statement. A job missing from the answer is already finished or waits for a later retry:
+    /// a duplicate delivery, which the caller acknowledges without work (the reconciler pushes
+    /// a waiting job when it is due).
+    pub fn start_all(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<Vec<Job>> {
         diesel::update(
             jobs::table
-                .find(id)
+                .filter(jobs::id.eq_any(ids))
                 .filter(jobs::status.eq_any(UNFINISHED))
                 .filter(
                     jobs::run_after
@@ -244,8 +245,7 @@ impl Job {
             jobs::started_at.eq(diesel::dsl::now),
         ))
         .returning(Job::as_returning())
-        .get_result(conn)
-        .optional()
+        .get_results(conn)
     }
 
     pub fn succeed(

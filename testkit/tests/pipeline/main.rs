@@ -9,6 +9,7 @@ mod data_at_rest;
 mod deletion;
 mod exports;
 mod faults;
+mod group_commit;
 mod ledger;
 mod login;
 mod metrics;

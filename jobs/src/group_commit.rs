@@ -1,0 +1,157 @@
+//! Group commit: the two database steps every job takes, claiming its row when a run starts
+//! ([`GroupCommit::start`]) and recording what the run did when it ends
+//! ([`GroupCommit::record`]), coalesced across the jobs a worker runs at once.
+//!
+//! Each step waits in a channel. One task per step takes whatever has gathered there (up to
+//! [`MAX_GROUP`]) and runs it as one statement (the claims) or one transaction (the records).
+//! Under load, the jobs finishing together share one round trip, one hand-off to a blocking
+//! thread and one WAL flush; a lone step runs at once, so an idle worker waits for nothing.
+//!
+//! A group's transaction that fails (one member's revision colliding with a racing job's, a
+//! deadlock with another worker's group) is rolled back and its members run again, one
+//! transaction each: one member's error stays its own. A member may therefore run twice, and
+//! only touches the database (whatever else it causes goes in the [`Pending`] it returns, acted
+//! on after the commit). A caller whose run is cancelled while its step waits does not stop the
+//! step: it commits, unseen, as a transaction already handed to a blocking thread always did
+//! (handlers are idempotent; the next run finds it).
+
+use diesel::{Connection, PgConnection, QueryResult};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use shomei_schema::{interact, DbError, DbPool, Job};
+use shomei_telemetry::metrics;
+
+use crate::error::JobError;
+use crate::events::Pending;
+
+/// The most steps one group takes; more wait for the next group.
+pub const MAX_GROUP: usize = 64;
+
+/// A record: database work run inside a transaction, perhaps twice (see the module's comment).
+pub type RecordFn = Box<dyn FnMut(&mut PgConnection) -> QueryResult<Pending> + Send>;
+
+/// The worker's two coalescing queues, in [`crate::JobContext`].
+pub struct GroupCommit {
+    starts: Coalescer<Uuid, Option<Job>>,
+    records: Coalescer<RecordFn, Pending>,
+}
+
+impl GroupCommit {
+    /// Spawns the two tasks on the current runtime; they end when this is dropped.
+    pub fn spawn(db: DbPool) -> Self {
+        Self {
+            starts: Coalescer::spawn(db.clone(), "start", start_group),
+            records: Coalescer::spawn(db, "record", record_group),
+        }
+    }
+
+    /// [`Job::start_all`]: the job's row claimed for a run (status `running`, attempt counted),
+    /// committed; `None` when it is finished or not due.
+    pub async fn start(&self, job_id: Uuid) -> Result<Option<Job>, JobError> {
+        self.starts.call(job_id).await
+    }
+
+    /// Runs `work` in a committed transaction and returns what it left to do afterwards.
+    pub async fn record(&self, work: RecordFn) -> Result<Pending, JobError> {
+        self.records.call(work).await
+    }
+}
+
+fn start_group(conn: &mut PgConnection, ids: &mut [Uuid]) -> Vec<Result<Option<Job>, JobError>> {
+    match Job::start_all(conn, ids) {
+        Ok(started) => ids
+            .iter()
+            .map(|id| Ok(started.iter().find(|job| job.id == *id).cloned()))
+            .collect(),
+        Err(e) => {
+            let e = JobError::from(DbError::from(e));
+            ids.iter().map(|_| Err(e.clone())).collect()
+        }
+    }
+}
+
+fn record_group(
+    conn: &mut PgConnection,
+    members: &mut [RecordFn],
+) -> Vec<Result<Pending, JobError>> {
+    if members.len() > 1 {
+        let together = conn.transaction(|conn| {
+            members
+                .iter_mut()
+                .map(|work| work(conn))
+                .collect::<QueryResult<Vec<Pending>>>()
+        });
+        match together {
+            Ok(pendings) => return pendings.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::info!(members = members.len(), error = %e, "a group's transaction failed; its members run one by one");
+                metrics::GROUP_COMMIT_SPLITS.inc();
+            }
+        }
+    }
+    members
+        .iter_mut()
+        .map(|work| {
+            conn.transaction(|conn| work(conn))
+                .map_err(|e| JobError::from(DbError::from(e)))
+        })
+        .collect()
+}
+
+struct Member<I, O> {
+    input: I,
+    reply: oneshot::Sender<Result<O, JobError>>,
+}
+
+/// One coalescing queue: steps of one kind, run a group at a time.
+struct Coalescer<I, O> {
+    sender: mpsc::UnboundedSender<Member<I, O>>,
+}
+
+type GroupFn<I, O> = fn(&mut PgConnection, &mut [I]) -> Vec<Result<O, JobError>>;
+
+impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
+    fn spawn(db: DbPool, step: &'static str, run: GroupFn<I, O>) -> Self {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Member<I, O>>();
+        let sizes = metrics::GROUP_COMMIT_SIZE.with_label_values(&[step]);
+        tokio::spawn(async move {
+            while let Some(first) = receiver.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match receiver.try_recv() {
+                        Ok(member) => group.push(member),
+                        Err(_) => break,
+                    }
+                }
+                sizes.observe(group.len() as f64);
+                let (mut inputs, replies): (Vec<I>, Vec<_>) =
+                    group.into_iter().map(|m| (m.input, m.reply)).unzip();
+                let outputs = interact(&db, move |conn| Ok(run(conn, &mut inputs))).await;
+                match outputs {
+                    Ok(outputs) => {
+                        for (reply, output) in replies.into_iter().zip(outputs) {
+                            let _ = reply.send(output);
+                        }
+                    }
+                    Err(e) => {
+                        let e = JobError::from(e);
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    async fn call(&self, input: I) -> Result<O, JobError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || JobError::transient("the worker's group commit task has stopped");
+        self.sender
+            .send(Member { input, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}

@@ -1,0 +1,62 @@
+//! The workers' group commit (`shomei_jobs::group_commit`) on the test app's database: steps
+//! sent together run as one group, and one member's failure is its own.
+
+use diesel::RunQueryDsl;
+use futures::future::join_all;
+
+use shomei_jobs::group_commit::{GroupCommit, RecordFn};
+use shomei_jobs::Pending;
+use shomei_telemetry::metrics::{GROUP_COMMIT_SIZE, GROUP_COMMIT_SPLITS};
+use shomei_testkit::TestApp;
+
+/// A record inserting `id` into the probe table (its primary key: a second insert fails).
+fn insert(id: i32) -> RecordFn {
+    Box::new(move |conn| {
+        diesel::sql_query(format!("INSERT INTO group_commit_probe (id) VALUES ({id})"))
+            .execute(conn)?;
+        Ok(Pending::default())
+    })
+}
+
+#[tokio::test]
+async fn records_sent_together_commit_as_one_group_and_a_failing_member_fails_alone() {
+    let app = TestApp::spawn().await;
+    app.sql_execute("CREATE TABLE group_commit_probe (id integer PRIMARY KEY)");
+    let group_commit = GroupCommit::spawn(shomei_schema::connect(&app.database_url(), 2));
+    let sizes = GROUP_COMMIT_SIZE.with_label_values(&["record"]);
+    let (groups, members, splits) = (
+        sizes.get_sample_count(),
+        sizes.get_sample_sum(),
+        GROUP_COMMIT_SPLITS.get(),
+    );
+
+    // Sent in one poll, before the group task runs: one group of four, whose third member
+    // repeats the first's key, so the group's transaction fails and is split.
+    let outcomes = join_all([1, 2, 1, 3].map(|id| group_commit.record(insert(id)))).await;
+    let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+    assert_eq!(failed, [false, false, true, false], "{outcomes:?}");
+    let error = outcomes[2].as_ref().unwrap_err().to_string();
+    assert!(error.contains("group_commit_probe_pkey"), "{error}");
+    assert_eq!(sizes.get_sample_count(), groups + 1, "one group");
+    assert_eq!(sizes.get_sample_sum(), members + 4.0, "of four");
+    assert_eq!(GROUP_COMMIT_SPLITS.get(), splits + 1, "split once");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM group_commit_probe WHERE id IN (1, 2, 3)"),
+        3
+    );
+
+    // A group that succeeds commits every member, and a lone step runs on its own.
+    let outcomes = join_all([4, 5].map(|id| group_commit.record(insert(id)))).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let _nothing_pending = group_commit.record(insert(6)).await.unwrap();
+    assert_eq!(GROUP_COMMIT_SPLITS.get(), splits + 1);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
+        6
+    );
+
+    // Claiming: an unknown job is not started, and the statement still answers every caller.
+    let unknown = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+    let claims = join_all(unknown.map(|id| group_commit.start(id))).await;
+    assert!(claims.iter().all(|c| matches!(c, Ok(None))), "{claims:?}");
+}
