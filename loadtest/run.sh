@@ -144,6 +144,19 @@ echo "==> load test: $DOCUMENTS documents, concurrency $CONCURRENCY, $WORKERS wo
     --signatures-per-document "$SIGNATURES" "${CPU_OF[@]}" ${LOADTEST_ARGS:-} |
     tee "$RUN/report.txt"
 
+# Each worker's metrics as the run left them (group commit sizes, HSM waits, …), for analysis.
+for i in $(seq "$WORKERS"); do
+    addr=$(sed -n 's/.*metrics at \/metrics.*metrics_addr=\([0-9.:]*\).*/\1/p' "$RUN/worker-$i.log" | head -1)
+    [ -z "$addr" ] || curl -fs "http://$addr/metrics" >"$RUN/worker-$i.metrics" || true
+done
+echo "==> group commit: mean steps per group (worker metrics in $RUN/worker-*.metrics)"
+for step in start record; do
+    cat "$RUN"/worker-*.metrics 2>/dev/null | awk -v step="$step" '
+        $1 ~ "^shomei_group_commit_size_sum\\{step=\"" step "\"" { sum += $2 }
+        $1 ~ "^shomei_group_commit_size_count\\{step=\"" step "\"" { count += $2 }
+        END { if (count) printf "    %-6s %d steps in %d groups: %.2f per group\n", step, sum, count, sum / count }'
+done
+
 echo "==> warnings and errors in the logs"
 for log in "$RUN"/api.log "$RUN"/worker-*.log; do
     count=$(grep -c -E '"level":"(WARN|ERROR)"| WARN | ERROR ' "$log" || true)
