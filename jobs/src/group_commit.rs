@@ -13,7 +13,8 @@
 //! only touches the database (whatever else it causes goes in the [`Pending`] it returns, acted
 //! on after the commit). A caller whose run is cancelled while its step waits does not stop the
 //! step: it commits, unseen, as a transaction already handed to a blocking thread always did
-//! (handlers are idempotent; the next run finds it).
+//! (handlers are idempotent; the next run finds it). A member that panics (a bug) fails alone
+//! and for good, as a panicking handler does, and the group's other members commit.
 
 use diesel::{Connection, PgConnection, QueryResult};
 use tokio::sync::{mpsc, oneshot};
@@ -78,10 +79,11 @@ fn record_group(
     members: &mut [RecordFn],
 ) -> Vec<Result<Pending, JobError>> {
     if members.len() > 1 {
+        let mut panicked = false;
         let together = conn.transaction(|conn| {
             members
                 .iter_mut()
-                .map(|work| work(conn))
+                .map(|work| run_member(conn, work, &mut panicked))
                 .collect::<QueryResult<Vec<Pending>>>()
         });
         match together {
@@ -95,10 +97,33 @@ fn record_group(
     members
         .iter_mut()
         .map(|work| {
-            conn.transaction(|conn| work(conn))
-                .map_err(|e| JobError::from(DbError::from(e)))
+            let mut panicked = false;
+            let result = conn.transaction(|conn| run_member(conn, work, &mut panicked));
+            if panicked {
+                return Err(JobError::permanent(
+                    "recording the run's result panicked (a bug); nothing of it was committed",
+                ));
+            }
+            result.map_err(|e| JobError::from(DbError::from(e)))
         })
         .collect()
+}
+
+/// Runs one member in the open transaction. A panic (a bug in the member) becomes an error that
+/// rolls the transaction back: unwinding through diesel's `transaction` would leave it open on
+/// the connection, under the next members' work.
+fn run_member(
+    conn: &mut PgConnection,
+    work: &mut RecordFn,
+    panicked: &mut bool,
+) -> QueryResult<Pending> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn))) {
+        Ok(result) => result,
+        Err(_) => {
+            *panicked = true;
+            Err(diesel::result::Error::RollbackTransaction)
+        }
+    }
 }
 
 struct Member<I, O> {
@@ -129,7 +154,19 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                 sizes.observe(group.len() as f64);
                 let (mut inputs, replies): (Vec<I>, Vec<_>) =
                     group.into_iter().map(|m| (m.input, m.reply)).unzip();
-                let outputs = interact(&db, move |conn| Ok(run(conn, &mut inputs))).await;
+                let size = inputs.len();
+                // Whatever panics in a group must not end this task: every later step of the
+                // worker would fail with it.
+                let outputs = interact(&db, move |conn| {
+                    Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run(conn, &mut inputs)
+                    }))
+                    .unwrap_or_else(|_| {
+                        let panicked = JobError::transient("a group's database work panicked");
+                        (0..size).map(|_| Err(panicked.clone())).collect()
+                    }))
+                })
+                .await;
                 match outputs {
                     Ok(outputs) => {
                         for (reply, output) in replies.into_iter().zip(outputs) {

@@ -1,5 +1,5 @@
 //! The workers' group commit (`shomei_jobs::group_commit`) on the test app's database: steps
-//! sent together run as one group, and one member's failure is its own.
+//! sent together run as one group, and one member's failure (or panic) is its own.
 
 use diesel::RunQueryDsl;
 use futures::future::join_all;
@@ -53,6 +53,26 @@ async fn records_sent_together_commit_as_one_group_and_a_failing_member_fails_al
     assert_eq!(
         app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
         6
+    );
+
+    // A member that panics fails alone, for good; the others commit, and the group task
+    // survives it.
+    let panics: RecordFn = Box::new(|_| panic!("a bug in a record"));
+    let outcomes = join_all([
+        group_commit.record(insert(7)),
+        group_commit.record(panics),
+        group_commit.record(insert(8)),
+    ])
+    .await;
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(shomei_jobs::JobError::Permanent(_))),
+        "{outcomes:?}"
+    );
+    let _nothing_pending = group_commit.record(insert(9)).await.unwrap();
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
+        9
     );
 
     // Claiming: an unknown job is not started, and the statement still answers every caller.
