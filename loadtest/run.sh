@@ -150,11 +150,11 @@ for i in $(seq "$WORKERS"); do
     [ -z "$addr" ] || curl -fs "http://$addr/metrics" >"$RUN/worker-$i.metrics" || true
 done
 echo "==> group commit: mean steps per group (worker metrics in $RUN/worker-*.metrics)"
-for step in start record; do
+for step in start starting_revision record; do
     cat "$RUN"/worker-*.metrics 2>/dev/null | awk -v step="$step" '
         $1 ~ "^shomei_group_commit_size_sum\\{step=\"" step "\"" { sum += $2 }
         $1 ~ "^shomei_group_commit_size_count\\{step=\"" step "\"" { count += $2 }
-        END { if (count) printf "    %-6s %d steps in %d groups: %.2f per group\n", step, sum, count, sum / count }'
+        END { if (count) printf "    %-17s %d steps in %d groups: %.2f per group\n", step, sum, count, sum / count }'
 done
 
 echo "==> warnings and errors in the logs"

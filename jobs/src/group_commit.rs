@@ -1,9 +1,11 @@
-//! Group commit: the two database steps every job takes, claiming its row when a run starts
+//! Group commit: the database steps every job takes, claiming its row when a run starts
 //! ([`GroupCommit::start`]) and recording what the run did when it ends
-//! ([`GroupCommit::record`]), coalesced across the jobs a worker runs at once.
+//! ([`GroupCommit::record`]), and the read of the revision a document job starts from
+//! ([`GroupCommit::starting_revision`]), coalesced across the jobs a worker runs at once.
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
-//! [`MAX_GROUP`]) and runs it as one statement (the claims) or one transaction (the records).
+//! [`MAX_GROUP`]) and runs it as one statement (the claims, the reads) or one transaction (the
+//! records).
 //! Under load, the jobs finishing together share one round trip, one hand-off to a blocking
 //! thread and one WAL flush; a lone step runs at once, so an idle worker waits for nothing.
 //!
@@ -20,7 +22,7 @@ use diesel::{Connection, PgConnection, QueryResult};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use shomei_schema::{interact, DbError, DbPool, Job};
+use shomei_schema::{interact, DbError, DbPool, Job, Revision};
 use shomei_telemetry::metrics;
 
 use crate::error::JobError;
@@ -32,19 +34,25 @@ pub const MAX_GROUP: usize = 64;
 /// A record: database work run inside a transaction, perhaps twice (see the module's comment).
 pub type RecordFn = Box<dyn FnMut(&mut PgConnection) -> QueryResult<Pending> + Send>;
 
-/// The worker's two coalescing queues, in [`crate::JobContext`].
+/// The worker's coalescing queues, in [`crate::JobContext`].
 pub struct GroupCommit {
     starts: Coalescer<Uuid, Option<Job>>,
+    starting_revisions: Coalescer<(Uuid, Uuid), Revision>,
     records: Coalescer<RecordFn, Pending>,
 }
 
 impl GroupCommit {
-    /// Spawns the two tasks on the current runtime; they end when this is dropped.
+    /// Spawns the tasks on the current runtime; they end when this is dropped.
     pub fn spawn(db: DbPool) -> Self {
         // Exposed from the start, at zero: the dashboard's panel has a series to show.
         metrics::GROUP_COMMIT_SPLITS.inc_by(0);
         Self {
             starts: Coalescer::spawn(db.clone(), "start", start_group),
+            starting_revisions: Coalescer::spawn(
+                db.clone(),
+                "starting_revision",
+                starting_revision_group,
+            ),
             records: Coalescer::spawn(db, "record", record_group),
         }
     }
@@ -53,6 +61,16 @@ impl GroupCommit {
     /// committed; `None` when it is finished or not due.
     pub async fn start(&self, job_id: Uuid) -> Result<Option<Job>, JobError> {
         self.starts.call(job_id).await
+    }
+
+    /// [`Revision::start_for_jobs`]: the revision `job_id` made on `document_id` in an earlier
+    /// run, or else the document's latest.
+    pub async fn starting_revision(
+        &self,
+        document_id: Uuid,
+        job_id: Uuid,
+    ) -> Result<Revision, JobError> {
+        self.starting_revisions.call((document_id, job_id)).await
     }
 
     /// Runs `work` in a committed transaction and returns what it left to do afterwards.
@@ -70,6 +88,23 @@ fn start_group(conn: &mut PgConnection, ids: &mut [Uuid]) -> Vec<Result<Option<J
         Err(e) => {
             let e = JobError::from(DbError::from(e));
             ids.iter().map(|_| Err(e.clone())).collect()
+        }
+    }
+}
+
+fn starting_revision_group(
+    conn: &mut PgConnection,
+    wanted: &mut [(Uuid, Uuid)],
+) -> Vec<Result<Revision, JobError>> {
+    let database_error = |e: diesel::result::Error| JobError::from(DbError::from(e));
+    match Revision::start_for_jobs(conn, wanted) {
+        Ok(found) => found
+            .into_iter()
+            .map(|revision| revision.ok_or_else(|| database_error(diesel::result::Error::NotFound)))
+            .collect(),
+        Err(e) => {
+            let e = database_error(e);
+            wanted.iter().map(|_| Err(e.clone())).collect()
         }
     }
 }

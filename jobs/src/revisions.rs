@@ -12,7 +12,7 @@ use serde_json::json;
 
 use diesel::{PgConnection, QueryResult};
 
-use shomei_schema::{interact, Job, Revision};
+use shomei_schema::{Job, Revision};
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -35,12 +35,11 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
     let document_id = job
         .document_id
         .ok_or_else(|| JobError::permanent(format!("{} job without a document", job.kind)))?;
-    let job_id = job.id;
-    let latest = interact(&ctx.db, move |conn| {
-        Ok(Revision::start_for_job(conn, document_id, job_id)?)
-    })
-    .await?;
-    if latest.job_id == Some(job_id) {
+    let latest = ctx
+        .group_commit
+        .starting_revision(document_id, job.id)
+        .await?;
+    if latest.job_id == Some(job.id) {
         return Ok(Start::AlreadyDone(result(&latest)));
     }
     let (bytes, hashed) = ctx

@@ -49,8 +49,9 @@ metric!(JOB_DURATION: HistogramVec = register_histogram_vec!(
 const GROUP_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 metric!(GROUP_COMMIT_SIZE: HistogramVec = register_histogram_vec!(
     "shomei_group_commit_size",
-    "Job steps a worker ran as one statement or transaction, by step: start (claiming the rows) \
-     or record (recording the runs' results)",
+    "Job steps a worker ran as one statement or transaction, by step: start (claiming the rows), \
+     starting_revision (reading the revisions document jobs start from) or record (recording \
+     the runs' results)",
     &["step"], GROUP_SIZES.to_vec()));
 metric!(GROUP_COMMIT_SPLITS: IntCounter = register_int_counter!(
     "shomei_group_commit_splits_total",

@@ -177,24 +177,30 @@ impl Revision {
             .first(conn)
     }
 
-    /// Where a job on the document starts: the revision the job itself made, if it got that far
-    /// before (a re-delivered job reports it instead of adding another), otherwise the latest.
-    /// One statement; tell them apart by the revision's `job_id`.
-    pub fn start_for_job(
+    /// Where each of several jobs starts, given as (document, job): the revision the job itself
+    /// made, if it got that far before (a re-delivered job reports it instead of adding
+    /// another), otherwise its document's latest; `None` for a document without revisions. One
+    /// statement for all of them (their documents' revisions: a few rows each); tell the two
+    /// cases apart by the revision's `job_id`.
+    pub fn start_for_jobs(
         conn: &mut PgConnection,
-        document_id: Uuid,
-        job_id: Uuid,
-    ) -> QueryResult<Revision> {
-        document_revisions::table
-            .filter(document_revisions::document_id.eq(document_id))
-            .order((
-                document_revisions::job_id
-                    .is_not_distinct_from(job_id)
-                    .desc(),
-                document_revisions::revision.desc(),
-            ))
+        wanted: &[(Uuid, Uuid)],
+    ) -> QueryResult<Vec<Option<Revision>>> {
+        let documents: Vec<Uuid> = wanted.iter().map(|(document, _)| *document).collect();
+        let revisions: Vec<Revision> = document_revisions::table
+            .filter(document_revisions::document_id.eq_any(&documents))
             .select(Revision::as_select())
-            .first(conn)
+            .load(conn)?;
+        Ok(wanted
+            .iter()
+            .map(|(document, job)| {
+                let of_document = || revisions.iter().filter(|r| r.document_id == *document);
+                of_document()
+                    .find(|r| r.job_id == Some(*job))
+                    .or_else(|| of_document().max_by_key(|r| r.revision))
+                    .cloned()
+            })
+            .collect())
     }
 
     pub fn insert(&self, conn: &mut PgConnection) -> QueryResult<()> {

@@ -7,7 +7,7 @@ use futures::future::join_all;
 use shomei_jobs::group_commit::{GroupCommit, RecordFn};
 use shomei_jobs::Pending;
 use shomei_telemetry::metrics::{GROUP_COMMIT_SIZE, GROUP_COMMIT_SPLITS};
-use shomei_testkit::TestApp;
+use shomei_testkit::{sample, TestApp};
 
 /// A record inserting `id` into the probe table (its primary key: a second insert fails).
 fn insert(id: i32) -> RecordFn {
@@ -19,7 +19,7 @@ fn insert(id: i32) -> RecordFn {
 }
 
 #[tokio::test]
-async fn records_sent_together_commit_as_one_group_and_a_failing_member_fails_alone() {
+async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
     let app = TestApp::spawn().await;
     app.sql_execute("CREATE TABLE group_commit_probe (id integer PRIMARY KEY)");
     let group_commit = GroupCommit::spawn(shomei_schema::connect(&app.database_url(), 2));
@@ -74,6 +74,31 @@ async fn records_sent_together_commit_as_one_group_and_a_failing_member_fails_al
         app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
         9
     );
+
+    // Starting revisions, read together: a job's own revision from an earlier run (though not
+    // the latest), another job's latest, and a document that does not exist.
+    let document: uuid::Uuid = app.upload_ok(sample("contract.pdf")).await.parse().unwrap();
+    let (earlier_run, other_job) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for (revision, job) in [(1, earlier_run), (2, uuid::Uuid::new_v4())] {
+        app.sql_execute(&format!(
+            "INSERT INTO document_revisions (document_id, revision, sha256, size_bytes, \
+             storage_key, job_id) VALUES ('{document}', {revision}, '\\x00', 1, 'probe', '{job}')"
+        ));
+    }
+    let starts = join_all(
+        [
+            (document, earlier_run),
+            (document, other_job),
+            (uuid::Uuid::new_v4(), other_job),
+        ]
+        .map(|(document, job)| group_commit.starting_revision(document, job)),
+    )
+    .await;
+    let revisions: Vec<Option<i32>> = starts
+        .iter()
+        .map(|start| start.as_ref().ok().map(|r| r.revision))
+        .collect();
+    assert_eq!(revisions, [Some(1), Some(2), None], "{starts:?}");
 
     // Claiming: an unknown job is not started, and the statement still answers every caller.
     let unknown = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
