@@ -5,9 +5,9 @@
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
 //! [`MAX_GROUP`]) and runs it as one statement (the claims, the reads) or one transaction (the
-//! records).
-//! Under load, the jobs finishing together share one round trip, one hand-off to a blocking
-//! thread and one WAL flush; a lone step runs at once, so an idle worker waits for nothing.
+//! records). Under load, the jobs stepping together share one round trip, one hand-off to a
+//! blocking thread and (claims, records) one WAL flush; a lone step runs at once, so an idle
+//! worker waits for nothing.
 //!
 //! A group's transaction that fails (one member's revision colliding with a racing job's, a
 //! deadlock with another worker's group) is rolled back and its members run again, one
@@ -85,10 +85,7 @@ fn start_group(conn: &mut PgConnection, ids: &mut [Uuid]) -> Vec<Result<Option<J
             .iter()
             .map(|id| Ok(started.iter().find(|job| job.id == *id).cloned()))
             .collect(),
-        Err(e) => {
-            let e = JobError::from(DbError::from(e));
-            ids.iter().map(|_| Err(e.clone())).collect()
-        }
+        Err(e) => all_failed(ids.len(), JobError::from(DbError::from(e))),
     }
 }
 
@@ -102,11 +99,13 @@ fn starting_revision_group(
             .into_iter()
             .map(|revision| revision.ok_or_else(|| database_error(diesel::result::Error::NotFound)))
             .collect(),
-        Err(e) => {
-            let e = database_error(e);
-            wanted.iter().map(|_| Err(e.clone())).collect()
-        }
+        Err(e) => all_failed(wanted.len(), database_error(e)),
     }
+}
+
+/// The answer of a group that failed as a whole: `e` for each of its `size` members.
+fn all_failed<O>(size: usize, e: JobError) -> Vec<Result<O, JobError>> {
+    (0..size).map(|_| Err(e.clone())).collect()
 }
 
 fn record_group(
@@ -197,23 +196,16 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                         run(conn, &mut inputs)
                     }))
                     .unwrap_or_else(|_| {
-                        let panicked = JobError::transient("a group's database work panicked");
-                        (0..size).map(|_| Err(panicked.clone())).collect()
+                        all_failed(
+                            size,
+                            JobError::transient("a group's database work panicked"),
+                        )
                     }))
                 })
-                .await;
-                match outputs {
-                    Ok(outputs) => {
-                        for (reply, output) in replies.into_iter().zip(outputs) {
-                            let _ = reply.send(output);
-                        }
-                    }
-                    Err(e) => {
-                        let e = JobError::from(e);
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
+                .await
+                .unwrap_or_else(|e| all_failed(size, JobError::from(e)));
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(output);
                 }
             }
         });
