@@ -144,14 +144,15 @@ echo "==> load test: $DOCUMENTS documents, concurrency $CONCURRENCY, $WORKERS wo
     --signatures-per-document "$SIGNATURES" "${CPU_OF[@]}" ${LOADTEST_ARGS:-} |
     tee "$RUN/report.txt"
 
-# Each worker's metrics as the run left them (group commit sizes, HSM waits, …), for analysis.
+# Each process's metrics as the run left them (group commit sizes, HSM waits, …), for analysis.
+curl -fs "$API/metrics" >"$RUN/api.metrics" || true
 for i in $(seq "$WORKERS"); do
     addr=$(sed -n 's/.*metrics at \/metrics.*metrics_addr=\([0-9.:]*\).*/\1/p' "$RUN/worker-$i.log" | head -1)
     [ -z "$addr" ] || curl -fs "http://$addr/metrics" >"$RUN/worker-$i.metrics" || true
 done
-echo "==> group commit: mean steps per group (worker metrics in $RUN/worker-*.metrics)"
-for step in start starting_revision record; do
-    cat "$RUN"/worker-*.metrics 2>/dev/null | awk -v step="$step" '
+echo "==> group commit: mean steps per group (metrics in $RUN/*.metrics)"
+for step in submit start starting_revision record; do
+    cat "$RUN"/*.metrics 2>/dev/null | awk -v step="$step" '
         $1 ~ "^shomei_group_commit_size_sum\\{step=\"" step "\"" { sum += $2 }
         $1 ~ "^shomei_group_commit_size_count\\{step=\"" step "\"" { count += $2 }
         END { if (count) printf "    %-17s %d steps in %d groups: %.2f per group\n", step, sum, count, sum / count }'

@@ -16,7 +16,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use shomei_config::Config;
-use shomei_jobs::Queue;
+use shomei_jobs::{Intake, Queue};
 use shomei_schema::DbPool;
 use shomei_signing::{Certificate, Hsm, HsmSettings};
 use shomei_storage::Storage;
@@ -30,6 +30,8 @@ pub struct AppState {
     /// the routes.
     pub keys: Keyring,
     pub queue: Queue,
+    /// Single submissions: their rows written in groups, then queued ([`shomei_jobs::Intake`]).
+    pub intake: Intake,
     /// Used by `/readyz` and to unwrap data keys: the API never signs.
     pub hsm: Hsm,
     pub max_upload_bytes: u64,
@@ -76,6 +78,7 @@ impl AppState {
             }
         };
         Ok(Self {
+            intake: Intake::spawn(db.clone(), queue.clone()),
             db,
             storage,
             keys,

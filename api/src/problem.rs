@@ -7,6 +7,8 @@ use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
+use shomei_jobs::group_commit::GroupFailure;
+use shomei_jobs::SubmitError;
 use shomei_schema::DbError;
 use shomei_signing::PdfError;
 use shomei_vault::VaultError;
@@ -69,6 +71,18 @@ impl From<DbError> for ApiError {
                     "a text value contains the NUL character (U+0000), which cannot be stored"
                         .into(),
                 )
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Db(db) => db.into(),
+            SubmitError::Group(GroupFailure::Unavailable(_)) => {
+                ApiError::Unavailable("the database")
             }
             other => ApiError::Internal(other.into()),
         }

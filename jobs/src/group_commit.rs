@@ -1,7 +1,8 @@
 //! Group commit: the database steps every job takes, claiming its row when a run starts
 //! ([`GroupCommit::start`]) and recording what the run did when it ends
 //! ([`GroupCommit::record`]), and the read of the revision a document job starts from
-//! ([`GroupCommit::starting_revision`]), coalesced across the jobs a worker runs at once.
+//! ([`GroupCommit::starting_revision`]), coalesced across the jobs a worker runs at once. The
+//! API coalesces the rows of single submissions the same way ([`crate::Intake`]).
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
 //! [`MAX_GROUP`]) and runs it as one statement (the claims, the reads) or one transaction (the
@@ -45,7 +46,9 @@ impl GroupCommit {
     /// Spawns the tasks on the current runtime; they end when this is dropped.
     pub fn spawn(db: DbPool) -> Self {
         // Exposed from the start, at zero: the dashboard's panel has a series to show.
-        metrics::GROUP_COMMIT_SPLITS.inc_by(0);
+        metrics::GROUP_COMMIT_SPLITS
+            .with_label_values(&["record"])
+            .inc_by(0);
         Self {
             starts: Coalescer::spawn(db.clone(), "start", start_group),
             starting_revisions: Coalescer::spawn(
@@ -124,7 +127,9 @@ fn record_group(
             Ok(pendings) => return pendings.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::info!(members = members.len(), error = %e, "a group's transaction failed; its members run one by one");
-                metrics::GROUP_COMMIT_SPLITS.inc();
+                metrics::GROUP_COMMIT_SPLITS
+                    .with_label_values(&["record"])
+                    .inc();
             }
         }
     }
@@ -160,21 +165,46 @@ fn run_member(
     }
 }
 
-struct Member<I, O> {
+/// Why a whole group got no answer from its database work: each member is told.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupFailure {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("the group commit task has stopped")]
+    Stopped,
+    #[error("a group's database work panicked")]
+    Panicked,
+}
+
+impl From<GroupFailure> for JobError {
+    fn from(e: GroupFailure) -> Self {
+        JobError::transient(e.to_string())
+    }
+}
+
+struct Member<I, O, E> {
     input: I,
-    reply: oneshot::Sender<Result<O, JobError>>,
+    reply: oneshot::Sender<Result<O, E>>,
 }
 
 /// One coalescing queue: steps of one kind, run a group at a time.
-struct Coalescer<I, O> {
-    sender: mpsc::UnboundedSender<Member<I, O>>,
+pub(crate) struct Coalescer<I, O, E = JobError> {
+    sender: mpsc::UnboundedSender<Member<I, O, E>>,
 }
 
-type GroupFn<I, O> = fn(&mut PgConnection, &mut [I]) -> Vec<Result<O, JobError>>;
+/// A group's database work: one answer per member, in order.
+pub(crate) type GroupFn<I, O, E> = fn(&mut PgConnection, &mut [I]) -> Vec<Result<O, E>>;
 
-impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
-    fn spawn(db: DbPool, step: &'static str, run: GroupFn<I, O>) -> Self {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Member<I, O>>();
+impl<I, O, E> Coalescer<I, O, E>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    E: From<GroupFailure> + Send + 'static,
+{
+    /// Spawns the step's task on the current runtime; it ends when this is dropped. `step`
+    /// labels the group sizes in `shomei_group_commit_size`.
+    pub(crate) fn spawn(db: DbPool, step: &'static str, run: GroupFn<I, O, E>) -> Self {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Member<I, O, E>>();
         let sizes = metrics::GROUP_COMMIT_SIZE.with_label_values(&[step]);
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
@@ -189,21 +219,21 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                 let (mut inputs, replies): (Vec<I>, Vec<_>) =
                     group.into_iter().map(|m| (m.input, m.reply)).unzip();
                 let size = inputs.len();
-                // Whatever panics in a group must not end this task: every later step of the
-                // worker would fail with it.
+                let failed =
+                    |why: GroupFailure| (0..size).map(|_| Err(why.clone().into())).collect();
+                // Whatever panics in a group must not end this task: every later step would
+                // fail with it.
                 let outputs = interact(&db, move |conn| {
-                    Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run(conn, &mut inputs)
-                    }))
-                    .unwrap_or_else(|_| {
-                        all_failed(
-                            size,
-                            JobError::transient("a group's database work panicked"),
-                        )
-                    }))
+                    Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                        || run(conn, &mut inputs),
+                    )))
                 })
-                .await
-                .unwrap_or_else(|e| all_failed(size, JobError::from(e)));
+                .await;
+                let outputs: Vec<Result<O, E>> = match outputs {
+                    Ok(Ok(outputs)) => outputs,
+                    Ok(Err(_panic)) => failed(GroupFailure::Panicked),
+                    Err(e) => failed(GroupFailure::Unavailable(e.to_string())),
+                };
                 for (reply, output) in replies.into_iter().zip(outputs) {
                     let _ = reply.send(output);
                 }
@@ -212,12 +242,11 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
         Self { sender }
     }
 
-    async fn call(&self, input: I) -> Result<O, JobError> {
+    pub(crate) async fn call(&self, input: I) -> Result<O, E> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || JobError::transient("the worker's group commit task has stopped");
         self.sender
             .send(Member { input, reply })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| GroupFailure::Stopped)?;
+        answer.await.map_err(|_| GroupFailure::Stopped)?
     }
 }

@@ -30,4 +30,4 @@ pub use context::{trust_anchors, JobContext};
 pub use error::JobError;
 pub use events::Pending;
 pub use queue::{JobMessage, Queue, QueueError};
-pub use submit::submit;
+pub use submit::{Intake, SubmitError};

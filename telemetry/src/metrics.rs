@@ -49,13 +49,15 @@ metric!(JOB_DURATION: HistogramVec = register_histogram_vec!(
 const GROUP_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 metric!(GROUP_COMMIT_SIZE: HistogramVec = register_histogram_vec!(
     "shomei_group_commit_size",
-    "Job steps a worker ran as one statement or transaction, by step: start (claiming the rows), \
-     starting_revision (reading the revisions document jobs start from) or record (recording \
-     the runs' results)",
+    "Job steps run as one statement or transaction, by step: in a worker start (claiming the \
+     rows), starting_revision (reading the revisions document jobs start from) or record \
+     (recording the runs' results); in the API submit (writing submitted jobs' rows)",
     &["step"], GROUP_SIZES.to_vec()));
-metric!(GROUP_COMMIT_SPLITS: IntCounter = register_int_counter!(
+metric!(GROUP_COMMIT_SPLITS: IntCounterVec = register_int_counter_vec!(
     "shomei_group_commit_splits_total",
-    "Groups whose transaction failed, their members then run one transaction each"));
+    "Groups whose statement or transaction failed, their members then run one by one, by step \
+     (record, submit)",
+    &["step"]));
 metric!(JOB_QUEUE_WAIT: HistogramVec = register_histogram_vec!(
     "shomei_job_queue_wait_seconds",
     "From a job's creation to the start of its first run", &["kind"], SECONDS.to_vec()));

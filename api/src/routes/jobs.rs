@@ -223,7 +223,7 @@ pub(super) async fn queue_job(
         request_sha256: Some(fingerprint.clone()),
         batch_id: None,
     };
-    let (job, _created) = shomei_jobs::submit(&state.db, &state.queue, new).await?;
+    let (job, _created) = state.intake.submit(new).await?;
     if job.request_sha256.as_deref() != Some(fingerprint.as_slice()) {
         return Err(ApiError::IdempotencyKeyReused);
     }

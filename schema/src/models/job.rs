@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -165,6 +167,55 @@ impl Job {
                 .first(conn)
                 .map(|job| (job, false)),
         }
+    }
+
+    /// [`Job::insert_or_existing`] for many jobs in one statement (the API's group commit of
+    /// single submissions): one answer per job, in order. A job whose idempotency key another
+    /// job already holds (made earlier, or earlier in `new`) answers with that job, read in a
+    /// second statement that only runs when there is one.
+    pub fn insert_all_or_existing(
+        conn: &mut PgConnection,
+        new: &[NewJob],
+    ) -> QueryResult<Vec<(Job, bool)>> {
+        let mut inserted: HashMap<Uuid, Job> = diesel::insert_into(jobs::table)
+            .values(new)
+            .on_conflict((jobs::tenant_id, jobs::idempotency_key))
+            .do_nothing()
+            .returning(Job::as_returning())
+            .get_results(conn)?
+            .into_iter()
+            .map(|job| (job.id, job))
+            .collect();
+        let mut existing: HashMap<(Uuid, String), Job> = HashMap::new();
+        let (tenants, keys): (Vec<Uuid>, Vec<&str>) = new
+            .iter()
+            .filter(|n| !inserted.contains_key(&n.id))
+            .filter_map(|n| Some((n.tenant_id, n.idempotency_key.as_deref()?)))
+            .unzip();
+        if !keys.is_empty() {
+            // Pairs, matched in Rust: a tenant's keys are few per group.
+            for job in jobs::table
+                .filter(jobs::tenant_id.eq_any(&tenants))
+                .filter(jobs::idempotency_key.eq_any(&keys))
+                .select(Job::as_select())
+                .load(conn)?
+            {
+                if let Some(key) = job.idempotency_key.clone() {
+                    existing.insert((job.tenant_id, key), job);
+                }
+            }
+        }
+        new.iter()
+            .map(|n| match inserted.remove(&n.id) {
+                Some(job) => Ok((job, true)),
+                None => n
+                    .idempotency_key
+                    .clone()
+                    .and_then(|key| existing.get(&(n.tenant_id, key)).cloned())
+                    .map(|job| (job, false))
+                    .ok_or(diesel::result::Error::NotFound),
+            })
+            .collect()
     }
 
     /// The job if it belongs to `tenant_id`.

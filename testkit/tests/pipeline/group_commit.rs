@@ -1,11 +1,13 @@
-//! The workers' group commit (`shomei_jobs::group_commit`) on the test app's database: steps
-//! sent together run as one group, and one member's failure (or panic) is its own.
+//! The group commit (`shomei_jobs::group_commit`) of the workers and of the API's intake
+//! (`shomei_jobs::Intake`) on the test app's database: steps sent together run as one group,
+//! and one member's failure (or panic) is its own.
 
 use diesel::RunQueryDsl;
 use futures::future::join_all;
 
 use shomei_jobs::group_commit::{GroupCommit, RecordFn};
-use shomei_jobs::Pending;
+use shomei_jobs::{Intake, Pending};
+use shomei_schema::{Job, JobKind, NewJob};
 use shomei_telemetry::metrics::{GROUP_COMMIT_SIZE, GROUP_COMMIT_SPLITS};
 use shomei_testkit::{sample, TestApp};
 
@@ -27,7 +29,7 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
     let (groups, members, splits) = (
         sizes.get_sample_count(),
         sizes.get_sample_sum(),
-        GROUP_COMMIT_SPLITS.get(),
+        GROUP_COMMIT_SPLITS.with_label_values(&["record"]).get(),
     );
 
     // Sent in one poll, before the group task runs: one group of four, whose third member
@@ -39,7 +41,11 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
     assert!(error.contains("group_commit_probe_pkey"), "{error}");
     assert_eq!(sizes.get_sample_count(), groups + 1, "one group");
     assert_eq!(sizes.get_sample_sum(), members + 4.0, "of four");
-    assert_eq!(GROUP_COMMIT_SPLITS.get(), splits + 1, "split once");
+    assert_eq!(
+        GROUP_COMMIT_SPLITS.with_label_values(&["record"]).get(),
+        splits + 1,
+        "split once"
+    );
     assert_eq!(
         app.sql_count("SELECT count(*) AS n FROM group_commit_probe WHERE id IN (1, 2, 3)"),
         3
@@ -49,7 +55,10 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
     let outcomes = join_all([4, 5].map(|id| group_commit.record(insert(id)))).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     let _nothing_pending = group_commit.record(insert(6)).await.unwrap();
-    assert_eq!(GROUP_COMMIT_SPLITS.get(), splits + 1);
+    assert_eq!(
+        GROUP_COMMIT_SPLITS.with_label_values(&["record"]).get(),
+        splits + 1
+    );
     assert_eq!(
         app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
         6
@@ -104,4 +113,112 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
     let unknown = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     let claims = join_all(unknown.map(|id| group_commit.start(id))).await;
     assert!(claims.iter().all(|c| matches!(c, Ok(None))), "{claims:?}");
+}
+
+/// A sign job on `document` for the API's intake, with an idempotency key and a payload.
+fn sign_job(tenant: uuid::Uuid, document: uuid::Uuid, key: &str, payload: &str) -> NewJob {
+    NewJob {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: tenant,
+        kind: JobKind::Sign.as_str(),
+        document_id: Some(document),
+        payload: serde_json::json!({ "probe": payload }),
+        idempotency_key: Some(key.to_owned()),
+        request_sha256: None,
+        batch_id: None,
+    }
+}
+
+#[tokio::test]
+async fn single_submissions_arriving_together_are_written_as_one_statement_and_each_keeps_its_own_outcome(
+) {
+    let app = TestApp::spawn().await;
+    let config =
+        shomei_config::Config::from_lookup(|name| app.env_var(name).map(String::from)).unwrap();
+    let queue = shomei_jobs::Queue::connect(&config).await.unwrap();
+    let intake = Intake::spawn(
+        shomei_schema::connect(&app.database_url(), 2),
+        queue.clone(),
+    );
+    let document: uuid::Uuid = app.upload_ok(sample("contract.pdf")).await.parse().unwrap();
+    let tenant: uuid::Uuid = app
+        .sql_text(&format!(
+            "SELECT tenant_id::text AS t FROM documents WHERE id = '{document}'"
+        ))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sizes = GROUP_COMMIT_SIZE.with_label_values(&["submit"]);
+    let splits = GROUP_COMMIT_SPLITS.with_label_values(&["submit"]);
+    let (groups, members, split) = (
+        sizes.get_sample_count(),
+        sizes.get_sample_sum(),
+        splits.get(),
+    );
+
+    // One group of three in one statement: the second repeats the first's idempotency key and
+    // is answered with the first's job, made by the same statement.
+    let [first, again, other] = ["k1", "k1", "k2"].map(|key| sign_job(tenant, document, key, "ok"));
+    let outcomes = join_all([first, again, other].map(|new| intake.submit(new))).await;
+    let outcomes: Vec<(Job, bool)> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert_eq!(sizes.get_sample_count(), groups + 1, "one group");
+    assert_eq!(sizes.get_sample_sum(), members + 3.0, "of three");
+    assert_eq!(splits.get(), split, "not split");
+    assert!(
+        outcomes[0].1 && !outcomes[1].1 && outcomes[2].1,
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1].0.id, outcomes[0].0.id, "the key's first job");
+    let k2 = outcomes[2].0.id;
+    assert_ne!(k2, outcomes[0].0.id);
+    // Each job made is queued; the repeat made none.
+    for (job, _) in [&outcomes[0], &outcomes[2]] {
+        assert!(
+            queue.contains(JobKind::Sign, job.id).await.unwrap(),
+            "{job:?}"
+        );
+    }
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM jobs WHERE document_id = '{document}' \
+             AND idempotency_key IN ('k1', 'k2')"
+        )),
+        2
+    );
+
+    // A payload PostgreSQL refuses (U+0000 in jsonb) fails the group's statement: the group
+    // is split, that job fails alone with the database's reason, the two beside it are made.
+    let jobs = [("k3", "ok"), ("k4", "nul \u{0}"), ("k5", "ok")]
+        .map(|(key, payload)| sign_job(tenant, document, key, payload));
+    let outcomes = join_all(jobs.map(|new| intake.submit(new))).await;
+    assert_eq!(splits.get(), split + 1, "split once");
+    assert!(
+        outcomes[0].as_ref().is_ok_and(|(_, made)| *made),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[2].as_ref().is_ok_and(|(_, made)| *made),
+        "{outcomes:?}"
+    );
+    let error = outcomes[1].as_ref().unwrap_err().to_string();
+    assert!(
+        error.contains("unsupported Unicode escape sequence"),
+        "{error}"
+    );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM jobs WHERE document_id = '{document}' \
+             AND idempotency_key IN ('k3', 'k4', 'k5')"
+        )),
+        2
+    );
+
+    // A lone submission runs at once, and a key used earlier answers with its job.
+    let (job, made) = intake
+        .submit(sign_job(tenant, document, "k2", "ok"))
+        .await
+        .unwrap();
+    assert!(!made);
+    assert_eq!(job.id, k2);
+    assert_eq!(sizes.get_sample_count(), groups + 3, "three groups in all");
 }
