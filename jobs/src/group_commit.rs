@@ -107,8 +107,17 @@ fn starting_revision_group(
 }
 
 /// The answer of a group that failed as a whole: `e` for each of its `size` members.
-fn all_failed<O>(size: usize, e: JobError) -> Vec<Result<O, JobError>> {
-    (0..size).map(|_| Err(e.clone())).collect()
+fn all_failed<O, E, F: Clone + Into<E>>(size: usize, e: F) -> Vec<Result<O, E>> {
+    (0..size).map(|_| Err(e.clone().into())).collect()
+}
+
+/// Counts and logs a group whose statement or transaction failed (`step` labels
+/// `shomei_group_commit_splits_total`); the caller then runs its members one by one.
+pub(crate) fn split(step: &'static str, members: usize, error: &diesel::result::Error) {
+    tracing::info!(step, members, %error, "a group failed; its members run one by one");
+    metrics::GROUP_COMMIT_SPLITS
+        .with_label_values(&[step])
+        .inc();
 }
 
 fn record_group(
@@ -125,12 +134,7 @@ fn record_group(
         });
         match together {
             Ok(pendings) => return pendings.into_iter().map(Ok).collect(),
-            Err(e) => {
-                tracing::info!(members = members.len(), error = %e, "a group's transaction failed; its members run one by one");
-                metrics::GROUP_COMMIT_SPLITS
-                    .with_label_values(&["record"])
-                    .inc();
-            }
+            Err(e) => split("record", members.len(), &e),
         }
     }
     members
@@ -219,8 +223,6 @@ where
                 let (mut inputs, replies): (Vec<I>, Vec<_>) =
                     group.into_iter().map(|m| (m.input, m.reply)).unzip();
                 let size = inputs.len();
-                let failed =
-                    |why: GroupFailure| (0..size).map(|_| Err(why.clone().into())).collect();
                 // Whatever panics in a group must not end this task: every later step would
                 // fail with it.
                 let outputs = interact(&db, move |conn| {
@@ -231,8 +233,8 @@ where
                 .await;
                 let outputs: Vec<Result<O, E>> = match outputs {
                     Ok(Ok(outputs)) => outputs,
-                    Ok(Err(_panic)) => failed(GroupFailure::Panicked),
-                    Err(e) => failed(GroupFailure::Unavailable(e.to_string())),
+                    Ok(Err(_panic)) => all_failed(size, GroupFailure::Panicked),
+                    Err(e) => all_failed(size, GroupFailure::Unavailable(e.to_string())),
                 };
                 for (reply, output) in replies.into_iter().zip(outputs) {
                     let _ = reply.send(output);

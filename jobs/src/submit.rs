@@ -9,7 +9,7 @@ use diesel::PgConnection;
 use shomei_schema::{DbError, DbPool, Job, NewJob};
 use shomei_telemetry::metrics;
 
-use crate::group_commit::{Coalescer, GroupFailure};
+use crate::group_commit::{split, Coalescer, GroupFailure};
 use crate::queue::Queue;
 
 /// Why a job could not be recorded.
@@ -65,12 +65,7 @@ fn insert_group(
     if new.len() > 1 {
         match Job::insert_all_or_existing(conn, new) {
             Ok(jobs) => return jobs.into_iter().map(Ok).collect(),
-            Err(e) => {
-                tracing::info!(members = new.len(), error = %e, "a group's insert failed; its jobs are inserted one by one");
-                metrics::GROUP_COMMIT_SPLITS
-                    .with_label_values(&["submit"])
-                    .inc();
-            }
+            Err(e) => split("submit", new.len(), &e),
         }
     }
     new.iter()
