@@ -215,10 +215,22 @@ impl Hsm {
     /// Initialises the PKCS#11 module (once per process), checks the PIN and
     /// builds the session pool.
     pub fn connect(settings: &HsmSettings) -> Result<Hsm, HsmError> {
-        let pkcs11 = initialised_module(&settings.module_path)?;
+        let (pkcs11, fresh) = initialised_module(&settings.module_path)?;
         let generation = Arc::new(AtomicU64::new(0));
         let device_lost = Arc::new(AtomicBool::new(false));
-        let link = Link::open(pkcs11, settings, &generation, &device_lost)?;
+        let link = match Link::open(pkcs11.clone(), settings, &generation, &device_lost) {
+            // SoftHSM2 reads its token directory once, in C_Initialize, and leaves out a token
+            // whose files another process held locked at that moment (seen as one of several
+            // processes starting together failing with "no token labelled …"). Asking again
+            // needs a new initialisation; done only when this call made the first one, so no
+            // other user of the module in this process loses its sessions.
+            Err(HsmError::TokenNotFound(label)) if fresh => {
+                tracing::warn!(token = %label, "token not found; initialising the module again");
+                let pkcs11 = reinitialised_module(&settings.module_path, pkcs11)?;
+                Link::open(pkcs11, settings, &generation, &device_lost)?
+            }
+            other => other?,
+        };
 
         tracing::info!(
             token = %settings.token_label,
@@ -770,27 +782,48 @@ fn loses_device(error: &CkError) -> bool {
 // module shares the context created here.
 static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
 
-fn initialised_module(path: &Path) -> Result<Pkcs11, HsmError> {
+/// The process's handle on the module at `path`, loaded and initialised on first use; `true`
+/// when this call did that.
+fn initialised_module(path: &Path) -> Result<(Pkcs11, bool), HsmError> {
     let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
     let mut modules = MODULES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(pkcs11) = modules.get(&key) {
-        return Ok(pkcs11.clone());
+        return Ok((pkcs11.clone(), false));
     }
-    let module_error = |source| HsmError::Module {
-        path: path.to_owned(),
-        source,
-    };
-    let pkcs11 = Pkcs11::new(&key).map_err(module_error)?;
+    let pkcs11 = Pkcs11::new(&key).map_err(module_error(path))?;
+    initialise(&pkcs11, path)?;
+    modules.insert(key, pkcs11.clone());
+    Ok((pkcs11, true))
+}
+
+/// Finalises the module `initialised_module` just initialised and initialises it again, after a
+/// pause for the other process to release the token's files.
+fn reinitialised_module(path: &Path, pkcs11: Pkcs11) -> Result<Pkcs11, HsmError> {
+    let again = pkcs11.clone();
+    if let Err(e) = pkcs11.finalize() {
+        tracing::debug!(error = %e, "C_Finalize before initialising again");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    initialise(&again, path)?;
+    Ok(again)
+}
+
+fn initialise(pkcs11: &Pkcs11, path: &Path) -> Result<(), HsmError> {
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         // Someone else in the process (another library) got there first.
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(module_error(e)),
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(module_error(path)(e)),
     }
-    modules.insert(key, pkcs11.clone());
-    Ok(pkcs11)
+}
+
+fn module_error(path: &Path) -> impl Fn(CkError) -> HsmError + '_ {
+    move |source| HsmError::Module {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The slot holding the token labelled `label`. Looked for a few times over about a second:
