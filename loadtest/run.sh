@@ -105,7 +105,7 @@ PIDS+=($!)
 for _ in $(seq 150); do curl -fs "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -fsS "$API/readyz" >/dev/null || { echo "API not ready; see $RUN/api.log" >&2; exit 1; }
 for i in $(seq "$WORKERS"); do
-    "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
+    ${LOADTEST_WORKER_NICE:+nice -n "$LOADTEST_WORKER_NICE"} "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
     PIDS+=($!)
 done
 # A worker is ready once it logged its start; give each a few seconds to connect.

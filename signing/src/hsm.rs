@@ -218,18 +218,23 @@ impl Hsm {
         let (pkcs11, fresh) = initialised_module(&settings.module_path)?;
         let generation = Arc::new(AtomicU64::new(0));
         let device_lost = Arc::new(AtomicBool::new(false));
-        let link = match Link::open(pkcs11.clone(), settings, &generation, &device_lost) {
-            // SoftHSM2 reads its token directory once, in C_Initialize, and leaves out a token
-            // whose files another process held locked at that moment (seen as one of several
-            // processes starting together failing with "no token labelled …"). Asking again
-            // needs a new initialisation; done only when this call made the first one, so no
-            // other user of the module in this process loses its sessions.
-            Err(HsmError::TokenNotFound(label)) if fresh => {
-                tracing::warn!(token = %label, "token not found; initialising the module again");
-                let pkcs11 = reinitialised_module(&settings.module_path, pkcs11)?;
-                Link::open(pkcs11, settings, &generation, &device_lost)?
+        // SoftHSM2 reads its token directory once, in C_Initialize, and rewrites a token's
+        // file on every login: a process starting beside another one may read it while it is
+        // rewritten and see no token, or a token whose user PIN is not set (both seen as one of
+        // several processes starting together failing). Reading again takes a new
+        // initialisation; done only when this call made the first one, so no other user of the
+        // module in this process loses its sessions.
+        let mut pkcs11 = pkcs11;
+        let mut reinitialised = 0;
+        let link = loop {
+            match Link::open(pkcs11.clone(), settings, &generation, &device_lost) {
+                Err(e) if fresh && reinitialised < 3 && read_while_rewritten(&e) => {
+                    tracing::warn!(error = %e, "initialising the module again to read the token again");
+                    reinitialised += 1;
+                    pkcs11 = reinitialised_module(&settings.module_path, pkcs11)?;
+                }
+                other => break other?,
             }
-            other => other?,
         };
 
         tracing::info!(
@@ -817,6 +822,19 @@ fn initialise(pkcs11: &Pkcs11, path: &Path) -> Result<(), HsmError> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
         Err(e) => Err(module_error(path)(e)),
     }
+}
+
+/// What a token file read while another process rewrote it looks like.
+fn read_while_rewritten(error: &HsmError) -> bool {
+    matches!(
+        error,
+        HsmError::TokenNotFound(_)
+            | HsmError::Login(CkError::Pkcs11(RvError::UserPinNotInitialized, _))
+            | HsmError::Pkcs11 {
+                source: CkError::Pkcs11(RvError::GeneralError, _),
+                ..
+            }
+    )
 }
 
 fn module_error(path: &Path) -> impl Fn(CkError) -> HsmError + '_ {
