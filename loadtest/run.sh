@@ -9,7 +9,8 @@
 # LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
 # LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log),
-# LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, e.g. sslmode=disable).
+# LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, e.g. sslmode=disable),
+# LOADTEST_WORKER_NICE (the workers' nice value: 10 lets the API's intake go first).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then

@@ -52,10 +52,11 @@ struct Cli {
     /// `--batch-size`).
     #[arg(long, default_value_t = 50)]
     poll_interval_ms: u64,
-    /// Pending jobs (batches with `--batch-size`) polled per round, oldest submission first
-    /// (jobs run roughly in order, so polling the whole backlog every round would only load the
-    /// API being measured). A round that finds at least half of them finished is followed by the
-    /// next one without the pause.
+    /// Pending jobs (batches with `--batch-size`) polled per round at most, oldest submission
+    /// first, `--poll-concurrency` at a time. Jobs run roughly in order, so a round ends at the
+    /// first such chunk of which less than half had finished (polling the backlog behind it
+    /// would only load the API being measured). A round that finds at least half of the window
+    /// finished is followed by the next one without the pause.
     #[arg(long, default_value_t = 64)]
     poll_window: usize,
     /// Polling requests in flight at once; also the `GET /v1/jobs/{id}` in flight at once when
@@ -1016,8 +1017,8 @@ async fn job_details(
 }
 
 /// Follows the submitted jobs and batches until each has finished (or nothing finished for
-/// `stall_timeout`). Each round polls the `window` oldest pending ones, `concurrency` requests
-/// at a time, then sleeps `interval`.
+/// `stall_timeout`). Each round polls up to the `window` oldest pending ones, `concurrency` at a
+/// time, until a chunk finds less than half finished, then sleeps `interval`.
 async fn poll_jobs(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Tracked>,
@@ -1049,21 +1050,35 @@ async fn poll_jobs(
             }
             continue;
         }
-        // The polls are made up front: a lazy `map` over the borrowed items trips up the `Send`
-        // check of the spawned poller.
-        let polls: Vec<_> = pending
-            .iter_mut()
-            .take(window)
-            .enumerate()
-            .map(|(i, item)| {
-                let shared = &shared;
-                async move { (i, item.poll(shared).await) }
-            })
-            .collect();
-        let results: Vec<(usize, Poll)> = stream::iter(polls)
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+        // Oldest first, `concurrency` at a time; jobs run roughly in submission order, so a chunk
+        // of which less than half had finished ends the round: the ones after it are mostly
+        // still queued, and polling them would only load the API being measured.
+        let limit = window.min(pending.len());
+        let mut results: Vec<(usize, Poll)> = Vec::new();
+        let mut start = 0;
+        while start < limit {
+            let end = (start + concurrency).min(limit);
+            // Made up front: a lazy `map` over the borrowed items trips up the `Send` check of
+            // the spawned poller.
+            let polls: Vec<_> = pending[start..end]
+                .iter_mut()
+                .enumerate()
+                .map(|(i, item)| {
+                    let shared = &shared;
+                    async move { (start + i, item.poll(shared).await) }
+                })
+                .collect();
+            let chunk = futures::future::join_all(polls).await;
+            let finished = chunk
+                .iter()
+                .filter(|(_, poll)| matches!(poll, Poll::Finished(_) | Poll::Completed(_)))
+                .count();
+            results.extend(chunk);
+            if finished * 2 < end - start {
+                break;
+            }
+            start = end;
+        }
         let mut done: Vec<usize> = Vec::new();
         let mut progressed = false;
         for (i, poll) in results {
