@@ -42,10 +42,13 @@ impl Purpose {
     }
 }
 
-/// An unwrapped data key. Its bytes live only inside the cipher (zeroized on drop).
+/// An unwrapped data key. Its bytes live only inside the ciphers (zeroized on drop; ring's key
+/// schedule holds only the expanded round keys).
 pub struct DataKey {
     id: Uuid,
     cipher: Aes256Gcm,
+    /// The same key, for whole objects in memory ([`sealed::seal_object`]).
+    objects: ring::aead::LessSafeKey,
     /// Derived from the key: the MAC key of blind indexes.
     index_key: Zeroizing<[u8; 32]>,
 }
@@ -66,6 +69,10 @@ impl DataKey {
         Self {
             id,
             cipher: Aes256Gcm::new_from_slice(bytes).expect("a data key is 32 bytes"),
+            objects: ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, bytes)
+                    .expect("a data key is 32 bytes"),
+            ),
             index_key: Zeroizing::new(derive.finalize().into()),
         }
     }
@@ -85,6 +92,10 @@ impl DataKey {
 
     pub(crate) fn cipher(&self) -> &Aes256Gcm {
         &self.cipher
+    }
+
+    pub(crate) fn objects(&self) -> &ring::aead::LessSafeKey {
+        &self.objects
     }
 
     /// Seals a whole object (see [`crate::sealed`] for the format).

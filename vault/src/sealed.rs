@@ -79,63 +79,77 @@ pub(crate) fn decryptor(key: &DataKey, header: &[u8]) -> DecryptorBE32<aes_gcm::
     )
 }
 
-/// Seals a whole object held in memory.
+/// The nonce of segment `position` of an object: the STREAM construction's, as `StreamBE32`
+/// makes it (the header's prefix, the position as a big-endian u32, 1 for the last segment).
+fn segment_nonce(prefix: &[u8], position: usize, last: bool) -> ring::aead::Nonce {
+    let mut nonce = [0u8; NONCE];
+    nonce[..PREFIX_LEN].copy_from_slice(prefix);
+    let position = u32::try_from(position).expect("an object in memory has < 2^32 segments");
+    nonce[PREFIX_LEN..NONCE - 1].copy_from_slice(&position.to_be_bytes());
+    nonce[NONCE - 1] = u8::from(last);
+    ring::aead::Nonce::assume_unique_for_key(nonce)
+}
+
+/// Seals a whole object held in memory: the format of [`encryptor`], through ring.
 pub(crate) fn seal_object(key: &DataKey, plaintext: &[u8]) -> Vec<u8> {
     let header = object_header(key.id());
     let segments = plaintext.len() / SEGMENT + 1;
     let mut out = Vec::with_capacity(OBJECT_HEADER + plaintext.len() + segments * TAG);
     out.extend_from_slice(&header);
-    let mut encryptor = encryptor(key, &header);
-    let mut rest = plaintext;
-    while rest.len() > SEGMENT {
-        let (segment, tail) = rest.split_at(SEGMENT);
-        let sealed = encryptor
-            .encrypt_next(Payload {
-                msg: segment,
-                aad: &header,
-            })
+    // Every segment but the last is full; the last holds 0 to SEGMENT bytes.
+    let full = plaintext.len().saturating_sub(1) / SEGMENT;
+    for position in 0..=full {
+        let last = position == full;
+        let segment = &plaintext[position * SEGMENT..plaintext.len().min((position + 1) * SEGMENT)];
+        let start = out.len();
+        out.extend_from_slice(segment);
+        let tag = key
+            .objects()
+            .seal_in_place_separate_tag(
+                segment_nonce(&header[24..], position, last),
+                ring::aead::Aad::from(&header),
+                &mut out[start..],
+            )
             .expect("AES-GCM sealing cannot fail for a segment this size");
-        out.extend_from_slice(&sealed);
-        rest = tail;
+        out.extend_from_slice(tag.as_ref());
     }
-    let sealed = encryptor
-        .encrypt_last(Payload {
-            msg: rest,
-            aad: &header,
-        })
-        .expect("AES-GCM sealing cannot fail for a segment this size");
-    out.extend_from_slice(&sealed);
     out
 }
 
-/// Opens a whole object held in memory with the key its header names.
+/// Opens a whole object held in memory with the key its header names (sealed by
+/// [`seal_object`] or streamed through [`encryptor`]).
 pub(crate) fn open_object(key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
     if key_id_of(sealed)? != key.id() || !sealed.starts_with(OBJECT_MAGIC) {
         return Err(VaultError::Corrupt("sealed for another key"));
     }
-    let (header, mut rest) = sealed.split_at(OBJECT_HEADER);
-    let mut out = Vec::with_capacity(plaintext_len(sealed.len() as u64).unwrap_or(0) as usize);
-    let mut decryptor = decryptor(key, header);
-    while rest.len() > SEGMENT + TAG {
-        let (segment, tail) = rest.split_at(SEGMENT + TAG);
-        out.extend_from_slice(
-            &decryptor
-                .decrypt_next(Payload {
-                    msg: segment,
-                    aad: header,
-                })
-                .map_err(|_| VaultError::Corrupt("a segment fails its tag"))?,
-        );
-        rest = tail;
+    let (header, body) = sealed.split_at(OBJECT_HEADER);
+    let mut out = Vec::with_capacity(body.len());
+    let segments: Vec<&[u8]> = body.chunks(SEGMENT + TAG).collect();
+    // An empty object still has its last segment (a tag alone).
+    if segments.is_empty() {
+        return Err(VaultError::Corrupt("the last segment fails its tag"));
     }
-    out.extend_from_slice(
-        &decryptor
-            .decrypt_last(Payload {
-                msg: rest,
-                aad: header,
-            })
-            .map_err(|_| VaultError::Corrupt("the last segment fails its tag"))?,
-    );
+    for (position, segment) in segments.iter().enumerate() {
+        let last = position + 1 == segments.len();
+        let start = out.len();
+        out.extend_from_slice(segment);
+        let opened = key
+            .objects()
+            .open_in_place(
+                segment_nonce(&header[24..], position, last),
+                ring::aead::Aad::from(header),
+                &mut out[start..],
+            )
+            .map_err(|_| {
+                VaultError::Corrupt(if last {
+                    "the last segment fails its tag"
+                } else {
+                    "a segment fails its tag"
+                })
+            })?
+            .len();
+        out.truncate(start + opened);
+    }
     Ok(out)
 }
 
@@ -217,6 +231,58 @@ mod tests {
                 "len {len}"
             );
             assert_eq!(open_object(&key, &sealed).unwrap(), plain, "len {len}");
+        }
+    }
+
+    /// Whole objects go through ring, streams through aes-gcm's STREAM: each reads the other's.
+    #[test]
+    fn whole_objects_and_streams_are_one_format() {
+        let key = key();
+        for len in [0, 10, SEGMENT, 2 * SEGMENT + 7] {
+            let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+
+            let sealed = seal_object(&key, &plain);
+            let (header, body) = sealed.split_at(OBJECT_HEADER);
+            let mut segments: Vec<&[u8]> = body.chunks(SEGMENT + TAG).collect();
+            let last = segments.pop().expect("a last segment");
+            let mut decryptor = decryptor(&key, header);
+            let mut opened = Vec::new();
+            for segment in segments {
+                let payload = Payload {
+                    msg: segment,
+                    aad: header,
+                };
+                opened.extend(decryptor.decrypt_next(payload).unwrap());
+            }
+            let payload = Payload {
+                msg: last,
+                aad: header,
+            };
+            opened.extend(decryptor.decrypt_last(payload).unwrap());
+            assert_eq!(opened, plain, "len {len}: sealed whole, read as a stream");
+
+            let header = object_header(key.id());
+            let mut encryptor = encryptor(&key, &header);
+            let mut streamed = header.to_vec();
+            // Full segments, then a last one of 0 to SEGMENT bytes (as `seal_object` cuts).
+            let full = len.saturating_sub(1) / SEGMENT;
+            for chunk in plain.chunks(SEGMENT).take(full) {
+                let payload = Payload {
+                    msg: chunk,
+                    aad: &header,
+                };
+                streamed.extend(encryptor.encrypt_next(payload).unwrap());
+            }
+            let payload = Payload {
+                msg: &plain[full * SEGMENT..],
+                aad: &header,
+            };
+            streamed.extend(encryptor.encrypt_last(payload).unwrap());
+            assert_eq!(
+                open_object(&key, &streamed).unwrap(),
+                plain,
+                "len {len}: streamed, opened whole"
+            );
         }
     }
 
