@@ -215,7 +215,7 @@ impl Hsm {
     /// Initialises the PKCS#11 module (once per process), checks the PIN and
     /// builds the session pool.
     pub fn connect(settings: &HsmSettings) -> Result<Hsm, HsmError> {
-        let (pkcs11, fresh) = initialised_module(&settings.module_path)?;
+        let (mut pkcs11, fresh) = initialised_module(&settings.module_path)?;
         let generation = Arc::new(AtomicU64::new(0));
         let device_lost = Arc::new(AtomicBool::new(false));
         // SoftHSM2 reads its token directory once, in C_Initialize, and rewrites a token's
@@ -224,7 +224,6 @@ impl Hsm {
         // several processes starting together failing). Reading again takes a new
         // initialisation; done only when this call made the first one, so no other user of the
         // module in this process loses its sessions.
-        let mut pkcs11 = pkcs11;
         let mut reinitialised = 0;
         let link = loop {
             match Link::open(pkcs11.clone(), settings, &generation, &device_lost) {
