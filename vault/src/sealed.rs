@@ -97,10 +97,11 @@ pub(crate) fn seal_object(key: &DataKey, plaintext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(OBJECT_HEADER + plaintext.len() + segments * TAG);
     out.extend_from_slice(&header);
     // Every segment but the last is full; the last holds 0 to SEGMENT bytes.
-    let full = plaintext.len().saturating_sub(1) / SEGMENT;
-    for position in 0..=full {
-        let last = position == full;
-        let segment = &plaintext[position * SEGMENT..plaintext.len().min((position + 1) * SEGMENT)];
+    let count = plaintext.len().div_ceil(SEGMENT).max(1);
+    let mut chunks = plaintext.chunks(SEGMENT);
+    for position in 0..count {
+        let last = position + 1 == count;
+        let segment = chunks.next().unwrap_or_default();
         let start = out.len();
         out.extend_from_slice(segment);
         let tag = key
@@ -124,13 +125,14 @@ pub(crate) fn open_object(key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, Vault
     }
     let (header, body) = sealed.split_at(OBJECT_HEADER);
     let mut out = Vec::with_capacity(body.len());
-    let segments: Vec<&[u8]> = body.chunks(SEGMENT + TAG).collect();
+    let segments = body.chunks(SEGMENT + TAG);
+    let count = segments.len();
     // An empty object still has its last segment (a tag alone).
-    if segments.is_empty() {
+    if count == 0 {
         return Err(VaultError::Corrupt("the last segment fails its tag"));
     }
-    for (position, segment) in segments.iter().enumerate() {
-        let last = position + 1 == segments.len();
+    for (position, segment) in segments.enumerate() {
+        let last = position + 1 == count;
         let start = out.len();
         out.extend_from_slice(segment);
         let opened = key
