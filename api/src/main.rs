@@ -52,6 +52,8 @@ enum Command {
 enum StorageCommand {
     /// Decrypt one sealed object file (for example from a restored backup) with the data key it
     /// names, through the HSM: proves a backup is readable, or that a deleted tenant's is not.
+    /// An appended revision (`<hash>.a<N>.sealed`) is put together with the revisions it
+    /// extends, read from the same directory.
     Open {
         /// The sealed file.
         file: std::path::PathBuf,
@@ -205,9 +207,8 @@ async fn open_object(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     use sha2::Digest;
-    let sealed = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let (keys, db) = keyring(config).await?;
-    let opened = keys.open(&sealed).await;
+    let opened = shomei_storage::open_revision_file(&keys, file).await;
     // Recorded whether or not it opened: reading stored documents is an operator action.
     record_action(
         &db,

@@ -12,7 +12,9 @@ use serde_json::json;
 
 use diesel::{PgConnection, QueryResult};
 
+use sha2::{Digest, Sha256};
 use shomei_schema::{Job, Revision};
+use shomei_storage::StoredObject;
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -25,10 +27,15 @@ pub(crate) enum Start {
     /// The latest revision, to build on, and the SHA-256 state after its bytes (see
     /// `Storage::get_verified_hashing`).
     Work {
-        latest: Revision,
-        bytes: Bytes,
+        base: Base,
         hashed: Box<sha2::Sha256>,
     },
+}
+
+/// The revision a job builds on: its row and its bytes.
+pub(crate) struct Base {
+    pub revision: Revision,
+    pub bytes: Bytes,
 }
 
 pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError> {
@@ -47,14 +54,18 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
         .get_verified_hashing(&latest.storage_key, &latest.sha256)
         .await?;
     Ok(Start::Work {
-        latest,
-        bytes,
+        base: Base {
+            revision: latest,
+            bytes,
+        },
         hashed: Box::new(hashed),
     })
 }
 
-/// Stores `bytes` as the revision after `latest`, made by `job`, and marks the job succeeded;
-/// `sha256`: the digest of `bytes`, when the caller has it.
+/// Stores `bytes` as the revision after `base`, made by `job`, and marks the job succeeded;
+/// `sha256`: the digest of `bytes`, when the caller has it (hashed on from the base's).
+/// Bytes that extend the base's, as an incremental update does, are stored as what they append
+/// (`Storage::put_pdf_revision`); anything else is stored whole and hashed here.
 /// `then` runs in the transaction that records the revision (the state changes and events the
 /// revision brings), so it happens exactly once however often the job runs; the job's success
 /// is recorded in that transaction too. The transaction is one of a group
@@ -62,7 +73,7 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
 pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
-    latest: &Revision,
+    base: &Base,
     bytes: Vec<u8>,
     sha256: Option<[u8; 32]>,
     mut then: F,
@@ -70,14 +81,24 @@ pub(crate) async fn record<F>(
 where
     F: FnMut(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
 {
-    let (tenant, document, bytes) = (job.tenant_id, latest.document_id, Bytes::from(bytes));
-    let stored = match sha256 {
-        Some(sha256) => {
-            ctx.storage
-                .put_pdf_hashed(tenant, document, bytes, sha256)
-                .await?
-        }
-        None => ctx.storage.put_pdf(tenant, document, bytes).await?,
+    let latest = &base.revision;
+    let (tenant, document) = (job.tenant_id, latest.document_id);
+    let stored = if bytes.starts_with(&base.bytes) {
+        let sha256 = sha256.unwrap_or_else(|| Sha256::digest(&bytes).into());
+        let on = StoredObject {
+            key: latest.storage_key.clone(),
+            sha256: latest.sha256.as_slice().try_into().map_err(|_| {
+                JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
+            })?,
+            size: base.bytes.len() as u64,
+        };
+        ctx.storage
+            .put_pdf_revision(tenant, document, &on, Bytes::from(bytes), sha256)
+            .await?
+    } else {
+        ctx.storage
+            .put_pdf(tenant, document, Bytes::from(bytes))
+            .await?
     };
     let revision = Revision {
         document_id: latest.document_id,

@@ -214,13 +214,9 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         SignatureLevel::Basic => None,
         SignatureLevel::Timestamped => Some(ctx.timestamper()?),
     };
-    let (latest, bytes, hashed) = match revisions::begin(ctx, job).await? {
+    let (base, hashed) = match revisions::begin(ctx, job).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
-        Start::Work {
-            latest,
-            bytes,
-            hashed,
-        } => (latest, bytes, hashed),
+        Start::Work { base, hashed } => (base, hashed),
     };
     if let Some(step) = &request.step {
         still_signing(ctx, job, step).await?;
@@ -243,7 +239,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         location: request.location,
         signing_time: chrono::Utc::now(),
     };
-    let hsm = ctx.hsm.clone();
+    let (hsm, bytes) = (ctx.hsm.clone(), base.bytes.clone());
     let signed = tokio::task::spawn_blocking(move || {
         shomei_signing::sign_pdf_hashed(&hsm, &bytes, &hashed, &signature, timestamper.as_deref())
     })
@@ -258,7 +254,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let done = revisions::record(
         ctx,
         job,
-        &latest,
+        &base,
         signed.bytes,
         Some(signed.sha256),
         move |conn, revision| {

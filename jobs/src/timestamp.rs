@@ -17,10 +17,11 @@ use crate::revisions::{self, Start};
 
 pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
-    let (latest, bytes) = match revisions::begin(ctx, job).await? {
+    let base = match revisions::begin(ctx, job).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
-        Start::Work { latest, bytes, .. } => (latest, bytes),
+        Start::Work { base, .. } => base,
     };
+    let bytes = base.bytes.clone();
     let stamped = tokio::task::spawn_blocking(move || {
         let material = shomei_signing::validation_material(&bytes)?;
         let validation = ValidationData {
@@ -36,7 +37,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     revisions::record(
         ctx,
         job,
-        &latest,
+        &base,
         stamped,
         None,
         move |conn, _| match concludes {

@@ -17,6 +17,10 @@ use uuid::Uuid;
 
 use shomei_vault::{EncryptingWriter, Keyring, Purpose, VaultError};
 
+mod appended;
+
+pub use appended::open_revision_file;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage backend: {0}")]
@@ -141,32 +145,68 @@ impl Storage {
         bytes: Bytes,
     ) -> Result<StoredObject, StorageError> {
         let sha256 = Sha256::digest(&bytes).into();
-        self.put_pdf_hashed(tenant_id, document_id, bytes, sha256)
+        self.put_pdf_whole(tenant_id, document_id, bytes, sha256, 0)
             .await
     }
 
-    /// [`put_pdf`](Self::put_pdf) for bytes whose SHA-256 the caller already has (a revision
-    /// hashed on from the state [`get_verified_hashing`](Self::get_verified_hashing) gave for
-    /// the revision it extends): recorded as given.
-    pub async fn put_pdf_hashed(
+    /// Seals and stores `bytes`, a revision that extends the revision stored as `base`: its
+    /// first `base.size` bytes are the base's plaintext, as a PDF incremental update leaves
+    /// them (the caller has checked). Only what it appends is stored, with a reference to the
+    /// base ([`appended`]), unless the base is at the end of a chain of
+    /// [`MAX_DEPTH`](appended::MAX_DEPTH) appended objects already; then it is stored whole.
+    /// `sha256`: the digest of `bytes` (hashed on from the base's, see
+    /// [`get_verified_hashing`](Self::get_verified_hashing)), recorded as given.
+    pub async fn put_pdf_revision(
         &self,
         tenant_id: Uuid,
         document_id: Uuid,
+        base: &StoredObject,
         bytes: Bytes,
         sha256: [u8; 32],
     ) -> Result<StoredObject, StorageError> {
         let size = bytes.len() as u64;
+        let depth = appended::depth_of(&base.key).map_or(0, |d| d + 1);
+        if depth == 0 || depth > appended::MAX_DEPTH || size <= base.size {
+            return self
+                .put_pdf_whole(tenant_id, document_id, bytes, sha256, 0)
+                .await;
+        }
+        let header = appended::Header {
+            base_key: &base.key,
+            base_size: base.size,
+            base_sha256: base.sha256,
+        };
+        let plain = header.with(&bytes[base.size as usize..]);
+        drop(bytes);
+        let stored = self
+            .put_pdf_whole(tenant_id, document_id, Bytes::from(plain), sha256, depth)
+            .await?;
+        Ok(StoredObject { size, ..stored })
+    }
+
+    /// Seals `plain` and stores it in the document's folder at `depth` (0: a whole revision),
+    /// named by the SHA-256 of the ciphertext; `sha256` and the size of `plain` are what the
+    /// result says of it.
+    async fn put_pdf_whole(
+        &self,
+        tenant_id: Uuid,
+        document_id: Uuid,
+        plain: Bytes,
+        sha256: [u8; 32],
+        depth: u32,
+    ) -> Result<StoredObject, StorageError> {
+        let size = plain.len() as u64;
         let data_key = self
             .keys
             .current(tenant_id, Purpose::Content)
             .await
             .map_err(Self::sealed(""))?;
-        let sealed = data_key.seal(&bytes);
-        drop(bytes);
-        let key = format!(
-            "{}/{}.sealed",
-            Self::document_prefix(tenant_id, document_id),
-            hex::encode(Sha256::digest(&sealed))
+        let sealed = data_key.seal(&plain);
+        drop(plain);
+        let key = appended::key(
+            &Self::document_prefix(tenant_id, document_id),
+            &hex::encode(Sha256::digest(&sealed)),
+            depth,
         );
         self.store
             .put(&ObjectPath::from(key.as_str()), PutPayload::from(sealed))
@@ -197,7 +237,8 @@ impl Storage {
     }
 
     /// An object's plaintext length and its plaintext as a stream of chunks (for downloads of
-    /// any size).
+    /// any size): an object stored whole, as export archives are; an appended revision is read
+    /// with [`get_verified`](Self::get_verified).
     pub async fn stream(
         &self,
         key: &str,
@@ -208,6 +249,10 @@ impl Storage {
         ),
         StorageError,
     > {
+        if appended::depth_of(key).is_some_and(|depth| depth > 0) {
+            let source = format!("{key} is an appended revision, not a whole object").into();
+            return Err(object_store::Error::NotSupported { source }.into());
+        }
         let found = self.store.get(&ObjectPath::from(key)).await?;
         let size = shomei_vault::plaintext_len(found.meta.size).ok_or(StorageError::Corrupt {
             key: key.to_owned(),
@@ -256,26 +301,36 @@ impl Storage {
 
     /// [`get_verified`](Self::get_verified), with the SHA-256 state after the whole plaintext,
     /// not finalised: a revision appended to it is hashed on from there
-    /// ([`put_pdf_hashed`](Self::put_pdf_hashed)) instead of from its first byte.
+    /// ([`put_pdf_revision`](Self::put_pdf_revision)) instead of from its first byte. An
+    /// appended revision is put together from its chain ([`appended::Chain`]).
     pub async fn get_verified_hashing(
         &self,
         key: &str,
         sha256: &[u8],
     ) -> Result<(Bytes, Sha256), StorageError> {
+        let mut chain = appended::Chain::new(key);
+        while let Some(at) = chain.wanted() {
+            let plain = self.get_opened(at).await?;
+            chain.add(plain)?;
+        }
+        let (plain, state) = chain.finish()?;
+        if state.clone().finalize().as_slice() != sha256 {
+            return Err(StorageError::Corrupt {
+                key: key.to_owned(),
+            });
+        }
+        Ok((Bytes::from(plain), state))
+    }
+
+    /// One object, read and opened.
+    async fn get_opened(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         let sealed = self
             .store
             .get(&ObjectPath::from(key))
             .await?
             .bytes()
             .await?;
-        let bytes = self.keys.open(&sealed).await.map_err(Self::sealed(key))?;
-        let state = Sha256::new_with_prefix(&bytes);
-        if state.clone().finalize().as_slice() != sha256 {
-            return Err(StorageError::Corrupt {
-                key: key.to_owned(),
-            });
-        }
-        Ok((Bytes::from(bytes), state))
+        self.keys.open(&sealed).await.map_err(Self::sealed(key))
     }
 
     /// The keys of every object under `prefix`.

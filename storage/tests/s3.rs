@@ -367,3 +367,236 @@ async fn a_store_on_a_missing_bucket_fails_with_a_backend_error() {
         "{err:?}"
     );
 }
+
+/// A revision that appends `len` bytes to `base` (as an incremental update does).
+fn extended(base: &[u8], len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    bytes.extend_from_slice(&plaintext(len, seed)[9..]);
+    bytes
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_extends_another_is_stored_as_what_it_appends_and_reads_back_whole() {
+    let f = Fixture::new().await;
+    let document = Uuid::new_v4();
+    let original = plaintext(200 * 1024, 8);
+    let base = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(original.clone()))
+        .await
+        .unwrap();
+    let signed = extended(&original, 20 * 1024, 9);
+    let first = f
+        .storage
+        .put_pdf_revision(
+            f.tenant,
+            document,
+            &base,
+            Bytes::from(signed.clone()),
+            sha256(&signed),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.size, signed.len() as u64);
+    assert_eq!(first.sha256, sha256(&signed));
+    assert!(first.key.ends_with(".a1.sealed"), "{}", first.key);
+
+    // The bucket holds the appended bytes with a short header, sealed: not the whole again.
+    let raw = f.s3.get(&Fixture::in_bucket(&first.key)).await;
+    assert!(
+        raw.len() > 20 * 1024 && raw.len() < 21 * 1024,
+        "{} bytes stored for 20 KiB appended",
+        raw.len()
+    );
+    assert!(
+        !contains(&raw, &signed[signed.len() - 32..]),
+        "plaintext in the stored object"
+    );
+    assert!(first
+        .key
+        .ends_with(&format!("/{}.a1.sealed", hex::encode(Sha256::digest(&raw)))));
+
+    // A revision on top of that one, and both read back whole, the hash state with them.
+    let countersigned = extended(&signed, 30 * 1024, 10);
+    let second = f
+        .storage
+        .put_pdf_revision(
+            f.tenant,
+            document,
+            &first,
+            Bytes::from(countersigned.clone()),
+            sha256(&countersigned),
+        )
+        .await
+        .unwrap();
+    assert!(second.key.ends_with(".a2.sealed"), "{}", second.key);
+    for (stored, plain) in [(&first, &signed), (&second, &countersigned)] {
+        let (read, state) = f
+            .storage
+            .get_verified_hashing(&stored.key, &stored.sha256)
+            .await
+            .unwrap();
+        assert!(read == *plain, "{} reads back whole", stored.key);
+        assert_eq!(<[u8; 32]>::from(state.finalize()), stored.sha256);
+        // A wrong digest is still refused.
+        let err = refused(f.storage.get_verified(&stored.key, &[0; 32]).await);
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    }
+    // Streaming is for objects stored whole.
+    assert!(matches!(
+        f.storage.stream(&second.key).await.map(|_| ()),
+        Err(StorageError::Backend(
+            object_store::Error::NotSupported { .. }
+        ))
+    ));
+    // The deletion evidence describes what the bucket holds for the object itself.
+    let fingerprint = f.storage.fingerprint(&first.key).await.unwrap().unwrap();
+    assert_eq!(fingerprint.size, raw.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_of_appended_revisions_is_cut_by_a_whole_one() {
+    let f = Fixture::new().await;
+    let document = Uuid::new_v4();
+    let mut plain = plaintext(4 * 1024, 11);
+    let mut stored = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(plain.clone()))
+        .await
+        .unwrap();
+    let mut depths = Vec::new();
+    for seed in 0..17 {
+        plain = extended(&plain, 100, 100 + seed);
+        stored = f
+            .storage
+            .put_pdf_revision(
+                f.tenant,
+                document,
+                &stored,
+                Bytes::from(plain.clone()),
+                sha256(&plain),
+            )
+            .await
+            .unwrap();
+        let name = stored.key.rsplit_once('/').unwrap().1.to_owned();
+        depths.push(name.split('.').nth(1).unwrap().to_owned());
+        let read = f
+            .storage
+            .get_verified(&stored.key, &stored.sha256)
+            .await
+            .unwrap();
+        assert!(read == plain, "revision {seed} reads back");
+    }
+    let expected: Vec<String> = (1..=15)
+        .map(|d| format!("a{d}"))
+        .chain(["sealed".to_owned(), "a1".to_owned()])
+        .collect();
+    assert_eq!(depths, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_appended_revision_whose_base_changed_or_went_is_refused() {
+    let f = Fixture::new().await;
+    let document = Uuid::new_v4();
+    let original = plaintext(100 * 1024, 12);
+    let base = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(original.clone()))
+        .await
+        .unwrap();
+    let signed = extended(&original, 10 * 1024, 13);
+    let top = f
+        .storage
+        .put_pdf_revision(
+            f.tenant,
+            document,
+            &base,
+            Bytes::from(signed.clone()),
+            sha256(&signed),
+        )
+        .await
+        .unwrap();
+    let countersigned = extended(&signed, 10 * 1024, 15);
+    let above = f
+        .storage
+        .put_pdf_revision(
+            f.tenant,
+            document,
+            &top,
+            Bytes::from(countersigned.clone()),
+            sha256(&countersigned),
+        )
+        .await
+        .unwrap();
+    // Another sound object of the same length and tenant in the base's place: it opens, but
+    // it is not the base the appended objects recorded. The error names the object whose
+    // recorded base does not match, not the one read.
+    let other = f
+        .storage
+        .put_pdf(f.tenant, document, Bytes::from(plaintext(100 * 1024, 14)))
+        .await
+        .unwrap();
+    let base_in_bucket = Fixture::in_bucket(&base.key);
+    let saved = f.s3.get(&base_in_bucket).await;
+    f.s3.put(
+        &base_in_bucket,
+        f.s3.get(&Fixture::in_bucket(&other.key)).await,
+    )
+    .await;
+    for read in [&top, &above] {
+        let err = refused(f.storage.get_verified(&read.key, &read.sha256).await);
+        match &err {
+            StorageError::Corrupt { key } => assert_eq!(key, &top.key),
+            other => panic!("{other:?}"),
+        }
+        assert!(err.is_permanent());
+    }
+
+    // A byte of the appended object flipped: its GCM tag catches it.
+    f.s3.put(&base_in_bucket, saved).await;
+    let top_in_bucket = Fixture::in_bucket(&top.key);
+    let mut raw = f.s3.get(&top_in_bucket).await;
+    let middle = raw.len() / 2;
+    raw[middle] ^= 0x01;
+    f.s3.put(&top_in_bucket, raw.clone()).await;
+    let err = refused(f.storage.get_verified(&top.key, &top.sha256).await);
+    assert!(matches!(err, StorageError::Sealed { .. }), "{err:?}");
+    raw[middle] ^= 0x01;
+    f.s3.put(&top_in_bucket, raw).await;
+    assert!(f.storage.get_verified(&top.key, &top.sha256).await.is_ok());
+
+    // A revision that names a base in another document's folder (a caller's mistake) is
+    // stored, but never read as that document's.
+    let elsewhere = f
+        .storage
+        .put_pdf_revision(
+            f.tenant,
+            Uuid::new_v4(),
+            &base,
+            Bytes::from(signed.clone()),
+            sha256(&signed),
+        )
+        .await
+        .unwrap();
+    let err = refused(
+        f.storage
+            .get_verified(&elsewhere.key, &elsewhere.sha256)
+            .await,
+    );
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+
+    // The base removed: the appended revision cannot be read.
+    f.storage.remove(&base.key).await.unwrap();
+    let err = refused(f.storage.get_verified(&top.key, &top.sha256).await);
+    assert!(
+        matches!(
+            err,
+            StorageError::Backend(object_store::Error::NotFound { .. })
+        ),
+        "{err:?}"
+    );
+}

@@ -212,11 +212,27 @@ async fn rotating_keks_rewraps_data_keys_and_leaves_every_stored_file_as_it_was(
         "SELECT storage_key AS t FROM document_revisions WHERE document_id = '{document}' \
          ORDER BY revision DESC LIMIT 1"
     ));
+    // The signed revision is stored as what it appends to the upload, so `storage open` puts
+    // it together with the upload, read from the same directory.
+    let sealed = app.storage_dir().join(&key[0]);
+    assert!(key[0].ends_with(".a1.sealed"), "{key:?}");
+    let uploaded: usize = app.sql_texts(&format!(
+        "SELECT size_bytes::text AS t FROM document_revisions WHERE document_id = '{document}' \
+         ORDER BY revision LIMIT 1"
+    ))[0]
+        .parse()
+        .unwrap();
+    let stored_len = std::fs::metadata(&sealed).unwrap().len() as usize;
+    assert!(
+        stored_len < signed.len() - uploaded + 512,
+        "{stored_len} bytes stored for a signed file of {} on an upload of {uploaded}",
+        signed.len()
+    );
     let out = app.log_dir().join("opened.pdf");
     let opened = app.cli(&[
         "storage",
         "open",
-        app.storage_dir().join(&key[0]).to_str().unwrap(),
+        sealed.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]);
