@@ -146,3 +146,50 @@ async fn redis_forgets_jobs_once_they_are_finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_larger_than_a_redis_script_can_unpack_still_drains() {
+    // apalis-redis puts every pushed task in the queue's scheduled set, and each fetch moved all
+    // the due ones to the active list in one Lua call, which unpacks at most 7,999 values: with
+    // more queued than that before a worker fetched (workers down, a burst of submissions),
+    // every fetch failed and the queue stood still for good (`vendor/apalis-redis`).
+    const BACKLOG: usize = 8_200;
+    let mut app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let document = app.upload_ok(sample("contract.pdf")).await;
+    let config =
+        shomei_config::Config::from_lookup(|name| app.env_var(name).map(String::from)).unwrap();
+    let queue = shomei_jobs::Queue::connect(&config).await.unwrap();
+    // Ids with no job row behind them: a worker acknowledges each as a duplicate delivery.
+    let ids: Vec<uuid::Uuid> = (0..BACKLOG).map(|_| uuid::Uuid::now_v7()).collect();
+    for chunk in ids.chunks(200) {
+        let pushes = chunk
+            .iter()
+            .map(|id| queue.push(shomei_schema::JobKind::Sign, *id));
+        for pushed in futures::future::join_all(pushes).await {
+            pushed.unwrap();
+        }
+    }
+    let job = app.sign_ok(&document, "Taro Suzuki").await;
+    let mut redis = app.redis().await;
+    let scheduled = app.queue_key("sign:scheduled");
+    let waiting: usize = redis::cmd("ZCARD")
+        .arg(&scheduled)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(waiting, BACKLOG + 1, "every push waits in {scheduled}");
+
+    app.start_worker();
+    let done = app.wait_for_job(&job, Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let waiting: usize = redis::cmd("ZCARD")
+        .arg(&scheduled)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0);
+}
