@@ -10,7 +10,8 @@
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
 # LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log),
 # LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, e.g. sslmode=disable),
-# LOADTEST_WORKER_NICE (the workers' nice value: 10 lets the API's intake go first).
+# LOADTEST_WORKER_NICE (the workers' nice value, default 10: the API's intake goes first, as
+# the compose file's cpu_shares arrange; 0 runs them at the API's priority).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -106,7 +107,7 @@ PIDS+=($!)
 for _ in $(seq 150); do curl -fs "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -fsS "$API/readyz" >/dev/null || { echo "API not ready; see $RUN/api.log" >&2; exit 1; }
 for i in $(seq "$WORKERS"); do
-    ${LOADTEST_WORKER_NICE:+nice -n "$LOADTEST_WORKER_NICE"} "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
+    nice -n "${LOADTEST_WORKER_NICE:-10}" "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
     PIDS+=($!)
 done
 # A worker is ready once it logged its start; give each a few seconds to connect.
