@@ -85,7 +85,7 @@ where
     let (tenant, document) = (job.tenant_id, latest.document_id);
     let stored = if bytes.starts_with(&base.bytes) {
         let sha256 = sha256.unwrap_or_else(|| Sha256::digest(&bytes).into());
-        let on = StoredObject {
+        let stored_base = StoredObject {
             key: latest.storage_key.clone(),
             sha256: latest.sha256.as_slice().try_into().map_err(|_| {
                 JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
@@ -93,7 +93,7 @@ where
             size: base.bytes.len() as u64,
         };
         ctx.storage
-            .put_pdf_revision(tenant, document, &on, Bytes::from(bytes), sha256)
+            .put_pdf_revision(tenant, document, &stored_base, Bytes::from(bytes), sha256)
             .await?
     } else {
         ctx.storage

@@ -766,31 +766,25 @@ pub(crate) fn verify_signature(
         RSA_ENCRYPTION | ID_EC_PUBLIC_KEY => digest_hint.ok_or_else(unsupported)?,
         _ => return Err(unsupported()),
     };
-    let digest = hash(digest_oid, &[message]).ok_or_else(unsupported)?;
     let raw = key
         .subject_public_key
         .as_bytes()
         .ok_or("public key bit string has unused bits")?;
     match key.algorithm.oid {
         RSA_ENCRYPTION if !matches!(algorithm.oid, ECDSA_WITH_SHA256 | ECDSA_WITH_SHA384) => {
-            #[derive(der::Sequence)]
-            struct RsaPublicKey {
-                modulus: der::asn1::Uint,
-                public_exponent: der::asn1::Uint,
-            }
-            let parsed = RsaPublicKey::from_der(raw).map_err(|e| format!("RSA key: {e}"))?;
-            let public = rsa::PublicKey::new(
-                rsa::BoxedUint::from_be_slice_vartime(parsed.modulus.as_bytes()),
-                rsa::BoxedUint::from_be_slice_vartime(parsed.public_exponent.as_bytes()),
-            )
-            .map_err(|e| format!("RSA key: {e}"))?;
-            let scheme = match digest_oid {
-                ID_SHA256 => rsa::Pkcs1v15Sign::new::<Sha256>(),
-                ID_SHA384 => rsa::Pkcs1v15Sign::new::<Sha384>(),
-                _ => rsa::Pkcs1v15Sign::new::<Sha512>(),
+            // ring's, for its speed (a time-stamp token's signature is checked per document).
+            // The `LEGACY` parameters take moduli from 1,024 bits, as any RSA key was taken
+            // before; ring has no such variant for SHA-384, whose keys start at 2,048 bits.
+            use ring::signature as ring_rsa;
+            let parameters = match digest_oid {
+                ID_SHA256 => &ring_rsa::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+                ID_SHA384 => &ring_rsa::RSA_PKCS1_2048_8192_SHA384,
+                ID_SHA512 => &ring_rsa::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
+                _ => return Err(unsupported()),
             };
-            public
-                .verify(scheme, &digest, signature)
+            // The key as ring takes it: the DER RSAPublicKey of the SubjectPublicKeyInfo.
+            ring_rsa::UnparsedPublicKey::new(parameters, raw)
+                .verify(message, signature)
                 .map_err(|_| "RSA signature does not verify".to_string())
         }
         ID_EC_PUBLIC_KEY if digest_oid != ID_SHA512 && algorithm.oid != RSA_ENCRYPTION => {
@@ -799,6 +793,7 @@ pub(crate) fn verify_signature(
                 .parameters
                 .as_ref()
                 .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+            let digest = hash(digest_oid, &[message]).ok_or_else(unsupported)?;
             let bad = |_| "ECDSA signature does not verify".to_string();
             match curve {
                 Some(SECP256R1) => {

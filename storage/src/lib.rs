@@ -145,7 +145,7 @@ impl Storage {
         bytes: Bytes,
     ) -> Result<StoredObject, StorageError> {
         let sha256 = Sha256::digest(&bytes).into();
-        self.put_pdf_whole(tenant_id, document_id, bytes, sha256, 0)
+        self.put_sealed(tenant_id, document_id, bytes, sha256, 0)
             .await
     }
 
@@ -168,7 +168,7 @@ impl Storage {
         let depth = appended::depth_of(&base.key).map_or(0, |d| d + 1);
         if depth == 0 || depth > appended::MAX_DEPTH || size <= base.size {
             return self
-                .put_pdf_whole(tenant_id, document_id, bytes, sha256, 0)
+                .put_sealed(tenant_id, document_id, bytes, sha256, 0)
                 .await;
         }
         let header = appended::Header {
@@ -179,7 +179,7 @@ impl Storage {
         let plain = header.with(&bytes[base.size as usize..]);
         drop(bytes);
         let stored = self
-            .put_pdf_whole(tenant_id, document_id, Bytes::from(plain), sha256, depth)
+            .put_sealed(tenant_id, document_id, Bytes::from(plain), sha256, depth)
             .await?;
         Ok(StoredObject { size, ..stored })
     }
@@ -187,7 +187,7 @@ impl Storage {
     /// Seals `plain` and stores it in the document's folder at `depth` (0: a whole revision),
     /// named by the SHA-256 of the ciphertext; `sha256` and the size of `plain` are what the
     /// result says of it.
-    async fn put_pdf_whole(
+    async fn put_sealed(
         &self,
         tenant_id: Uuid,
         document_id: Uuid,
