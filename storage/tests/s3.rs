@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use shomei_config::{S3Config, S3Credentials};
 use shomei_signing::{Hsm, HsmSettings};
-use shomei_storage::{Storage, StorageError};
+use shomei_storage::{Storage, StorageError, StoredObject};
 use shomei_testkit::s3::{S3Server, ACCESS_KEY_ID};
 use shomei_testkit::{hsm_dir, own_token_copy, workspace_root};
 use shomei_vault::Keyring;
@@ -102,6 +102,20 @@ impl Fixture {
             tenant,
             _db: db,
         }
+    }
+
+    /// Stores `bytes` as the revision that extends `base`.
+    async fn revision(&self, document: Uuid, base: &StoredObject, bytes: &[u8]) -> StoredObject {
+        self.storage
+            .put_pdf_revision(
+                self.tenant,
+                document,
+                base,
+                Bytes::from(bytes.to_vec()),
+                Sha256::digest(bytes).into(),
+            )
+            .await
+            .unwrap()
     }
 
     /// The bucket key of a store key.
@@ -390,17 +404,7 @@ async fn a_revision_that_extends_another_is_stored_as_what_it_appends_and_reads_
         .await
         .unwrap();
     let signed = extended(&original, 20 * 1024, 9);
-    let first = f
-        .storage
-        .put_pdf_revision(
-            f.tenant,
-            document,
-            &base,
-            Bytes::from(signed.clone()),
-            sha256(&signed),
-        )
-        .await
-        .unwrap();
+    let first = f.revision(document, &base, &signed).await;
     assert_eq!(first.size, signed.len() as u64);
     assert_eq!(first.sha256, sha256(&signed));
     assert!(first.key.ends_with(".a1.sealed"), "{}", first.key);
@@ -422,17 +426,7 @@ async fn a_revision_that_extends_another_is_stored_as_what_it_appends_and_reads_
 
     // A revision on top of that one, and both read back whole, the hash state with them.
     let countersigned = extended(&signed, 30 * 1024, 10);
-    let second = f
-        .storage
-        .put_pdf_revision(
-            f.tenant,
-            document,
-            &first,
-            Bytes::from(countersigned.clone()),
-            sha256(&countersigned),
-        )
-        .await
-        .unwrap();
+    let second = f.revision(document, &first, &countersigned).await;
     assert!(second.key.ends_with(".a2.sealed"), "{}", second.key);
     for (stored, plain) in [(&first, &signed), (&second, &countersigned)] {
         let (read, state) = f
@@ -471,17 +465,7 @@ async fn a_chain_of_appended_revisions_is_cut_by_a_whole_one() {
     let mut depths = Vec::new();
     for seed in 0..17 {
         plain = extended(&plain, 100, 100 + seed);
-        stored = f
-            .storage
-            .put_pdf_revision(
-                f.tenant,
-                document,
-                &stored,
-                Bytes::from(plain.clone()),
-                sha256(&plain),
-            )
-            .await
-            .unwrap();
+        stored = f.revision(document, &stored, &plain).await;
         let name = stored.key.rsplit_once('/').unwrap().1.to_owned();
         depths.push(name.split('.').nth(1).unwrap().to_owned());
         let read = f
@@ -509,29 +493,9 @@ async fn an_appended_revision_whose_base_changed_or_went_is_refused() {
         .await
         .unwrap();
     let signed = extended(&original, 10 * 1024, 13);
-    let top = f
-        .storage
-        .put_pdf_revision(
-            f.tenant,
-            document,
-            &base,
-            Bytes::from(signed.clone()),
-            sha256(&signed),
-        )
-        .await
-        .unwrap();
+    let top = f.revision(document, &base, &signed).await;
     let countersigned = extended(&signed, 10 * 1024, 15);
-    let above = f
-        .storage
-        .put_pdf_revision(
-            f.tenant,
-            document,
-            &top,
-            Bytes::from(countersigned.clone()),
-            sha256(&countersigned),
-        )
-        .await
-        .unwrap();
+    let above = f.revision(document, &top, &countersigned).await;
     // Another sound object of the same length and tenant in the base's place: it opens, but
     // it is not the base the appended objects recorded. The error names the object whose
     // recorded base does not match, not the one read.
@@ -571,17 +535,7 @@ async fn an_appended_revision_whose_base_changed_or_went_is_refused() {
 
     // A revision that names a base in another document's folder (a caller's mistake) is
     // stored, but never read as that document's.
-    let elsewhere = f
-        .storage
-        .put_pdf_revision(
-            f.tenant,
-            Uuid::new_v4(),
-            &base,
-            Bytes::from(signed.clone()),
-            sha256(&signed),
-        )
-        .await
-        .unwrap();
+    let elsewhere = f.revision(Uuid::new_v4(), &base, &signed).await;
     let err = refused(
         f.storage
             .get_verified(&elsewhere.key, &elsewhere.sha256)
