@@ -24,18 +24,17 @@ use crate::registry::Done;
 pub(crate) enum Start {
     /// The job already made its revision; this is its result.
     AlreadyDone(serde_json::Value),
-    /// The latest revision, to build on, and the SHA-256 state after its bytes (see
-    /// `Storage::get_verified_hashing`).
-    Work {
-        base: Base,
-        hashed: Box<sha2::Sha256>,
-    },
+    /// The latest revision, to build on.
+    Work(Base),
 }
 
-/// The revision a job builds on: its row and its bytes.
+/// The revision a job builds on: its row, its bytes and the SHA-256 state after them (see
+/// `Storage::get_verified_hashing`), so that a revision appended to it is hashed only over what
+/// it appends.
 pub(crate) struct Base {
     pub revision: Revision,
     pub bytes: Bytes,
+    pub hashed: Box<Sha256>,
 }
 
 pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError> {
@@ -53,19 +52,17 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
         .storage
         .get_verified_hashing(&latest.storage_key, &latest.sha256)
         .await?;
-    Ok(Start::Work {
-        base: Base {
-            revision: latest,
-            bytes,
-        },
+    Ok(Start::Work(Base {
+        revision: latest,
+        bytes,
         hashed: Box::new(hashed),
-    })
+    }))
 }
 
 /// Stores `bytes` as the revision after `base`, made by `job`, and marks the job succeeded;
-/// `sha256`: the digest of `bytes`, when the caller has it (hashed on from the base's).
-/// Bytes that extend the base's, as an incremental update does, are stored as what they append
-/// (`Storage::put_pdf_revision`); anything else is stored whole and hashed here.
+/// `sha256`: the digest of `bytes`, when the caller has it. Bytes that extend the base's, as an
+/// incremental update does, are hashed on from the base's state and stored as what they append
+/// (`Storage::put_pdf_revision`); anything else is hashed and stored whole.
 /// `then` runs in the transaction that records the revision (the state changes and events the
 /// revision brings), so it happens exactly once however often the job runs; the job's success
 /// is recorded in that transaction too. The transaction is one of a group
@@ -84,7 +81,15 @@ where
     let latest = &base.revision;
     let (tenant, document) = (job.tenant_id, latest.document_id);
     let stored = if bytes.starts_with(&base.bytes) {
-        let sha256 = sha256.unwrap_or_else(|| Sha256::digest(&bytes).into());
+        let sha256 = sha256.unwrap_or_else(|| {
+            let appended = &bytes[base.bytes.len()..];
+            base.hashed
+                .as_ref()
+                .clone()
+                .chain_update(appended)
+                .finalize()
+                .into()
+        });
         let stored_base = StoredObject {
             key: latest.storage_key.clone(),
             sha256: latest.sha256.as_slice().try_into().map_err(|_| {

@@ -214,9 +214,9 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         SignatureLevel::Basic => None,
         SignatureLevel::Timestamped => Some(ctx.timestamper()?),
     };
-    let (base, hashed) = match revisions::begin(ctx, job).await? {
+    let base = match revisions::begin(ctx, job).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
-        Start::Work { base, hashed } => (base, hashed),
+        Start::Work(base) => base,
     };
     if let Some(step) = &request.step {
         still_signing(ctx, job, step).await?;
@@ -239,7 +239,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         location: request.location,
         signing_time: chrono::Utc::now(),
     };
-    let (hsm, bytes) = (ctx.hsm.clone(), base.bytes.clone());
+    let (hsm, bytes, hashed) = (ctx.hsm.clone(), base.bytes.clone(), base.hashed.clone());
     let signed = tokio::task::spawn_blocking(move || {
         shomei_signing::sign_pdf_hashed(&hsm, &bytes, &hashed, &signature, timestamper.as_deref())
     })

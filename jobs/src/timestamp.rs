@@ -19,7 +19,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
     let base = match revisions::begin(ctx, job).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
-        Start::Work { base, .. } => base,
+        Start::Work(base) => base,
     };
     let bytes = base.bytes.clone();
     let stamped = tokio::task::spawn_blocking(move || {
