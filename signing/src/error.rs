@@ -31,6 +31,12 @@ pub enum HsmError {
     #[error("no HSM session available: {0}")]
     Pool(#[from] r2d2::Error),
 
+    /// The module was initialised again (its device had been lost) while the call waited for
+    /// a session: the session it got, or the key handle it was to use, belongs to the
+    /// initialisation before. Try again.
+    #[error("the HSM module was initialised again during the call")]
+    Reinitialised,
+
     #[error("PKCS#11 {operation} failed: {source}")]
     Pkcs11 {
         operation: &'static str,

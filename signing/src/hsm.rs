@@ -28,12 +28,19 @@ use x509_cert::Certificate;
 
 use crate::error::HsmError;
 
+mod calls;
+use calls::Calls;
+
 /// How long a caller waits for a free session before the job is retried later.
 const SESSION_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guards against issuer loops among the token's certificates.
 const MAX_CHAIN_DEPTH: usize = 8;
 /// Least time between two re-initialisations of a module whose device is gone.
 const REINIT_PAUSE: Duration = Duration::from_secs(1);
+/// How long a re-initialisation waits for the calls in flight before it abandons them.
+const CALLS_PATIENCE: Duration = Duration::from_secs(15);
+/// How often a caller waiting for a session looks whether the pool found the device gone.
+const CHECKOUT_SLICE: Duration = Duration::from_millis(250);
 
 /// Connection parameters for [`Hsm::connect`].
 #[derive(Clone)]
@@ -138,8 +145,8 @@ struct Inner {
     device_lost: Arc<AtomicBool>,
     /// Serialises re-initialisations and spaces them out.
     last_reinit: Mutex<Option<Instant>>,
-    /// Calls in flight hold it shared, a re-initialisation exclusively (`Hsm::call_guard`).
-    calls: RwLock<()>,
+    /// Held by every call into the module, and closed by a re-initialisation (see [`calls`]).
+    calls: Calls,
     identities: Mutex<HashMap<String, Arc<SigningIdentity>>>,
 }
 
@@ -159,6 +166,7 @@ impl Link {
         settings: &HsmSettings,
         generation: &Arc<AtomicU64>,
         device_lost: &Arc<AtomicBool>,
+        calls: &Calls,
     ) -> Result<Link, HsmError> {
         let slot = find_token(&pkcs11, &settings.token_label)?;
         let manager = SessionManager {
@@ -167,6 +175,7 @@ impl Link {
             pin: settings.user_pin.clone(),
             generation: generation.clone(),
             device_lost: device_lost.clone(),
+            calls: calls.clone(),
         };
 
         // One explicit attempt before the pool exists: r2d2 keeps retrying
@@ -186,9 +195,15 @@ impl Link {
 
         // Built while the probe is still open so the pool's first session
         // inherits the login instead of sending the PIN again.
+        // No reaper (idle timeout, maximum lifetime): its job runs every 30 s for as long as
+        // the pool's threads live, and so kept them alive after the pool was dropped: three
+        // threads lost per re-initialisation. Sessions need no recycling; a broken one is
+        // found at checkout.
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size.max(1))
             .min_idle(Some(1))
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connection_timeout(SESSION_CHECKOUT_TIMEOUT)
             .test_on_check_out(true)
             .build(manager)?;
@@ -218,6 +233,7 @@ impl Hsm {
         let (mut pkcs11, fresh) = initialised_module(&settings.module_path)?;
         let generation = Arc::new(AtomicU64::new(0));
         let device_lost = Arc::new(AtomicBool::new(false));
+        let calls = Calls::default();
         // SoftHSM2 reads its token directory once, in C_Initialize, and rewrites a token's
         // file on every login: a process starting beside another one may read it while it is
         // rewritten and see no token, or a token whose user PIN is not set (both seen as one of
@@ -226,7 +242,7 @@ impl Hsm {
         // module in this process loses its sessions.
         let mut reinitialised = 0;
         let link = loop {
-            match Link::open(pkcs11.clone(), settings, &generation, &device_lost) {
+            match Link::open(pkcs11.clone(), settings, &generation, &device_lost, &calls) {
                 Err(e) if fresh && reinitialised < 3 && read_while_rewritten(&e) => {
                     tracing::warn!(error = %e, "initialising the module again to read the token again");
                     reinitialised += 1;
@@ -248,7 +264,7 @@ impl Hsm {
                 generation,
                 device_lost,
                 last_reinit: Mutex::new(None),
-                calls: RwLock::new(()),
+                calls,
                 identities: Mutex::new(HashMap::new()),
             }),
         })
@@ -275,33 +291,45 @@ impl Hsm {
             return;
         }
         *last = Some(Instant::now());
-        // Every call in flight returns first (see `call_guard`); none starts until this is done.
-        let _no_calls = self
-            .inner
-            .calls
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.inner.device_lost.store(true, Ordering::SeqCst);
-        // From here on the old initialisation's sessions are left unclosed (see the module doc).
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = failed.pkcs11.clone().finalize() {
-            tracing::debug!(error = %e, "C_Finalize of the lost HSM module");
-        }
-        match failed
-            .pkcs11
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "HSM module cannot be initialised again yet");
-                return;
+            // Every call in flight returns first, the pool's own threads' included, or is
+            // abandoned (see `calls`); none starts until the module is initialised again.
+            let exclusive = self.inner.calls.exclusive(CALLS_PATIENCE);
+            if exclusive.abandoned > 0 {
+                tracing::error!(
+                    calls = exclusive.abandoned,
+                    patience_s = CALLS_PATIENCE.as_secs(),
+                    "calls into the HSM module did not return; initialising it again without \
+                     them (each keeps its thread blocked; restart the process when convenient)"
+                );
+                metrics::HSM_CALLS_ABANDONED.inc_by(exclusive.abandoned as u64);
+            }
+            self.inner.device_lost.store(true, Ordering::SeqCst);
+            // From here on the old initialisation's sessions are left unclosed (see the module
+            // doc).
+            self.inner.generation.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = failed.pkcs11.clone().finalize() {
+                tracing::debug!(error = %e, "C_Finalize of the lost HSM module");
+            }
+            match failed
+                .pkcs11
+                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            {
+                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "HSM module cannot be initialised again yet");
+                    return;
+                }
             }
         }
+        // Outside the exclusive guard: opening the pool makes calls, on this thread and on the
+        // pool's. Callers meanwhile wait for `last_reinit` (the device is still marked lost).
         match Link::open(
             failed.pkcs11.clone(),
             &self.inner.settings,
             &self.inner.generation,
             &self.inner.device_lost,
+            &self.inner.calls,
         ) {
             Ok(link) => {
                 *self
@@ -375,12 +403,12 @@ impl Hsm {
                 let mut digest_info = Vec::with_capacity(SHA256_DIGEST_INFO_PREFIX.len() + 32);
                 digest_info.extend_from_slice(&SHA256_DIGEST_INFO_PREFIX);
                 digest_info.extend_from_slice(sha256_digest);
-                self.with_session("C_Sign", |session| {
+                self.with_session_in(Some(identity.generation), "C_Sign", |session| {
                     session.sign(&Mechanism::RsaPkcs, identity.key, &digest_info)
                 })
             }
             KeyAlgorithm::EcdsaP256 => self
-                .with_session("C_Sign", |session| {
+                .with_session_in(Some(identity.generation), "C_Sign", |session| {
                     session.sign(&Mechanism::Ecdsa, identity.key, sha256_digest)
                 })
                 .and_then(|raw| ecdsa_raw_to_der(&identity.label, &raw)),
@@ -516,14 +544,11 @@ impl Hsm {
     }
 
     /// While the device is known gone, every caller tries to bring it back (at most once a
-    /// second, see `reinitialise`) and waits no longer than that for a session. Returns whether
-    /// it was gone.
-    fn recover_if_lost(&self) -> bool {
-        let lost = self.inner.device_lost.load(Ordering::SeqCst);
-        if lost {
+    /// second, see `reinitialise`).
+    fn recover_if_lost(&self) {
+        if self.inner.device_lost.load(Ordering::SeqCst) {
             self.reinitialise(&self.link());
         }
-        lost
     }
 
     /// Runs `op` on a pooled session, flagging the session as broken when
@@ -535,13 +560,22 @@ impl Hsm {
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
-        let lost = self.recover_if_lost();
+        self.with_session_in(None, operation, op)
+    }
+
+    /// [`Hsm::with_session`] on a session of the initialisation `generation`, when `op` uses
+    /// object handles found in it: handles are numbers, and the same number may name another
+    /// object once the module was initialised again.
+    fn with_session_in<T>(
+        &self,
+        generation: Option<u64>,
+        operation: &'static str,
+        op: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        self.recover_if_lost();
         let link = self.link();
-        let result = {
-            let _in_flight = self.call_guard();
-            self.on_pooled_session(&link, lost, operation, op)
-        };
-        // After the guard is released: a re-initialisation waits for every call in flight.
+        let result = self.on_pooled_session(&link, generation, operation, op);
+        // After the call guard is released: a re-initialisation waits for every call in flight.
         let device_gone = match &result {
             Ok(_) => false,
             Err(HsmError::Pkcs11 { source, .. }) => loses_device(source),
@@ -557,19 +591,19 @@ impl Hsm {
     fn on_pooled_session<T>(
         &self,
         link: &Link,
-        lost: bool,
+        generation: Option<u64>,
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
         let waited = std::time::Instant::now();
-        let checked_out = link.pool.get_timeout(if lost {
-            REINIT_PAUSE
-        } else {
-            SESSION_CHECKOUT_TIMEOUT
-        });
+        let checked_out = self.checkout(link);
         metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
         self.report_pool();
         let mut pooled = checked_out.inspect_err(|_| metrics::HSM_ERRORS.inc())?;
+        let _in_flight = self.current_call(&pooled)?;
+        if generation.is_some_and(|g| g != pooled.generation) {
+            return Err(HsmError::Reinitialised);
+        }
         op(pooled.session()).map_err(|source| {
             metrics::HSM_ERRORS.inc();
             if breaks_session(&source) {
@@ -580,14 +614,36 @@ impl Hsm {
         })
     }
 
-    /// Held (shared) by every call into the module, and exclusively by a re-initialisation:
-    /// `C_Finalize` while other threads are inside calls is undefined (PKCS#11 §5.4), and
-    /// p11-kit's client was seen to abort the process on it.
-    fn call_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.inner
-            .calls
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A session from `link`'s pool, waiting up to [`SESSION_CHECKOUT_TIMEOUT`] for one, but
+    /// no longer once the device is known gone (the pool's own attempts to open a session may
+    /// be what found it gone): the caller then brings it back instead of waiting for sessions
+    /// the old initialisation can no longer open.
+    fn checkout(&self, link: &Link) -> Result<r2d2::PooledConnection<SessionManager>, r2d2::Error> {
+        let deadline = Instant::now() + SESSION_CHECKOUT_TIMEOUT;
+        loop {
+            let slice = CHECKOUT_SLICE.min(deadline.saturating_duration_since(Instant::now()));
+            match link.pool.get_timeout(slice) {
+                Err(e)
+                    if Instant::now() < deadline
+                        && !self.inner.device_lost.load(Ordering::SeqCst) =>
+                {
+                    tracing::trace!(error = %e, "still waiting for an HSM session");
+                }
+                checked_out => return checked_out,
+            }
+        }
+    }
+
+    /// The call guard (see [`calls`]), held by a caller for its calls on `session`, which it
+    /// checked out before: waiting for a session takes no guard, or a re-initialisation would
+    /// wait for every caller waiting for a session (up to [`SESSION_CHECKOUT_TIMEOUT`]) while
+    /// the pool's sessions can only fail. A session of an earlier initialisation is refused.
+    fn current_call(&self, session: &PooledSession) -> Result<calls::InFlight<'_>, HsmError> {
+        let guard = self.inner.calls.enter();
+        if session.generation != self.inner.generation.load(Ordering::SeqCst) {
+            return Err(HsmError::Reinitialised);
+        }
+        Ok(guard)
     }
 
     /// Runs `op` on a fresh read-write session (logged in through the pool's login), closed
@@ -602,9 +658,9 @@ impl Hsm {
             HsmError::Pkcs11 { operation, source }
         };
         let link = self.link();
-        let _in_flight = self.call_guard();
         // Held so the token stays logged in while the new session works.
-        let _pooled = link.pool.get_timeout(SESSION_CHECKOUT_TIMEOUT)?;
+        let pooled = self.checkout(&link)?;
+        let _in_flight = self.current_call(&pooled)?;
         let session = link
             .pkcs11
             .open_rw_session(link.slot)
@@ -882,6 +938,7 @@ struct SessionManager {
     pin: SecretString,
     generation: Arc<AtomicU64>,
     device_lost: Arc<AtomicBool>,
+    calls: Calls,
 }
 
 /// A pooled session; `broken` is set by [`Hsm::with_session`] and read by
@@ -893,6 +950,7 @@ struct PooledSession {
     /// The module initialisation the session was opened in.
     generation: u64,
     current: Arc<AtomicU64>,
+    calls: Calls,
 }
 
 impl PooledSession {
@@ -903,16 +961,20 @@ impl PooledSession {
 
 impl Drop for PooledSession {
     fn drop(&mut self) {
+        let _in_flight = self.calls.enter();
         if self.generation != self.current.load(Ordering::SeqCst) {
             // Opened before the module was initialised again: its handle may now name a
             // session of the new initialisation, which closing it would close.
             std::mem::forget(self.session.take());
         }
+        // C_CloseSession, under the guard.
+        drop(self.session.take());
     }
 }
 
 impl SessionManager {
     fn open(&self) -> Result<PooledSession, CkError> {
+        let _in_flight = self.calls.enter();
         let generation = self.generation.load(Ordering::SeqCst);
         let session = self.pkcs11.open_ro_session(self.slot).inspect_err(|e| {
             if loses_device(e) {
@@ -932,6 +994,7 @@ impl SessionManager {
             broken: false,
             generation,
             current: self.generation.clone(),
+            calls: self.calls.clone(),
         })
     }
 }
@@ -945,6 +1008,7 @@ impl r2d2::ManageConnection for SessionManager {
     }
 
     fn is_valid(&self, conn: &mut PooledSession) -> Result<(), CkError> {
+        let _in_flight = self.calls.enter();
         if is_logged_in(conn.session().get_session_info()?.session_state()) {
             Ok(())
         } else {

@@ -79,6 +79,9 @@ metric!(HSM_SIGN_DURATION: HistogramVec = register_histogram_vec!(
     "shomei_hsm_sign_duration_seconds", "One C_Sign in the HSM", &["key"], SECONDS.to_vec()));
 metric!(HSM_ERRORS: IntCounter = register_int_counter!(
     "shomei_hsm_errors_total", "PKCS#11 calls that failed (sessions discarded)"));
+metric!(HSM_CALLS_ABANDONED: IntCounter = register_int_counter!(
+    "shomei_hsm_calls_abandoned_total",
+    "PKCS#11 calls still running when the module had to be initialised again (threads left blocked)"));
 
 metric!(TSA_CLIENT_DURATION: Histogram = register_histogram!(
     "shomei_tsa_client_request_duration_seconds",
@@ -119,6 +122,7 @@ pub fn init(process: &str) {
     LazyLock::force(&HSM_POOL_MAX);
     LazyLock::force(&HSM_SESSION_WAIT);
     LazyLock::force(&HSM_ERRORS);
+    LazyLock::force(&HSM_CALLS_ABANDONED);
     LazyLock::force(&TSA_CLIENT_DURATION);
     LazyLock::force(&TSA_CLIENT_FAILURES);
     LazyLock::force(&TSA_TOKENS_ISSUED);

@@ -30,6 +30,7 @@ const KNOWN_METRICS: &[&str] = &[
     "shomei_hsm_session_wait_seconds",
     "shomei_hsm_sign_duration_seconds",
     "shomei_hsm_errors_total",
+    "shomei_hsm_calls_abandoned_total",
     "shomei_tsa_client_request_duration_seconds",
     "shomei_tsa_client_failures_total",
     "shomei_tsa_tokens_issued_total",
