@@ -7,6 +7,11 @@
 //! session reports the device gone (at most once a second), so a process outlives an HSM
 //! outage instead of needing a restart. Sessions of an earlier initialisation are never closed:
 //! their handles may name someone else's session in the new one.
+//!
+//! Every [`Hsm`] on one module shares its initialisation (one per process) but not its recovery:
+//! the guard around calls, the generation and the lost flag are each `Hsm`'s own. The binaries
+//! open one per process; two that both lost their device would each finalise the module under
+//! the other's calls.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -376,6 +381,19 @@ impl Hsm {
     /// Returns the signature as CMS expects it: the raw PKCS#1 v1.5 block for
     /// RSA, a DER `ECDSA-Sig-Value` for ECDSA.
     pub fn sign_digest(
+        &self,
+        identity: &SigningIdentity,
+        sha256_digest: &[u8; 32],
+    ) -> Result<Vec<u8>, HsmError> {
+        match self.sign_digest_once(identity, sha256_digest) {
+            // The module was initialised again meanwhile: once more, with the key looked up
+            // in the new initialisation.
+            Err(HsmError::Reinitialised) => self.sign_digest_once(identity, sha256_digest),
+            done => done,
+        }
+    }
+
+    fn sign_digest_once(
         &self,
         identity: &SigningIdentity,
         sha256_digest: &[u8; 32],
