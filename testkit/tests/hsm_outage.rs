@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use sha2::{Digest, Sha256};
 use shomei_signing::{Hsm, HsmSettings};
 use shomei_telemetry::metrics;
@@ -41,6 +42,15 @@ fn signing_resumes_after_every_one_of_many_outages_of_a_remote_hsm() {
     };
     let hsm = Hsm::connect(&settings).expect("the token through p11-kit's client");
     let identity = hsm.identity("shomei-dev-rsa").unwrap();
+    // Every signature is checked with the certificate's key (by ring): one made with whatever
+    // an old key handle names after a re-initialisation would not verify.
+    let public_key = identity
+        .certificate()
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
 
     let signed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -48,12 +58,16 @@ fn signing_resumes_after_every_one_of_many_outages_of_a_remote_hsm() {
         .map(|n| {
             let (hsm, identity) = (hsm.clone(), identity.clone());
             let (signed, stop) = (signed.clone(), stop.clone());
+            let public_key = public_key.clone();
             std::thread::spawn(move || {
-                let digest: [u8; 32] = Sha256::digest(format!("signer {n}")).into();
+                let message = format!("signer {n}");
+                let digest: [u8; 32] = Sha256::digest(&message).into();
+                let key = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_key);
                 while !stop.load(Ordering::SeqCst) {
                     match hsm.sign_digest(&identity, &digest) {
                         Ok(signature) => {
-                            assert_eq!(signature.len(), 256, "an RSA-2048 signature");
+                            key.verify(message.as_bytes(), &signature)
+                                .expect("a signature by the certificate's key");
                             signed.fetch_add(1, Ordering::SeqCst);
                         }
                         // Expected while the server is down; the pause keeps the log short.
