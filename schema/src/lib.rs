@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod models;
+pub mod prepared;
 pub mod schema;
 
 use diesel::pg::PgConnection;

@@ -1,5 +1,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+
+use crate::prepared::Prepare;
 use uuid::Uuid;
 
 use crate::schema::{document_revisions, documents};
@@ -19,8 +21,10 @@ pub struct Document {
     pub deleted_reason: Option<String>,
 }
 
+// `None` sent as NULL (the column's default), not as DEFAULT: one SQL text whatever is set,
+// so the statement can stay prepared (`crate::prepared`).
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = documents)]
+#[diesel(table_name = documents, treat_none_as_default_value = false)]
 pub struct NewDocument<'a> {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -29,9 +33,11 @@ pub struct NewDocument<'a> {
     pub folder: &'a str,
 }
 
-/// One stored version of a document's bytes; revision 0 is the upload.
+/// One stored version of a document's bytes; revision 0 is the upload. Inserted with `None`
+/// sent as NULL (the column's default), not as DEFAULT: one SQL text whatever is set, so diesel
+/// keeps the statement prepared.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = document_revisions)]
+#[diesel(table_name = document_revisions, treat_none_as_default_value = false)]
 pub struct Revision {
     pub document_id: Uuid,
     pub revision: i32,
@@ -54,6 +60,7 @@ impl Document {
         let doc = diesel::insert_into(documents::table)
             .values(document)
             .returning(Document::as_returning())
+            .prepared()
             .get_result(conn)?;
         first.insert(conn)?;
         Ok(doc)

@@ -1,5 +1,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+
+use crate::prepared::Prepare;
 use uuid::Uuid;
 
 use crate::schema::{events, webhook_attempts, webhook_endpoints};
@@ -50,6 +52,7 @@ impl Event {
         .bind::<Nullable<Text>, _>(&self.ip)
         .bind::<Jsonb, _>(&self.data)
         .bind::<Timestamptz, _>(self.created_at)
+        .prepared()
         .load(conn)?;
         Ok(endpoints.into_iter().map(|e| e.id).collect())
     }

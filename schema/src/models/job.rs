@@ -2,6 +2,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+
+use crate::prepared::Prepare;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -101,8 +103,10 @@ pub struct Job {
     pub batch_id: Option<Uuid>,
 }
 
+// `None` sent as NULL (the column's default), not as DEFAULT: one SQL text whatever is set,
+// so the statement can stay prepared (`crate::prepared`).
 #[derive(Debug, Clone, Default, Insertable)]
-#[diesel(table_name = jobs)]
+#[diesel(table_name = jobs, treat_none_as_default_value = false)]
 pub struct NewJob {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -296,6 +300,7 @@ impl Job {
             jobs::started_at.eq(diesel::dsl::now),
         ))
         .returning(Job::as_returning())
+        .prepared()
         .get_results(conn)
     }
 
@@ -311,7 +316,9 @@ impl Job {
                 jobs::error.eq(None::<String>),
                 jobs::finished_at.eq(diesel::dsl::now),
             ))
-            .execute(conn)
+            .returning(jobs::id)
+            .prepared()
+            .get_results::<Uuid>(conn)
             .map(|_| ())
     }
 
@@ -388,7 +395,12 @@ impl Job {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        diesel::insert_into(jobs::table).values(new).execute(conn)?;
+        // One variant per number of rows (at most a group's, `MAX_GROUP`).
+        diesel::insert_into(jobs::table)
+            .values(new)
+            .returning(jobs::id)
+            .prepared()
+            .get_results::<Uuid>(conn)?;
         Ok(new
             .iter()
             .filter_map(|job| JobKind::parse(job.kind).map(|kind| (kind, job.id)))

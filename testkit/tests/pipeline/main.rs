@@ -14,6 +14,7 @@ mod ledger;
 mod login;
 mod metrics;
 mod openapi;
+mod prepared;
 mod prometheus;
 mod reliability;
 mod reports;

@@ -1,0 +1,55 @@
+//! [`Prepared`]: a statement that diesel would send unprepared (parsed and planned by
+//! PostgreSQL on every run), sent as a prepared statement kept per connection instead.
+//!
+//! diesel caches a statement only when its SQL is the same on every run, and assumes it is not
+//! for every `UPDATE`, every `INSERT` of rows with optional columns and every `sql_query`. The
+//! hot statements of a document's path (its revisions, its events, its job's claim and
+//! completion) are among them, and parsing and planning them was about a quarter of
+//! PostgreSQL's CPU under load (README, Performance). Wrapped in [`Prepared`], such a statement
+//! is kept in the connection's cache under its SQL text: statements whose SQL does vary (a
+//! skipped optional column, a different number of rows) are kept once per variant, so only
+//! statements with few variants may be wrapped.
+//!
+//! Run it with a loading method (`load`, `get_result`, `get_results`): diesel's `execute` asks
+//! the statement by reference, which loses the wrapper's answer, so a statement run for its
+//! count gets a `RETURNING` instead.
+
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::{QueryResult, RunQueryDsl};
+
+/// A statement run as a prepared statement of the connection (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<Q>(pub Q);
+
+/// `.prepared()` on any statement.
+pub trait Prepare: Sized {
+    fn prepared(self) -> Prepared<Self> {
+        Prepared(self)
+    }
+}
+
+impl<Q: QueryFragment<Pg>> Prepare for Q {}
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+/// Keyed by its SQL text in the cache, not by its Rust type: the same type may make
+/// different SQL.
+impl<Q> QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q, Conn> RunQueryDsl<Conn> for Prepared<Q> {}
