@@ -1,9 +1,8 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-
-use crate::prepared::Prepare;
 use uuid::Uuid;
 
+use crate::prepared::Prepare;
 use crate::schema::{document_revisions, documents};
 
 #[derive(Debug, Clone, Queryable, Selectable)]

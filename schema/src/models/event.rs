@@ -1,9 +1,8 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-
-use crate::prepared::Prepare;
 use uuid::Uuid;
 
+use crate::prepared::Prepare;
 use crate::schema::{events, webhook_attempts, webhook_endpoints};
 
 /// A state change, as the audit trail keeps it and notifications carry it.

@@ -2,11 +2,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-
-use crate::prepared::Prepare;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::prepared::Prepare;
 use crate::schema::{documents, jobs};
 
 /// The kinds of work the pipeline does. The string is stored in `jobs.kind` and names the
