@@ -2,10 +2,10 @@
 //! PostgreSQL on every run), sent as a prepared statement kept per connection instead.
 //!
 //! diesel caches a statement only when its SQL is the same on every run, and assumes it is not
-//! for every `UPDATE`, every `INSERT` of rows with optional columns and every `sql_query`. The
-//! hot statements of a document's path (its revisions, its events, its job's claim and
-//! completion) are among them, and parsing and planning them was about a quarter of
-//! PostgreSQL's CPU under load (README, Performance). Wrapped in [`Prepared`], such a statement
+//! for every `UPDATE`, every multi-row `INSERT` and every `sql_query`. The hot statements of a
+//! document's path (its event, its job's insert, claim and completion) are among them, and
+//! parsing and planning them, with the inserts that sent `DEFAULT` for unset columns, was about
+//! a quarter of PostgreSQL's CPU under load (README, Performance). Wrapped in [`Prepared`], such a statement
 //! is kept in the connection's cache under its SQL text: statements whose SQL does vary (a
 //! skipped optional column, a different number of rows) are kept once per variant, so only
 //! statements with few variants may be wrapped.

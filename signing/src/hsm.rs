@@ -618,10 +618,7 @@ impl Hsm {
         metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
         self.report_pool();
         let mut pooled = checked_out.inspect_err(|_| metrics::HSM_ERRORS.inc())?;
-        let _in_flight = self.current_call(&pooled)?;
-        if generation.is_some_and(|g| g != pooled.generation) {
-            return Err(HsmError::Reinitialised);
-        }
+        let _in_flight = self.current_call(&pooled, generation)?;
         op(pooled.session()).map_err(|source| {
             metrics::HSM_ERRORS.inc();
             if breaks_session(&source) {
@@ -655,10 +652,16 @@ impl Hsm {
     /// The call guard (see [`calls`]), held by a caller for its calls on `session`, which it
     /// checked out before: waiting for a session takes no guard, or a re-initialisation would
     /// wait for every caller waiting for a session (up to [`SESSION_CHECKOUT_TIMEOUT`]) while
-    /// the pool's sessions can only fail. A session of an earlier initialisation is refused.
-    fn current_call(&self, session: &PooledSession) -> Result<calls::InFlight<'_>, HsmError> {
+    /// the pool's sessions can only fail. A session of an earlier initialisation is refused, and
+    /// so is one of another than `generation`, the one the caller's object handles come from.
+    fn current_call(
+        &self,
+        session: &PooledSession,
+        generation: Option<u64>,
+    ) -> Result<calls::InFlight<'_>, HsmError> {
         let guard = self.inner.calls.enter();
-        if session.generation != self.inner.generation.load(Ordering::SeqCst) {
+        let current = self.inner.generation.load(Ordering::SeqCst);
+        if session.generation != current || generation.is_some_and(|g| g != current) {
             return Err(HsmError::Reinitialised);
         }
         Ok(guard)
@@ -678,7 +681,7 @@ impl Hsm {
         let link = self.link();
         // Held so the token stays logged in while the new session works.
         let pooled = self.checkout(&link)?;
-        let _in_flight = self.current_call(&pooled)?;
+        let _in_flight = self.current_call(&pooled, None)?;
         let session = link
             .pkcs11
             .open_rw_session(link.slot)

@@ -112,7 +112,7 @@ impl Fixture {
                 document,
                 base,
                 Bytes::from(bytes.to_vec()),
-                Sha256::digest(bytes).into(),
+                sha256(bytes),
             )
             .await
             .unwrap()

@@ -2,7 +2,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use crate::prepared::Prepare;
 use crate::schema::{document_revisions, documents};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -21,7 +20,7 @@ pub struct Document {
 }
 
 // `None` sent as NULL (the column's default), not as DEFAULT: one SQL text whatever is set,
-// so the statement can stay prepared (`crate::prepared`).
+// so diesel keeps the statement prepared.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = documents, treat_none_as_default_value = false)]
 pub struct NewDocument<'a> {
@@ -59,7 +58,6 @@ impl Document {
         let doc = diesel::insert_into(documents::table)
             .values(document)
             .returning(Document::as_returning())
-            .prepared()
             .get_result(conn)?;
         first.insert(conn)?;
         Ok(doc)

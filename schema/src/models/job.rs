@@ -103,7 +103,7 @@ pub struct Job {
 }
 
 // `None` sent as NULL (the column's default), not as DEFAULT: one SQL text whatever is set,
-// so the statement can stay prepared (`crate::prepared`).
+// so the insert of several rows can stay prepared (`crate::prepared`).
 #[derive(Debug, Clone, Default, Insertable)]
 #[diesel(table_name = jobs, treat_none_as_default_value = false)]
 pub struct NewJob {
