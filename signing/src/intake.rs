@@ -17,7 +17,9 @@
 //!
 //! `check_loaded` then bounds, on the loaded document, the object and page counts and the
 //! streams whose filters the pass does not decode (LZW, run-length, ASCII85, Brotli, and
-//! chains), through lopdf's bounded decoder.
+//! chains), through lopdf's bounded decoder. `count_pages` walks the page tree and refuses one
+//! that loops or lists a node twice: lopdf's own walk stops after as many steps as the file has
+//! objects, so on such a tree its count would change once a revision adds objects.
 //!
 //! Must never panic, and never allocate more than a limit allows.
 
@@ -245,6 +247,61 @@ pub(crate) fn check_loaded(
         total = total.saturating_add(size);
     }
     Ok(())
+}
+
+/// Deepest page tree accepted; real ones are a handful of levels deep.
+const MAX_PAGE_TREE_DEPTH: usize = 64;
+
+/// The number of pages, walking the page tree as lopdf's `get_pages` does (a kid that is not
+/// a typed dictionary counts as a page, one of another type as none), but refusing a tree in
+/// which a node is reached twice or that nests deeper than [`MAX_PAGE_TREE_DEPTH`], and one
+/// whose count lopdf's bounded walk does not reach: on those, which page is "page 1" and how
+/// many there are would depend on the number of objects in the file, and so change on signing.
+pub(crate) fn count_pages(doc: &Document) -> Result<usize, PdfError> {
+    let malformed = |why: String| PdfError::Unreadable(format!("the page tree {why}"));
+    let Ok(root) = doc
+        .catalog()
+        .and_then(|catalog| catalog.get(b"Pages"))
+        .and_then(Object::as_reference)
+    else {
+        return Ok(0);
+    };
+    let kids = |node| {
+        doc.get_dictionary(node)
+            .and_then(|tree| tree.get_deref(b"Kids", doc))
+            .and_then(Object::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    let mut reached = HashSet::from([root]);
+    let mut nodes = vec![(root, 0)];
+    let mut pages = 0;
+    while let Some((node, depth)) = nodes.pop() {
+        for kid in kids(node).iter().filter_map(|kid| kid.as_reference().ok()) {
+            if !reached.insert(kid) {
+                return Err(malformed(format!(
+                    "reaches object {} {} more than once",
+                    kid.0, kid.1
+                )));
+            }
+            match doc.get_dictionary(kid).and_then(|d| d.get_type()) {
+                Ok(b"Pages") if depth + 1 >= MAX_PAGE_TREE_DEPTH => {
+                    return Err(malformed(format!(
+                        "is nested more than {MAX_PAGE_TREE_DEPTH} levels deep"
+                    )))
+                }
+                Ok(b"Pages") => nodes.push((kid, depth + 1)),
+                Ok(b"Page") | Err(_) => pages += 1,
+                Ok(_) => {}
+            }
+        }
+    }
+    if doc.page_iter().count() != pages {
+        return Err(malformed(format!(
+            "holds {pages} pages among more entries than the parser walks"
+        )));
+    }
+    Ok(pages)
 }
 
 /// The page limit, checked where the pages are counted.

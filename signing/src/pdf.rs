@@ -103,7 +103,7 @@ pub(crate) fn load_with(bytes: &[u8], limits: &PdfLimits) -> Result<Document, Pd
         return Err(PdfError::Truncated);
     }
     guarded(|| intake::check_loaded(&doc, &scan, limits))?;
-    let pages = guarded(|| Ok(doc.get_pages().len()))?;
+    let pages = guarded(|| intake::count_pages(&doc))?;
     if pages == 0 {
         return Err(PdfError::NoPages);
     }
