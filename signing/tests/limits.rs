@@ -307,4 +307,3 @@ fn a_page_listed_twice_in_the_page_tree_is_refused() {
     let err = refused(&b.finish(root), &PdfLimits::default(), 10);
     assert!(err.to_string().contains("more than once"), "{err}");
 }
-
