@@ -5,7 +5,7 @@
 #
 #   loadtest/run.sh WORKERS N [CONCURRENCY]
 #
-# Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (8), SHOMEI_HSM_POOL_SIZE (the number of CPUs),
+# Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (32), SHOMEI_HSM_POOL_SIZE (the number of CPUs),
 # LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
 # shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
 # LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log),
@@ -63,7 +63,7 @@ export SHOMEI_API_ADDR=127.0.0.1:$PORT
 # Plain HTTP on loopback, said explicitly (the API refuses to start without this or a certificate).
 unset SHOMEI_TLS_CERT SHOMEI_TLS_KEY
 export SHOMEI_API_PLAIN_HTTP=true
-export SHOMEI_WORKER_CONCURRENCY=${SHOMEI_WORKER_CONCURRENCY:-8}
+export SHOMEI_WORKER_CONCURRENCY=${SHOMEI_WORKER_CONCURRENCY:-32}
 export RUST_LOG=${RUST_LOG:-info}
 # Signatures are B-T by default: the workers time-stamp each one with this run's own TSA.
 export SHOMEI_TSA_ADDR=127.0.0.1:$TSA_PORT

@@ -194,7 +194,10 @@ pub struct TsaConfig {
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// Jobs of each kind one worker runs at once (`SHOMEI_WORKER_CONCURRENCY`).
     pub concurrency: usize,
+    /// Bytes of PDF revisions one worker's running jobs hold at once (`SHOMEI_WORKER_PDF_BYTES`).
+    pub pdf_bytes: u64,
     pub max_attempts: i32,
     pub reconcile_every: Duration,
     pub heartbeat: Duration,
@@ -294,7 +297,8 @@ impl Config {
                 )?,
             },
             worker: WorkerConfig {
-                concurrency: vars.parsed("SHOMEI_WORKER_CONCURRENCY", 8)?,
+                concurrency: vars.parsed("SHOMEI_WORKER_CONCURRENCY", 32)?,
+                pdf_bytes: vars.parsed("SHOMEI_WORKER_PDF_BYTES", 64 * 1024 * 1024)?,
                 max_attempts: vars.parsed("SHOMEI_JOB_MAX_ATTEMPTS", 8)?,
                 reconcile_every: Duration::from_secs(vars.parsed("SHOMEI_RECONCILE_SECS", 10)?),
                 heartbeat: Duration::from_secs(vars.parsed("SHOMEI_HEARTBEAT_SECS", 3)?),
@@ -540,7 +544,8 @@ mod tests {
     fn defaults_apply_when_only_the_pin_is_given() {
         let c = config(&[("SHOMEI_HSM_PIN", "1234")]).unwrap();
         assert_eq!(c.api_addr.port(), 8080);
-        assert_eq!(c.worker.concurrency, 8);
+        assert_eq!(c.worker.concurrency, 32);
+        assert_eq!(c.worker.pdf_bytes, 64 * 1024 * 1024);
         assert_eq!(c.hsm.key_label, "shomei-dev-rsa");
         assert_eq!(c.pdf, PdfConfig::default());
     }

@@ -16,6 +16,7 @@ use shomei_signing::{Certificate, Hsm, HsmSettings, Timestamper, TsaClient, TsaC
 use shomei_storage::Storage;
 use shomei_vault::Keyring;
 
+use crate::document_memory::DocumentMemory;
 use crate::error::JobError;
 use crate::group_commit::GroupCommit;
 use crate::queue::Queue;
@@ -32,6 +33,8 @@ pub struct JobContext {
     /// The service's own signing key (witness signatures).
     pub key_label: String,
     pub max_attempts: i32,
+    /// The PDF bytes the running jobs hold ([`DocumentMemory`]).
+    pub document_memory: DocumentMemory,
     /// Each kind's run timeout ([`JobContext::timeout`]), by position in [`JobKind::ALL`].
     timeouts: [Duration; JobKind::ALL.len()],
     /// How long past its timeout a run may stay `running` before the sweeper takes it back.
@@ -114,6 +117,7 @@ impl JobContext {
             hsm,
             key_label: config.hsm.key_label.clone(),
             max_attempts: config.worker.max_attempts,
+            document_memory: DocumentMemory::new(config.worker.pdf_bytes),
             timeouts: timeouts(&config.worker.job_timeouts).map_err(|e| {
                 anyhow::anyhow!("SHOMEI_JOB_TIMEOUTS {:?}: {e}", config.worker.job_timeouts)
             })?,

@@ -5,6 +5,7 @@ pub mod calendar;
 pub mod context;
 pub mod dead_letters;
 pub mod deletion;
+pub mod document_memory;
 pub mod error;
 pub mod events;
 pub mod export;

@@ -17,6 +17,7 @@ use shomei_schema::{Job, Revision};
 use shomei_storage::StoredObject;
 
 use crate::context::JobContext;
+use crate::document_memory::DocumentShare;
 use crate::error::JobError;
 use crate::events::Pending;
 use crate::registry::Done;
@@ -30,11 +31,13 @@ pub(crate) enum Start {
 
 /// The revision a job builds on: its row, its bytes and the SHA-256 state after them (see
 /// `Storage::get_verified_hashing`), so that a revision appended to it is hashed only over what
-/// it appends.
+/// it appends. Holds the job's share of the worker's PDF budget ([`crate::document_memory`]) until the
+/// job is done with it.
 pub(crate) struct Base {
     pub revision: Revision,
     pub bytes: Bytes,
     pub hashed: Box<Sha256>,
+    _share: DocumentShare,
 }
 
 pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError> {
@@ -48,6 +51,10 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
     if latest.job_id == Some(job.id) {
         return Ok(Start::AlreadyDone(result(&latest)));
     }
+    let share = ctx
+        .document_memory
+        .hold(u64::try_from(latest.size_bytes).unwrap_or(0))
+        .await?;
     let (bytes, hashed) = ctx
         .storage
         .get_verified_hashing(&latest.storage_key, &latest.sha256)
@@ -56,6 +63,7 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
         revision: latest,
         bytes,
         hashed: Box::new(hashed),
+        _share: share,
     }))
 }
 

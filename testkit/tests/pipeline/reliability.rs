@@ -193,3 +193,16 @@ async fn a_backlog_larger_than_a_redis_script_can_unpack_still_drains() {
         .unwrap();
     assert_eq!(waiting, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn documents_larger_than_the_workers_pdf_budget_are_signed_one_at_a_time() {
+    // A budget smaller than any contract: every job must wait for all of it, and get it.
+    let app = TestApp::spawn_with(TestAppOptions {
+        concurrency: 4,
+        worker_env: vec![("SHOMEI_WORKER_PDF_BYTES".into(), "1024".into())],
+        ..TestAppOptions::default()
+    })
+    .await;
+    let batch = queue_batch(&app, 4).await;
+    assert_each_signed_once(&app, &batch).await;
+}
