@@ -210,6 +210,7 @@ where
     pub(crate) fn spawn(db: DbPool, step: &'static str, run: GroupFn<I, O, E>) -> Self {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Member<I, O, E>>();
         let sizes = metrics::GROUP_COMMIT_SIZE.with_label_values(&[step]);
+        let durations = metrics::GROUP_COMMIT_DURATION.with_label_values(&[step]);
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let mut group = vec![first];
@@ -225,12 +226,14 @@ where
                 let size = inputs.len();
                 // Whatever panics in a group must not end this task: every later step would
                 // fail with it.
+                let started = std::time::Instant::now();
                 let outputs = interact(&db, move |conn| {
                     Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
                         || run(conn, &mut inputs),
                     )))
                 })
                 .await;
+                durations.observe(started.elapsed().as_secs_f64());
                 let outputs: Vec<Result<O, E>> = match outputs {
                     Ok(Ok(outputs)) => outputs,
                     Ok(Err(_panic)) => all_failed(size, GroupFailure::Panicked),

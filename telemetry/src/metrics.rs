@@ -53,6 +53,11 @@ metric!(GROUP_COMMIT_SIZE: HistogramVec = register_histogram_vec!(
      rows), starting_revision (reading the revisions document jobs start from) or record \
      (recording the runs' results); in the API submit (writing submitted jobs' rows)",
     &["step"], GROUP_SIZES.to_vec()));
+metric!(GROUP_COMMIT_DURATION: HistogramVec = register_histogram_vec!(
+    "shomei_group_commit_duration_seconds",
+    "One group's statement or transaction, from its hand-off to a blocking thread to its \
+     result, by step (as shomei_group_commit_size)",
+    &["step"], SECONDS.to_vec()));
 metric!(GROUP_COMMIT_SPLITS: IntCounterVec = register_int_counter_vec!(
     "shomei_group_commit_splits_total",
     "Groups whose statement or transaction failed, their members then run one by one, by step \
