@@ -264,46 +264,40 @@ fn objects_the_cross_reference_data_lists_but_that_do_not_load_are_damage() {
     assert!(matches!(err, PdfError::Truncated), "{err:?}");
 }
 
-/// A page tree whose intermediate node lists the root among its kids: lopdf's page walk
-/// stops after as many steps as the file has objects, so the count it gives grows with every
-/// object a revision adds.
-fn page_tree_cycle() -> Vec<u8> {
+/// A PDF with one page under a page tree root whose /Kids `kids` writes, given the root's and
+/// the page's object numbers and the builder (for more nodes).
+fn page_tree(kids: impl FnOnce(u32, u32, &mut PdfBuilder) -> String) -> Vec<u8> {
     let mut b = PdfBuilder::default();
     let tree = b.reserve();
     let page = b.add(format!(
         "<< /Type /Page /Parent {tree} 0 R /MediaBox [0 0 595 842] >>"
     ));
-    let inner = b.add(format!(
-        "<< /Type /Pages /Parent {tree} 0 R /Kids [{tree} 0 R] /Count 1 >>"
-    ));
-    b.set(
-        tree,
-        format!("<< /Type /Pages /Kids [{page} 0 R {inner} 0 R] /Count 2 >>"),
-    );
+    let kids = kids(tree, page, &mut b);
+    b.set(tree, format!("<< /Type /Pages /Kids [{kids}] /Count 2 >>"));
     let root = b.add(format!("<< /Type /Catalog /Pages {tree} 0 R >>"));
     b.finish(root)
 }
 
 #[test]
 fn a_page_tree_that_loops_is_refused() {
-    // Found by fuzzing pdf_sign_prepare: the signed file read as more pages than the original.
-    let err = refused(&page_tree_cycle(), &PdfLimits::default(), 10);
+    // Found by fuzzing pdf_sign_prepare: lopdf's walk of the page tree stops after as many
+    // steps as the file has objects, so on a tree whose inner node lists the root among its
+    // kids the count grew with the objects a signature adds (the signed file read as more pages
+    // than the original).
+    let looping = page_tree(|tree, page, b| {
+        let inner = b.add(format!(
+            "<< /Type /Pages /Parent {tree} 0 R /Kids [{tree} 0 R] /Count 1 >>"
+        ));
+        format!("{page} 0 R {inner} 0 R")
+    });
+    let err = refused(&looping, &PdfLimits::default(), 10);
     assert!(matches!(err, PdfError::Unreadable(_)), "{err:?}");
     assert!(err.to_string().contains("page tree"), "{err}");
 }
 
 #[test]
 fn a_page_listed_twice_in_the_page_tree_is_refused() {
-    let mut b = PdfBuilder::default();
-    let tree = b.reserve();
-    let page = b.add(format!(
-        "<< /Type /Page /Parent {tree} 0 R /MediaBox [0 0 595 842] >>"
-    ));
-    b.set(
-        tree,
-        format!("<< /Type /Pages /Kids [{page} 0 R {page} 0 R] /Count 2 >>"),
-    );
-    let root = b.add(format!("<< /Type /Catalog /Pages {tree} 0 R >>"));
-    let err = refused(&b.finish(root), &PdfLimits::default(), 10);
+    let twice = page_tree(|_, page, _| format!("{page} 0 R {page} 0 R"));
+    let err = refused(&twice, &PdfLimits::default(), 10);
     assert!(err.to_string().contains("more than once"), "{err}");
 }
