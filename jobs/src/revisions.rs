@@ -31,8 +31,8 @@ pub(crate) enum Start {
 
 /// The revision a job builds on: its row, its bytes and the SHA-256 state after them (see
 /// `Storage::get_verified_hashing`), so that a revision appended to it is hashed only over what
-/// it appends. Holds the job's share of the worker's PDF budget ([`crate::document_memory`]) until the
-/// job is done with it.
+/// it appends. Holds the job's share of the worker's PDF budget ([`crate::document_memory`])
+/// until the job is done with it.
 pub(crate) struct Base {
     pub revision: Revision,
     pub bytes: Bytes,
