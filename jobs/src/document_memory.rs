@@ -51,7 +51,8 @@ impl DocumentMemory {
     }
 
     /// Bytes no running job holds.
-    pub fn available(&self) -> u64 {
+    #[cfg(test)]
+    fn available(&self) -> u64 {
         self.units.available_permits() as u64 * UNIT
     }
 }
