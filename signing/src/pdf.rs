@@ -260,6 +260,7 @@ impl PreparedRevision {
         capacity: usize,
     ) -> Result<Self, SignError> {
         let mut revision = IncrementalDocument::create_from(original.to_vec(), doc);
+        revision.new_document.max_id = highest_object_number(revision.get_prev_documents())?;
         guarded(|| {
             if let Some(validation) = validation {
                 add_to_dss(&mut revision, validation)?;
@@ -355,6 +356,49 @@ impl PreparedRevision {
         }
         Ok(self.bytes)
     }
+}
+
+/// Object numbers a revision may still add after the highest one a file mentions.
+const OBJECT_NUMBERS_LEFT: u32 = 1 << 16;
+
+/// The highest object number `doc` mentions anywhere: its objects, its cross-reference data, its
+/// trailer's /Size and every reference. The objects a revision adds must come after all of them:
+/// one that took the number of a reference to an object the file lacks (which reads as null)
+/// would give that reference a meaning (found by fuzzing: a page tree's kid missing from the file
+/// became the signature dictionary, and the signed file had one page less).
+fn highest_object_number(doc: &Document) -> Result<u32, PdfError> {
+    let size = doc
+        .trailer
+        .get(b"Size")
+        .and_then(Object::as_i64)
+        .map_or(0, |size| {
+            u32::try_from(size.saturating_sub(1)).unwrap_or(u32::MAX)
+        });
+    let listed = doc
+        .reference_table
+        .entries
+        .keys()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let mut highest = doc.max_id.max(size).max(listed);
+    let mut pending: Vec<&Object> = doc.objects.values().collect();
+    pending.extend(doc.trailer.iter().map(|(_, value)| value));
+    while let Some(object) = pending.pop() {
+        match object {
+            Object::Reference((id, _)) => highest = highest.max(*id),
+            Object::Array(items) => pending.extend(items),
+            Object::Dictionary(dict) => pending.extend(dict.iter().map(|(_, value)| value)),
+            Object::Stream(stream) => pending.extend(stream.dict.iter().map(|(_, value)| value)),
+            _ => {}
+        }
+    }
+    if highest > u32::MAX - OBJECT_NUMBERS_LEFT {
+        return Err(PdfError::Unreadable(format!(
+            "object number {highest} leaves no room for a signature's objects"
+        )));
+    }
+    Ok(highest)
 }
 
 fn add_signature_field(

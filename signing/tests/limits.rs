@@ -301,3 +301,20 @@ fn a_page_listed_twice_in_the_page_tree_is_refused() {
     let err = refused(&twice, &PdfLimits::default(), 10);
     assert!(err.to_string().contains("more than once"), "{err}");
 }
+
+#[test]
+fn a_signature_takes_object_numbers_no_reference_of_the_file_uses() {
+    // Found by fuzzing pdf_sign_prepare: the page tree lists object 25, which the file lacks
+    // (its cross-reference entry is damaged, its /Size says 12); the signature dictionary took
+    // number 25, and the signed file read as three pages instead of four.
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fuzz-sign-missing-kid.pdf"
+    ))
+    .unwrap();
+    let before = inspect_pdf(&bytes).unwrap();
+    let signed = shomei_signing::fuzzing::prepare_signature(&bytes).unwrap();
+    assert_eq!(inspect_pdf(&signed).unwrap().pages, before.pages);
+    let stamped = shomei_signing::fuzzing::prepare_timestamp(&bytes).unwrap();
+    assert_eq!(inspect_pdf(&stamped).unwrap().pages, before.pages);
+}
