@@ -372,7 +372,8 @@ fn highest_object_number(doc: &Document) -> Result<u32, PdfError> {
         .get(b"Size")
         .and_then(Object::as_i64)
         .map_or(0, |size| {
-            u32::try_from(size.saturating_sub(1)).unwrap_or(u32::MAX)
+            // A /Size below 1 is damage that says nothing; one past the numbers is refused below.
+            u32::try_from(size.max(1) - 1).unwrap_or(u32::MAX)
         });
     let listed = doc
         .reference_table
