@@ -38,10 +38,10 @@ pub fn inspect_pdf(bytes: &[u8]) -> Result<PdfInfo, PdfError> {
 
 /// [`inspect_pdf`] with the given limits.
 pub fn inspect_pdf_with(bytes: &[u8], limits: &PdfLimits) -> Result<PdfInfo, PdfError> {
-    let doc = load_with(bytes, limits)?;
+    let (doc, pages) = load_counting_pages(bytes, limits)?;
     guarded(|| {
         Ok(PdfInfo {
-            pages: u32::try_from(doc.get_pages().len()).unwrap_or(u32::MAX),
+            pages: u32::try_from(pages).unwrap_or(u32::MAX),
             signatures: count_signatures(&doc),
         })
     })
@@ -59,6 +59,11 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Document, PdfError> {
 }
 
 pub(crate) fn load_with(bytes: &[u8], limits: &PdfLimits) -> Result<Document, PdfError> {
+    load_counting_pages(bytes, limits).map(|(doc, _)| doc)
+}
+
+/// [`load_with`], with the page count intake found.
+fn load_counting_pages(bytes: &[u8], limits: &PdfLimits) -> Result<(Document, usize), PdfError> {
     let head = &bytes[..bytes.len().min(HEADER_WINDOW)];
     if find(head, b"%PDF-").is_none() {
         return Err(PdfError::NotPdf);
@@ -108,7 +113,7 @@ pub(crate) fn load_with(bytes: &[u8], limits: &PdfLimits) -> Result<Document, Pd
         return Err(PdfError::NoPages);
     }
     intake::check_pages(pages, limits)?;
-    Ok(doc)
+    Ok((doc, pages))
 }
 
 fn classify_load_error(error: lopdf::Error, limits: &PdfLimits) -> PdfError {

@@ -251,16 +251,17 @@ fn installed_limits_apply_to_inspect_pdf() {
     inspect_pdf(&hostile::many_pages(11)).unwrap();
 }
 
+/// An input a fuzz target found, kept under `tests/data/`.
+fn fuzz_find(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[test]
 fn objects_the_cross_reference_data_lists_but_that_do_not_load_are_damage() {
     // Found by fuzzing pdf_sign_prepare: lopdf skipped the objects it could not read, and the
     // signed file then read as four pages instead of three.
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/fuzz-sign-page-count.pdf"
-    ))
-    .unwrap();
-    let err = inspect_pdf(&bytes).unwrap_err();
+    let err = inspect_pdf(&fuzz_find("fuzz-sign-page-count.pdf")).unwrap_err();
     assert!(matches!(err, PdfError::Truncated), "{err:?}");
 }
 
@@ -307,11 +308,7 @@ fn a_signature_takes_object_numbers_no_reference_of_the_file_uses() {
     // Found by fuzzing pdf_sign_prepare: the page tree lists object 25, which the file lacks
     // (its cross-reference entry is damaged, its /Size says 12); the signature dictionary took
     // number 25, and the signed file read as three pages instead of four.
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/fuzz-sign-missing-kid.pdf"
-    ))
-    .unwrap();
+    let bytes = fuzz_find("fuzz-sign-missing-kid.pdf");
     let before = inspect_pdf(&bytes).unwrap();
     let signed = shomei_signing::fuzzing::prepare_signature(&bytes).unwrap();
     assert_eq!(inspect_pdf(&signed).unwrap().pages, before.pages);
