@@ -83,6 +83,7 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
         ctx.queue.push(*kind, *id).await.map_err(queue_error)?;
     }
     let seen: Vec<Uuid> = candidates.iter().map(|job| job.id).collect();
+    // Marked where no worker holds the row; the others are looked at again next pass.
     interact(&ctx.db, move |conn| Ok(Job::mark_enqueued(conn, &seen)?)).await?;
     for kind in JobKind::ALL {
         ctx.queue

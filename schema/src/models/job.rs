@@ -261,12 +261,19 @@ impl Job {
         }))
     }
 
-    /// Records that these jobs were pushed to the queue again, or seen there.
-    pub fn mark_enqueued(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<()> {
-        diesel::update(jobs::table.filter(jobs::id.eq_any(ids)))
-            .set(jobs::enqueued_at.eq(diesel::dsl::now))
-            .execute(conn)
-            .map(|_| ())
+    /// Records that these jobs were pushed to the queue again, or seen there; returns how many
+    /// rows it marked. Rows another transaction holds locked (a worker claiming or finishing
+    /// the job) are skipped and keep their old time, so the next pass looks at them again:
+    /// locking them in this statement's order against a worker's group, which locks its
+    /// jobs in its own order, was a deadlock that aborted one of the two.
+    pub fn mark_enqueued(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+        // diesel has no locking clause in an update's subquery.
+        diesel::sql_query(
+            "UPDATE jobs SET enqueued_at = now() WHERE id IN \
+             (SELECT id FROM jobs WHERE id = ANY($1) FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+        .execute(conn)
     }
 
     /// Those of `ids` that are still unfinished now.

@@ -206,3 +206,78 @@ async fn documents_larger_than_the_workers_pdf_budget_are_signed_one_at_a_time()
     let batch = queue_batch(&app, 4).await;
     assert_each_signed_once(&app, &batch).await;
 }
+
+/// The reconciler's mark of the jobs it found in Redis (`Job::mark_enqueued`) skips rows a
+/// worker holds locked instead of waiting for them: waiting, it locked its rows in its own
+/// order against a worker's record group locking them in another, and PostgreSQL aborted one
+/// of the two as a deadlock (seen in a load test's log).
+#[tokio::test]
+async fn the_reconcilers_mark_skips_jobs_a_worker_holds_instead_of_waiting() {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    use shomei_schema::{Job, JobKind, NewJob};
+
+    let app = TestApp::spawn_with(TestAppOptions {
+        workers: 0,
+        ..TestAppOptions::default()
+    })
+    .await;
+    let url = app.database_url();
+    tokio::task::spawn_blocking(move || {
+        let mut worker = PgConnection::establish(&url).unwrap();
+        let mut reconciler = PgConnection::establish(&url).unwrap();
+        let tenant = uuid::Uuid::now_v7();
+        diesel::sql_query(format!(
+            "INSERT INTO tenants (id, name) VALUES ('{tenant}', 'reconciler locks')"
+        ))
+        .execute(&mut worker)
+        .unwrap();
+        let jobs: Vec<NewJob> = (0..2)
+            .map(|_| NewJob {
+                id: uuid::Uuid::now_v7(),
+                tenant_id: tenant,
+                kind: JobKind::Sign.as_str(),
+                payload: serde_json::json!({}),
+                ..NewJob::default()
+            })
+            .collect();
+        Job::insert_all(&mut worker, &jobs).unwrap();
+        let (held, free) = (jobs[0].id, jobs[1].id);
+        diesel::sql_query("UPDATE jobs SET enqueued_at = now() - interval '1 hour'")
+            .execute(&mut worker)
+            .unwrap();
+
+        // The worker holds the first job's row, as a record group does until its commit.
+        diesel::sql_query("BEGIN").execute(&mut worker).unwrap();
+        diesel::sql_query(format!("UPDATE jobs SET attempts = 1 WHERE id = '{held}'"))
+            .execute(&mut worker)
+            .unwrap();
+        // Waiting for the lock would fail here rather than hang the test.
+        diesel::sql_query("SET lock_timeout = '5s'")
+            .execute(&mut reconciler)
+            .unwrap();
+        let marked = Job::mark_enqueued(&mut reconciler, &[held, free]).unwrap();
+        assert_eq!(marked, 1, "only the job no worker holds is marked");
+        diesel::sql_query("COMMIT").execute(&mut worker).unwrap();
+
+        let recent = |id: uuid::Uuid, conn: &mut PgConnection| {
+            #[derive(diesel::QueryableByName)]
+            struct Recent {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                recent: bool,
+            }
+            diesel::sql_query(format!(
+                "SELECT enqueued_at > now() - interval '1 minute' AS recent FROM jobs WHERE id = '{id}'"
+            ))
+            .get_result::<Recent>(conn)
+            .unwrap()
+            .recent
+        };
+        assert!(recent(free, &mut reconciler), "the free job's mark is fresh");
+        assert!(!recent(held, &mut reconciler), "the held job keeps its old mark");
+        // Once the worker let go, the next pass marks it.
+        assert_eq!(Job::mark_enqueued(&mut reconciler, &[held]).unwrap(), 1);
+        assert!(recent(held, &mut reconciler));
+    })
+    .await
+    .unwrap();
+}
