@@ -292,6 +292,14 @@ fn closed_port_url() -> String {
 
 /// A one-connection-at-a-time HTTP/1.1 responder: each POST body goes to `answer`.
 fn responder(answer: impl Fn(Vec<u8>) -> Vec<u8> + Send + 'static) -> String {
+    responder_with("200 OK", answer)
+}
+
+/// [`responder`] answering with `status` (e.g. `503 Service Unavailable`).
+fn responder_with(
+    status: &'static str,
+    answer: impl Fn(Vec<u8>) -> Vec<u8> + Send + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -316,7 +324,7 @@ fn responder(answer: impl Fn(Vec<u8>) -> Vec<u8> + Send + 'static) -> String {
             }
             let reply = answer(body);
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/timestamp-reply\r\n\
+                "HTTP/1.1 {status}\r\nContent-Type: application/timestamp-reply\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n",
                 reply.len()
             );
@@ -462,4 +470,33 @@ fn when_every_tsa_fails_the_reasons_of_each_are_reported() {
         "{reason}"
     );
     assert!(reason.contains("not a TimeStampResp"), "{reason}");
+}
+
+#[test]
+fn the_client_tries_again_after_a_server_error_but_not_after_a_refusal_or_an_oversized_reply() {
+    let failing = responder_with("503 Service Unavailable", |_| Vec::new());
+    let refusing = responder_with("404 Not Found", |_| Vec::new());
+    let oversized = responder(|_| vec![0; 300 * 1024]);
+    let reason = unavailable_reason(
+        client(
+            vec![failing.clone(), refusing.clone(), oversized.clone()],
+            vec![dev_ca()],
+            None,
+        )
+        .timestamp(&[9; 32]),
+    );
+    assert!(
+        reason.contains(&format!("{failing} (attempt 2): HTTP 503")),
+        "a 503 is tried again: {reason}"
+    );
+    assert!(
+        reason.contains(&format!("{refusing} (attempt 1): HTTP 404"))
+            && !reason.contains(&format!("{refusing} (attempt 2)")),
+        "a 404 is not: {reason}"
+    );
+    assert!(
+        reason.contains(&format!("{oversized} (attempt 1): reply too large"))
+            && !reason.contains(&format!("{oversized} (attempt 2)")),
+        "nor a reply larger than a time-stamp reply can be: {reason}"
+    );
 }
