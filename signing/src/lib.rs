@@ -313,7 +313,7 @@ pub fn validation_material(pdf: &[u8]) -> Result<ValidationMaterial, SignError> 
 /// publishes there) or `http:` URLs. CRLs are signed by their CA, so plain
 /// HTTP is the norm for distribution points (RFC 5280 §4.2.1.13).
 ///
-/// Blocking (ureq on the calling thread: never call it on an async runtime
+/// Blocking (reqwest's blocking client: never call it on an async runtime
 /// thread); an unreachable CRL is a transient error.
 pub fn fetch_crls(urls: &[String]) -> Result<Vec<Vec<u8>>, SignError> {
     urls.iter().map(|url| fetch_crl(url)).collect()
@@ -346,21 +346,23 @@ const MAX_CRL_SIZE: u64 = 32 << 20;
 const CRL_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(CRL_FETCH_TIMEOUT))
+    use std::io::Read;
+
+    let response = reqwest::blocking::Client::builder()
+        .timeout(CRL_FETCH_TIMEOUT)
         .build()
-        .into();
-    // A status other than 2xx is an error (ureq's default).
-    let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
+        .and_then(|client| client.get(url).send())
+        .and_then(reqwest::blocking::Response::error_for_status)
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
     response
-        .body_mut()
-        .with_config()
-        .limit(MAX_CRL_SIZE)
-        .read_to_vec()
-        .map_err(|e| match e {
-            ureq::Error::BodyExceedsLimit(_) => format!("larger than {MAX_CRL_SIZE} bytes"),
-            e => e.to_string(),
-        })
+        .take(MAX_CRL_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CRL_SIZE {
+        return Err(format!("larger than {MAX_CRL_SIZE} bytes"));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -818,7 +818,7 @@ impl TsaClientSettings {
 /// Fetches and checks RFC 3161 tokens over HTTP (`application/timestamp-query`).
 pub struct TsaClient {
     settings: TsaClientSettings,
-    http: ureq::Agent,
+    http: reqwest::blocking::Client,
 }
 
 impl fmt::Debug for TsaClient {
@@ -850,17 +850,11 @@ impl TsaClient {
                 "no trust anchor for TSA certificates".into(),
             ));
         }
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(settings.timeout))
-            .timeout_connect(Some(settings.timeout))
-            // The status is judged below: a 5xx is worth another attempt, a 4xx is not.
-            .http_status_as_error(false)
-            // Every job a worker runs at once may be waiting on the same TSA; ureq keeps 3
-            // idle connections per host by default, and would open a new one for the others.
-            .max_idle_connections(256)
-            .max_idle_connections_per_host(256)
+        let http = reqwest::blocking::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
             .build()
-            .into();
+            .map_err(|e| TimestampError::Config(format!("HTTP client: {e}")))?;
         Ok(Self { settings, http })
     }
 
@@ -872,15 +866,16 @@ impl TsaClient {
                 reason: format!("cannot encode request: {e}"),
                 retry: false,
             })?;
-        let transport = |e: ureq::Error| AttemptError {
+        let transport = |e: reqwest::Error| AttemptError {
             reason: format!("request failed: {e}"),
             retry: true,
         };
-        let mut response = self
+        let response = self
             .http
             .post(url)
-            .header("Content-Type", "application/timestamp-query")
-            .send(&request[..])
+            .header(reqwest::header::CONTENT_TYPE, "application/timestamp-query")
+            .body(request)
+            .send()
             .map_err(transport)?;
         let status = response.status();
         if !status.is_success() {
@@ -889,26 +884,22 @@ impl TsaClient {
                 retry: status.is_server_error(),
             });
         }
-        let too_large = || AttemptError {
-            reason: "reply too large".into(),
-            retry: false,
-        };
         if response
-            .body()
             .content_length()
             .is_some_and(|len| len > MAX_REPLY_BYTES)
         {
-            return Err(too_large());
+            return Err(AttemptError {
+                reason: "reply too large".into(),
+                retry: false,
+            });
         }
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY_BYTES)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => too_large(),
-                e => transport(e),
-            })?;
+        let body = response.bytes().map_err(transport)?;
+        if body.len() as u64 > MAX_REPLY_BYTES {
+            return Err(AttemptError {
+                reason: "reply too large".into(),
+                retry: false,
+            });
+        }
         let expected = TokenExpectations {
             sha256_digest: digest,
             nonce: Some(&nonce),
