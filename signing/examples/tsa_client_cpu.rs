@@ -2,7 +2,12 @@
 //! `URL` through one shared `TsaClient` for `SECONDS`; prints tokens/s and this process's CPU
 //! per token (the TSA's own work is in its process, not counted here).
 //!
+//! ```text
 //! cargo run --release -p shomei-signing --example tsa_client_cpu -- URL ANCHORS.pem THREADS SECONDS
+//! ```
+
+#![allow(clippy::print_stdout)] // reporting is the point of this binary
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,7 +15,12 @@ use shomei_signing::{certificates_from_pem, Timestamper, TsaClient, TsaClientSet
 
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
 }
@@ -39,7 +49,11 @@ fn main() {
             });
         }
     });
-    let (n, wall, cpu) = (tokens.load(Ordering::Relaxed), start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let (n, wall, cpu) = (
+        tokens.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu0,
+    );
     println!(
         "{n} tokens in {wall:.1} s ({:.0}/s), client CPU {:.3} ms per token",
         n as f64 / wall,
