@@ -7,7 +7,8 @@
 #
 # Knobs (environment): LOADTEST_SIGNATURE_LEVEL (B-T or B-B), SHOMEI_WORKER_CONCURRENCY (32), SHOMEI_HSM_POOL_SIZE (the number of CPUs),
 # LOADTEST_PDF (samples/contract-160k.pdf), LOADTEST_SETTLE_SECS (heartbeat + 1), LOADTEST_WARMUP (4 × WORKERS), LOADTEST_HSM_SECONDS (5), LOADTEST_HSM_THREADS (CPUs), LOADTEST_ARGS (extra arguments for
-# shomei-loadtest), LOADTEST_KEEP_STORAGE=1 (keep the stored PDFs under var/load/<id>/storage),
+# shomei-loadtest), LOADTEST_STORAGE_ROOT (where the run's stored PDFs go, in shomei-load-<id>:
+# /dev/shm unless set), LOADTEST_KEEP_STORAGE=1 (keep them),
 # LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log),
 # LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, e.g. sslmode=disable),
 # LOADTEST_WORKER_NICE (the workers' nice value, default 10: the API's intake goes first, as
@@ -37,7 +38,13 @@ eval "$(scripts/dev-hsm.sh "$ROOT/var/dev-hsm")"
 ID=$(date +%Y%m%d%H%M%S)-$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
 DB=shomei_load_${ID//-/_}
 RUN=$ROOT/var/load/$ID
-mkdir -p "$RUN/storage"
+# The run's stored PDFs, in a new directory of their own under LOADTEST_STORAGE_ROOT: by default
+# the memory file system /dev/shm, so that a run is not slowed by the files the run before it
+# deleted (loadtest/README.md, "Storage").
+STORAGE_ROOT=${LOADTEST_STORAGE_ROOT:-/dev/shm}
+[ -d "$STORAGE_ROOT" ] && [ -w "$STORAGE_ROOT" ] || STORAGE_ROOT=$RUN
+STORAGE=$STORAGE_ROOT/shomei-load-$ID
+mkdir -p "$RUN" "$STORAGE"
 
 free_port() {
     if command -v python3 >/dev/null; then
@@ -58,7 +65,7 @@ PG=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
 # (`sslmode=disable`: no TLS on loopback; `host=/var/run/postgresql`: the Unix socket).
 export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB${LOADTEST_PG_OPTIONS:+?$LOADTEST_PG_OPTIONS}
 export SHOMEI_QUEUE_NAMESPACE=$DB
-export SHOMEI_STORAGE_DIR=$RUN/storage
+export SHOMEI_STORAGE_DIR=$STORAGE
 export SHOMEI_API_ADDR=127.0.0.1:$PORT
 # Plain HTTP on loopback, said explicitly (the API refuses to start without this or a certificate).
 unset SHOMEI_TLS_CERT SHOMEI_TLS_KEY
@@ -86,14 +93,14 @@ cleanup() {
     "${PG[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
     redis-cli -u "$REDIS_URL" --scan --pattern "*$SHOMEI_QUEUE_NAMESPACE*" |
         xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
-    [ "${LOADTEST_KEEP_STORAGE:-0}" = 1 ] || rm -rf "$RUN/storage"
+    [ "${LOADTEST_KEEP_STORAGE:-0}" = 1 ] || rm -rf "$STORAGE"
     echo "    logs and report: $RUN"
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, API on $API"
+echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, storage $STORAGE, API on $API"
 "${PG[@]}" -c "CREATE DATABASE $DB" >/dev/null
 # Profiling: every statement on this database goes to the PostgreSQL server log.
 [ "${LOADTEST_PG_LOG_STATEMENTS:-0}" != 1 ] ||

@@ -67,9 +67,17 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
     }))
 }
 
-/// Stores `bytes` as the revision after `base`, made by `job`, and marks the job succeeded;
-/// `sha256`: the digest of `bytes`, when the caller has it. Bytes that extend the base's, as an
-/// incremental update does, are hashed on from the base's state and stored as what they append
+/// What a job made of its base's bytes.
+pub(crate) enum Made {
+    /// An incremental update: the bytes it appends to the base, and the SHA-256 of the whole
+    /// new revision.
+    Appended { bytes: Vec<u8>, sha256: [u8; 32] },
+    /// A whole new file (an incremental update too when it starts with the base's bytes).
+    Whole(Vec<u8>),
+}
+
+/// Stores what `job` made as the revision after `base` and marks the job succeeded. An
+/// incremental update is hashed on from the base's state and stored as what it appends
 /// (`Storage::put_pdf_revision`); anything else is hashed and stored whole.
 /// `then` runs in the transaction that records the revision (the state changes and events the
 /// revision brings), so it happens exactly once however often the job runs; the job's success
@@ -79,8 +87,7 @@ pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     base: &Base,
-    bytes: Vec<u8>,
-    sha256: Option<[u8; 32]>,
+    made: Made,
     mut then: F,
 ) -> Result<Done, JobError>
 where
@@ -88,30 +95,39 @@ where
 {
     let latest = &base.revision;
     let (tenant, document) = (job.tenant_id, latest.document_id);
-    let stored = if bytes.starts_with(&base.bytes) {
-        let sha256 = sha256.unwrap_or_else(|| {
-            let appended = &bytes[base.bytes.len()..];
-            base.hashed
-                .as_ref()
-                .clone()
-                .chain_update(appended)
-                .finalize()
-                .into()
-        });
-        let stored_base = StoredObject {
-            key: latest.storage_key.clone(),
-            sha256: latest.sha256.as_slice().try_into().map_err(|_| {
-                JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
-            })?,
-            size: base.bytes.len() as u64,
-        };
-        ctx.storage
-            .put_pdf_revision(tenant, document, &stored_base, Bytes::from(bytes), sha256)
-            .await?
-    } else {
-        ctx.storage
-            .put_pdf(tenant, document, Bytes::from(bytes))
-            .await?
+    let stored = match made {
+        Made::Whole(bytes) if !bytes.starts_with(&base.bytes) => {
+            ctx.storage
+                .put_pdf(tenant, document, Bytes::from(bytes))
+                .await?
+        }
+        made => {
+            let (appended, sha256) = match made {
+                Made::Appended { bytes, sha256 } => (bytes, sha256),
+                Made::Whole(mut bytes) => {
+                    let appended = bytes.split_off(base.bytes.len());
+                    let sha256 = base.hashed.as_ref().clone().chain_update(&appended);
+                    (appended, sha256.finalize().into())
+                }
+            };
+            let stored_base = StoredObject {
+                key: latest.storage_key.clone(),
+                sha256: latest.sha256.as_slice().try_into().map_err(|_| {
+                    JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
+                })?,
+                size: base.bytes.len() as u64,
+            };
+            ctx.storage
+                .put_pdf_revision(
+                    tenant,
+                    document,
+                    &stored_base,
+                    &base.bytes,
+                    &appended,
+                    sha256,
+                )
+                .await?
+        }
     };
     let revision = Revision {
         document_id: latest.document_id,

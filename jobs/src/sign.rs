@@ -19,7 +19,7 @@ use crate::events::{self, kind, NewEvent, Pending};
 use crate::personal;
 use crate::registry::Done;
 use crate::requests::{self, RequestStep, SignerState, SignerStatus};
-use crate::revisions::{self, Start};
+use crate::revisions::{self, Made, Start};
 
 /// The PAdES baseline level of one signature (ETSI EN 319 142-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,8 +255,10 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         ctx,
         job,
         &base,
-        signed.bytes,
-        Some(signed.sha256),
+        Made::Appended {
+            bytes: signed.appended,
+            sha256: signed.sha256,
+        },
         move |conn, revision| {
             data["revision"] = json!(revision.revision);
             if let Some(step) = &step {

@@ -13,7 +13,7 @@ use crate::error::JobError;
 use crate::events::Pending;
 use crate::registry::Done;
 use crate::requests;
-use crate::revisions::{self, Start};
+use crate::revisions::{self, Made, Start};
 
 pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
@@ -38,8 +38,7 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         ctx,
         job,
         &base,
-        stamped,
-        None,
+        Made::Whole(stamped),
         move |conn, _| match concludes {
             Some(request_id) => requests::concluded(conn, &concluding, request_id),
             None => Ok(Pending::default()),

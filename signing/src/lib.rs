@@ -78,40 +78,49 @@ pub fn sign_pdf(
     request: &SignatureRequest,
     timestamper: Option<&dyn Timestamper>,
 ) -> Result<Vec<u8>, SignError> {
-    sign(hsm, pdf, None, request, timestamper)
+    let appended = sign(hsm, pdf, pdf::Original::Bytes(pdf), request, timestamper)?;
+    Ok([pdf, &appended].concat())
 }
 
-/// A signed file and its SHA-256, from [`sign_pdf_hashed`].
+/// A signature revision from [`sign_pdf_hashed`]: the bytes it appends to the file, and the
+/// SHA-256 of the signed file (the file followed by them).
 #[derive(Debug)]
-pub struct SignedPdf {
-    pub bytes: Vec<u8>,
+pub struct SignedRevision {
+    pub appended: Vec<u8>,
     pub sha256: [u8; 32],
 }
 
 /// [`sign_pdf`] for a file whose bytes have been hashed already (`hashed`: SHA-256 updated
-/// with exactly `pdf`, not finalised, as a verified read from storage leaves it): the
-/// signature's digest and the signed file's SHA-256 hash only the appended revision, not the
-/// whole file twice more.
+/// with exactly `pdf`, not finalised, as a verified read from storage leaves it), giving only
+/// what the signature appends: the signature's digest and the signed file's SHA-256 hash only
+/// the appended revision, and the file is never copied.
 pub fn sign_pdf_hashed(
     hsm: &Hsm,
     pdf: &[u8],
     hashed: &sha2::Sha256,
     request: &SignatureRequest,
     timestamper: Option<&dyn Timestamper>,
-) -> Result<SignedPdf, SignError> {
+) -> Result<SignedRevision, SignError> {
     use sha2::Digest;
-    let bytes = sign(hsm, pdf, Some(hashed), request, timestamper)?;
-    let sha256 = hashed.clone().chain_update(&bytes[pdf.len()..]).finalize();
-    Ok(SignedPdf {
+    let appended = sign(
+        hsm,
+        pdf,
+        pdf::Original::Hashed(hashed),
+        request,
+        timestamper,
+    )?;
+    let sha256 = hashed.clone().chain_update(&appended).finalize();
+    Ok(SignedRevision {
         sha256: sha256.into(),
-        bytes,
+        appended,
     })
 }
 
+/// The revision a signature appends to `pdf`.
 fn sign(
     hsm: &Hsm,
     pdf: &[u8],
-    original: Option<&sha2::Sha256>,
+    original: pdf::Original<'_>,
     request: &SignatureRequest,
     timestamper: Option<&dyn Timestamper>,
 ) -> Result<Vec<u8>, SignError> {
@@ -143,7 +152,7 @@ fn sign(
 fn sign_with_capacity(
     hsm: &Hsm,
     pdf: &[u8],
-    original: Option<&sha2::Sha256>,
+    original: pdf::Original<'_>,
     doc: lopdf::Document,
     identity: &SigningIdentity,
     fields: &pdf::SignatureFields<'_>,
@@ -214,13 +223,13 @@ pub fn timestamp_pdf(
             validation,
             capacity,
         )?;
-        let digest = revision.digest(None);
+        let digest = revision.digest(pdf::Original::Bytes(pdf));
         let token = timestamper.timestamp(&digest)?;
         cms::check_token(&token, &digest)?;
         match revision.embed(&token) {
-            Ok(stamped) => {
+            Ok(appended) => {
                 tracing::debug!(token_len = token.len(), capacity, "time-stamped PDF");
-                return Ok(stamped);
+                return Ok([pdf, &appended].concat());
             }
             Err(needed) => {
                 tracing::warn!(
@@ -245,7 +254,7 @@ pub mod fuzzing {
     use super::*;
 
     /// Intake, the signature revision with its placeholders, the digest, and a dummy CMS
-    /// embedded; returns the signed bytes.
+    /// embedded; returns the revision (the bytes appended to `pdf`).
     pub fn prepare_signature(pdf: &[u8]) -> Result<Vec<u8>, SignError> {
         let doc = pdf::load(pdf)?;
         let fields = pdf::SignatureFields {
@@ -257,13 +266,14 @@ pub mod fuzzing {
         };
         let revision =
             pdf::PreparedRevision::new(pdf, doc, &pdf::FieldKind::Signature(&fields), None, 256)?;
-        let digest = revision.digest(None);
+        let digest = revision.digest(pdf::Original::Bytes(pdf));
         revision
             .embed(&[&[0x30, 0x22, 0x04, 0x20][..], &digest[..]].concat())
             .map_err(|needed| SignError::Cms(format!("dummy CMS of {needed} bytes did not fit")))
     }
 
-    /// Intake, the document time-stamp revision with a DSS merged in, and a dummy token.
+    /// Intake, the document time-stamp revision with a DSS merged in, and a dummy token;
+    /// returns the revision (the bytes appended to `pdf`).
     pub fn prepare_timestamp(pdf: &[u8]) -> Result<Vec<u8>, SignError> {
         let doc = pdf::load(pdf)?;
         let validation = ValidationData {
@@ -277,7 +287,7 @@ pub mod fuzzing {
             Some(&validation),
             128,
         )?;
-        let digest = revision.digest(None);
+        let digest = revision.digest(pdf::Original::Bytes(pdf));
         revision
             .embed(&digest)
             .map_err(|needed| SignError::Cms(format!("dummy token of {needed} bytes did not fit")))
@@ -410,9 +420,10 @@ mod tests {
             location: None,
             signing_time: Utc::now(),
         };
-        let signed =
-            sign_with_capacity(&hsm, &original, None, doc, &identity, &fields, None, 16).unwrap();
-        assert!(signed.starts_with(&original));
+        let whole = pdf::Original::Bytes(&original);
+        let appended =
+            sign_with_capacity(&hsm, &original, whole, doc, &identity, &fields, None, 16).unwrap();
+        let signed = [&original[..], &appended].concat();
         assert_eq!(inspect_pdf(&signed).unwrap().signatures, 1);
     }
 }

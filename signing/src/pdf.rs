@@ -239,11 +239,14 @@ pub(crate) fn signature_contents(doc: &Document) -> Vec<Vec<u8>> {
     found
 }
 
-/// An incremental revision written out with placeholders, waiting for its CMS.
+/// An incremental revision written out with placeholders, waiting for its CMS: only the bytes
+/// appended to the original file, never a copy of the file itself.
 pub(crate) struct PreparedRevision {
-    bytes: Vec<u8>,
-    /// The length of the file the revision is appended to (the start of `bytes`).
+    /// What follows the original file's bytes.
+    appended: Vec<u8>,
+    /// The length of the file the revision is appended to (where `appended` starts).
     original_len: usize,
+    /// Over the whole signed file: the original and then `appended`.
     byte_range: [usize; 4],
     /// Capacity of /Contents in bytes of DER (the hex string holds twice as many digits).
     capacity: usize,
@@ -252,6 +255,36 @@ pub(crate) struct PreparedRevision {
 /// The /ByteRange placeholder: every number is ten digits wide so the real
 /// values (padded with spaces) always fit in place.
 const BYTE_RANGE_SENTINEL: i64 = 9_999_999_999;
+
+/// Where lopdf's incremental writer saves to: it writes the original file first, then the
+/// revision. The original's bytes are checked against it and dropped; only the revision is kept.
+struct AfterOriginal<'a> {
+    original: &'a [u8],
+    seen: usize,
+    changed: bool,
+    appended: Vec<u8>,
+}
+
+impl std::io::Write for AfterOriginal<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        if self.seen < self.original.len() {
+            let n = rest.len().min(self.original.len() - self.seen);
+            if rest[..n] != self.original[self.seen..self.seen + n] {
+                self.changed = true;
+                return Err(std::io::Error::other("the original's bytes changed"));
+            }
+            self.seen += n;
+            rest = &rest[n..];
+        }
+        self.appended.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 impl PreparedRevision {
     /// Appends a revision with an invisible signature field on page 1 whose
@@ -273,19 +306,31 @@ impl PreparedRevision {
             add_signature_field(&mut revision, kind, capacity)
         })?;
 
-        let mut bytes = Vec::with_capacity(original.len() + 2 * capacity + 4096);
-        guarded(|| {
+        let mut out = AfterOriginal {
+            original,
+            seen: 0,
+            changed: false,
+            appended: Vec::with_capacity(2 * capacity + 4096),
+        };
+        let saved = guarded(|| {
             revision
-                .save_to(&mut bytes)
+                .save_to(&mut out)
                 .map_err(|e| PdfError::Unreadable(e.to_string()))
-        })?;
-        if !bytes.starts_with(original) {
+        });
+        if out.changed {
             return Err(SignError::Write(
                 "writer changed bytes of the original revision".into(),
             ));
         }
+        saved?;
+        if out.seen != original.len() {
+            return Err(SignError::Write(
+                "writer left out bytes of the original revision".into(),
+            ));
+        }
+        let mut appended = out.appended;
 
-        let appended = original.len();
+        let at = original.len();
         // The placeholder is `(` and 2 × capacity + 1 zeros and `)`: found by its start (a
         // search for the whole run would first analyse a needle of tens of kilobytes), then
         // checked whole.
@@ -296,22 +341,17 @@ impl PreparedRevision {
                 && at[1..placeholder_len - 1].iter().all(|&b| b == b'0')
                 && at[placeholder_len - 1] == b')'
         };
-        let gap_start = appended
-            + memchr::memmem::find_iter(&bytes[appended..], b"(0000000000000000")
-                .find(|&at| is_placeholder(&bytes[appended + at..]))
-                .ok_or_else(|| {
-                    SignError::Write("signature /Contents placeholder not found".into())
-                })?;
+        let gap_start = memchr::memmem::find_iter(&appended, b"(0000000000000000")
+            .find(|&i| is_placeholder(&appended[i..]))
+            .ok_or_else(|| SignError::Write("signature /Contents placeholder not found".into()))?;
         let gap_end = gap_start + placeholder_len;
-        bytes[gap_start] = b'<';
-        bytes[gap_end - 1] = b'>';
-        let byte_range = [0, gap_start, gap_end, bytes.len() - gap_end];
+        appended[gap_start] = b'<';
+        appended[gap_end - 1] = b'>';
+        let byte_range = [0, at + gap_start, at + gap_end, appended.len() - gap_end];
 
         let sentinel = format!("[0 {s} {s} {s}]", s = BYTE_RANGE_SENTINEL);
-        let range_at = appended
-            + find(&bytes[appended..], sentinel.as_bytes()).ok_or_else(|| {
-                SignError::Write("signature /ByteRange placeholder not found".into())
-            })?;
+        let range_at = find(&appended, sentinel.as_bytes())
+            .ok_or_else(|| SignError::Write("signature /ByteRange placeholder not found".into()))?;
         let actual = format!(
             "[{} {} {} {}]",
             byte_range[0], byte_range[1], byte_range[2], byte_range[3]
@@ -322,31 +362,33 @@ impl PreparedRevision {
                 "document too large for /ByteRange placeholder".into(),
             ));
         }
-        bytes[range_at..range_at + sentinel.len()].copy_from_slice(padded.as_bytes());
+        appended[range_at..range_at + sentinel.len()].copy_from_slice(padded.as_bytes());
 
         Ok(Self {
-            bytes,
-            original_len: original.len(),
+            appended,
+            original_len: at,
             byte_range,
             capacity,
         })
     }
 
-    /// SHA-256 over everything except the /Contents hex string; with `original`, the state
-    /// after the original file's bytes, only the appended revision is hashed.
-    pub(crate) fn digest(&self, original: Option<&Sha256>) -> [u8; 32] {
-        let [a, b, c, d] = self.byte_range;
-        let (mut hasher, from) = match original {
-            Some(state) => (state.clone(), self.original_len),
-            None => (Sha256::new(), a),
+    /// SHA-256 over everything except the /Contents hex string. `original`: the file the
+    /// revision is appended to, or the SHA-256 state after its bytes, so that only the
+    /// revision is hashed.
+    pub(crate) fn digest(&self, original: Original<'_>) -> [u8; 32] {
+        let mut hasher = match original {
+            Original::Hashed(state) => state.clone(),
+            Original::Bytes(bytes) => Sha256::new_with_prefix(bytes),
         };
-        hasher.update(&self.bytes[from..a + b]);
-        hasher.update(&self.bytes[c..c + d]);
+        let [_, b, c, _] = self.byte_range;
+        hasher.update(&self.appended[..b - self.original_len]);
+        hasher.update(&self.appended[c - self.original_len..]);
         hasher.finalize().into()
     }
 
-    /// Writes the CMS into /Contents. Returns `Err(needed)` with the size
-    /// that would fit if the placeholder was too small.
+    /// Writes the CMS into /Contents and returns the revision: the bytes to append to the
+    /// original file. `Err(needed)` with the size that would fit if the placeholder was too
+    /// small.
     pub(crate) fn embed(mut self, cms_der: &[u8]) -> Result<Vec<u8>, usize> {
         if cms_der.len() > self.capacity {
             return Err(cms_der.len());
@@ -354,13 +396,21 @@ impl PreparedRevision {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         // Skip the '<'; the unused tail stays zeros, which DER-length-aware
         // readers ignore.
-        let start = self.byte_range[1] + 1;
+        let start = self.byte_range[1] - self.original_len + 1;
         for (i, byte) in cms_der.iter().enumerate() {
-            self.bytes[start + 2 * i] = HEX[usize::from(byte >> 4)];
-            self.bytes[start + 2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+            self.appended[start + 2 * i] = HEX[usize::from(byte >> 4)];
+            self.appended[start + 2 * i + 1] = HEX[usize::from(byte & 0x0f)];
         }
-        Ok(self.bytes)
+        Ok(self.appended)
     }
+}
+
+/// The file a revision is appended to, as [`PreparedRevision::digest`] needs it.
+#[derive(Clone, Copy)]
+pub(crate) enum Original<'a> {
+    Bytes(&'a [u8]),
+    /// SHA-256 updated with exactly the file's bytes, not finalised.
+    Hashed(&'a Sha256),
 }
 
 /// Object numbers a revision may still add after the highest one a file mentions.
@@ -735,5 +785,36 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(pdf_date(time), "D:20240506070809+00'00'");
+    }
+
+    #[test]
+    fn the_writer_keeps_only_what_follows_the_original_and_refuses_a_changed_original() {
+        use std::io::Write;
+        let original = b"%PDF-1.7 original bytes\n";
+        let mut out = AfterOriginal {
+            original,
+            seen: 0,
+            changed: false,
+            appended: Vec::new(),
+        };
+        // Written in pieces that straddle the end of the original, as a buffered writer may.
+        out.write_all(&original[..5]).unwrap();
+        out.write_all(&[&original[5..], &b"1 0 obj"[..]].concat()).unwrap();
+        out.write_all(b" null endobj").unwrap();
+        assert_eq!(out.seen, original.len());
+        assert!(!out.changed);
+        assert_eq!(out.appended, b"1 0 obj null endobj");
+
+        let mut out = AfterOriginal {
+            original,
+            seen: 0,
+            changed: false,
+            appended: Vec::new(),
+        };
+        let mut altered = original.to_vec();
+        altered[3] = b'X';
+        assert!(out.write_all(&altered).is_err());
+        assert!(out.changed);
+        assert!(out.appended.is_empty());
     }
 }

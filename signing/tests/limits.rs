@@ -310,8 +310,17 @@ fn a_signature_takes_object_numbers_no_reference_of_the_file_uses() {
     // number 25, and the signed file read as three pages instead of four.
     let bytes = fuzz_find("fuzz-sign-missing-kid.pdf");
     let before = inspect_pdf(&bytes).unwrap();
-    let signed = shomei_signing::fuzzing::prepare_signature(&bytes).unwrap();
+    // The preparations give what they append to the file.
+    let signed = [
+        &bytes[..],
+        &shomei_signing::fuzzing::prepare_signature(&bytes).unwrap(),
+    ]
+    .concat();
     assert_eq!(inspect_pdf(&signed).unwrap().pages, before.pages);
-    let stamped = shomei_signing::fuzzing::prepare_timestamp(&bytes).unwrap();
+    let stamped = [
+        &bytes[..],
+        &shomei_signing::fuzzing::prepare_timestamp(&bytes).unwrap(),
+    ]
+    .concat();
     assert_eq!(inspect_pdf(&stamped).unwrap().pages, before.pages);
 }

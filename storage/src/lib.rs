@@ -149,26 +149,29 @@ impl Storage {
             .await
     }
 
-    /// Seals and stores `bytes`, a revision that extends the revision stored as `base`: its
-    /// first `base.size` bytes are the base's plaintext, as a PDF incremental update leaves
-    /// them (the caller has checked). Only what it appends is stored, with a reference to the
-    /// base ([`appended`]), unless the base is at the end of a chain of
-    /// [`MAX_DEPTH`](appended::MAX_DEPTH) appended objects already; then it is stored whole.
-    /// `sha256`: the digest of `bytes` (hashed on from the base's, see
+    /// Seals and stores the revision that extends the revision stored as `base` (whose
+    /// plaintext is `base_bytes`) by `appended`, as a PDF incremental update does. Only
+    /// `appended` is stored, with a reference to the base ([`appended`]), unless the base is at
+    /// the end of a chain of [`MAX_DEPTH`](appended::MAX_DEPTH) appended objects already, or
+    /// nothing is appended; then the revision is stored whole. `sha256`: the digest of the whole
+    /// revision (hashed on from the base's, see
     /// [`get_verified_hashing`](Self::get_verified_hashing)), recorded as given.
     pub async fn put_pdf_revision(
         &self,
         tenant_id: Uuid,
         document_id: Uuid,
         base: &StoredObject,
-        bytes: Bytes,
+        base_bytes: &[u8],
+        appended: &[u8],
         sha256: [u8; 32],
     ) -> Result<StoredObject, StorageError> {
-        let size = bytes.len() as u64;
+        debug_assert_eq!(base_bytes.len() as u64, base.size);
+        let size = base.size + appended.len() as u64;
         let depth = appended::depth_of(&base.key).map_or(0, |d| d + 1);
-        if depth == 0 || depth > appended::MAX_DEPTH || size <= base.size {
+        if depth == 0 || depth > appended::MAX_DEPTH || appended.is_empty() {
+            let whole = Bytes::from([base_bytes, appended].concat());
             return self
-                .put_sealed(tenant_id, document_id, bytes, sha256, 0)
+                .put_sealed(tenant_id, document_id, whole, sha256, 0)
                 .await;
         }
         let header = appended::Header {
@@ -176,8 +179,7 @@ impl Storage {
             base_size: base.size,
             base_sha256: base.sha256,
         };
-        let plain = header.with(&bytes[base.size as usize..]);
-        drop(bytes);
+        let plain = header.with(appended);
         let stored = self
             .put_sealed(tenant_id, document_id, Bytes::from(plain), sha256, depth)
             .await?;

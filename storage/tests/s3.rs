@@ -111,7 +111,8 @@ impl Fixture {
                 self.tenant,
                 document,
                 base,
-                Bytes::from(bytes.to_vec()),
+                &bytes[..base.size as usize],
+                &bytes[base.size as usize..],
                 sha256(bytes),
             )
             .await
