@@ -191,6 +191,18 @@ struct Finished {
     finished_at: Option<DateTime<Utc>>,
 }
 
+/// Documents/s between the 10th and the 90th percentile of the finish times (by the database
+/// clock): the middle 80 % of the documents over the time they took. `None` for fewer than 20.
+fn steady_rate(mut finished_at: Vec<DateTime<Utc>>) -> Option<f64> {
+    if finished_at.len() < 20 {
+        return None;
+    }
+    finished_at.sort_unstable();
+    let (first, last) = (finished_at.len() / 10, finished_at.len() * 9 / 10 - 1);
+    let seconds = (finished_at[last] - finished_at[first]).num_microseconds()? as f64 / 1e6;
+    (seconds > 0.0).then(|| (last - first) as f64 / seconds)
+}
+
 #[derive(Serialize)]
 struct LatencySummary {
     count: usize,
@@ -273,6 +285,9 @@ struct Report {
     /// Earliest job `created_at` → latest `finished_at`, by the database clock.
     server_pipeline_seconds: Option<f64>,
     server_documents_per_second: Option<f64>,
+    /// Documents/s in the middle of the run ([`steady_rate`]): the pipeline once it is full,
+    /// without the intake at the start and the last stragglers.
+    steady_documents_per_second: Option<f64>,
     /// 0: sign requests one by one; otherwise items per `POST /v1/batches`.
     batch_size: usize,
     /// First submission sent → last one accepted (intake; the workers run meanwhile).
@@ -506,6 +521,13 @@ async fn main() -> anyhow::Result<()> {
         documents_per_second,
         server_pipeline_seconds,
         server_documents_per_second: server_pipeline_seconds.map(per_second),
+        steady_documents_per_second: steady_rate(
+            finished
+                .iter()
+                .filter(|f| f.status == "succeeded")
+                .filter_map(|f| f.finished_at)
+                .collect(),
+        ),
         polls: shared.progress.polls.load(Ordering::Relaxed),
         job_detail_requests,
         errors: shared.errors.snapshot(),
@@ -1234,6 +1256,9 @@ fn print_report(r: &Report) {
     if let (Some(s), Some(d)) = (r.server_pipeline_seconds, r.server_documents_per_second) {
         println!("            {d:.2} documents/s by the database clock (first created → last finished, {s:.2} s)");
     }
+    if let Some(d) = r.steady_documents_per_second {
+        println!("            {d:.2} documents/s in the middle of the run (10th → 90th percentile of the finish times)");
+    }
     if r.batch_size > 0 {
         println!(
             "polls       {} GET /v1/batches; then {} GET /v1/jobs for the job details, unmeasured",
@@ -1277,6 +1302,12 @@ fn print_report(r: &Report) {
             r.signatures_per_document,
             ratio * 100.0
         );
+        if let Some(steady) = r.steady_documents_per_second {
+            println!(
+                "            {:.1} % of it in the middle of the run",
+                steady / bound * 100.0
+            );
+        }
     }
     if !r.cpu.is_empty() {
         println!("CPU during the measured phase (process and its children), peak RSS (process)");
@@ -1293,5 +1324,26 @@ fn print_report(r: &Report) {
         }
         let total: f64 = r.cpu.iter().map(|u| u.ms_per_document).sum();
         println!("  {:<12} {:>8} {:>8.2} ms/document", "all", "", total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_rate_leaves_out_a_slow_start_and_a_slow_end() {
+        let start = DateTime::<Utc>::UNIX_EPOCH;
+        let at = |ms: i64| start + chrono::Duration::milliseconds(ms);
+        // 100 documents: 10 in the first 5 s, 80 at one every 10 ms, 10 in the last 5 s.
+        let mut times: Vec<_> = (0..10).map(|i| at(i * 500)).collect();
+        times.extend((0..80).map(|i| at(5_000 + i * 10)));
+        times.extend((0..10).map(|i| at(5_800 + (i + 1) * 500)));
+        times.reverse();
+        let rate = steady_rate(times).unwrap();
+        // The 11th to the 90th document: 79 more finished from 5.00 s to 5.79 s.
+        assert!((rate - 100.0).abs() < 1e-9, "{rate}");
+        assert_eq!(steady_rate(vec![start; 19]), None);
+        assert_eq!(steady_rate(vec![start; 40]), None);
     }
 }
