@@ -799,7 +799,8 @@ mod tests {
         };
         // Written in pieces that straddle the end of the original, as a buffered writer may.
         out.write_all(&original[..5]).unwrap();
-        out.write_all(&[&original[5..], &b"1 0 obj"[..]].concat()).unwrap();
+        out.write_all(&[&original[5..], &b"1 0 obj"[..]].concat())
+            .unwrap();
         out.write_all(b" null endobj").unwrap();
         assert_eq!(out.seen, original.len());
         assert!(!out.changed);
