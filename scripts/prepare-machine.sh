@@ -37,6 +37,11 @@ if ! command -v cargo >/dev/null; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
 fi
+# The lints of scripts/test.sh: clippy and rustfmt, added to a toolchain that came without them.
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+    echo "==> adding clippy and rustfmt to the Rust toolchain"
+    rustup component add clippy rustfmt >/dev/null
+fi
 
 # PostgreSQL: running, and reachable over loopback as `postgres` without a password.
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then

@@ -24,6 +24,7 @@ out=$(promtool check config dashboards/prometheus/prometheus.compose.yml 2>&1) |
 echo "==> building"
 cargo build --workspace --bins --locked
 echo "==> lints"
+cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> the API contract's checkers (schemathesis, openapi-spec-validator; pinned, from PyPI)"
 scripts/schemathesis.sh install >/dev/null
