@@ -162,6 +162,16 @@ struct Link {
     pkcs11: Pkcs11,
     slot: Slot,
     generation: u64,
+    /// Written while a token object is created or destroyed ([`Hsm::with_rw_session`]), read by
+    /// every other call on a session ([`Hsm::with_session`]), each taken before a pooled
+    /// session so that no thread waits for it holding one. SoftHSM2's file store fails to
+    /// create a token object while other threads create one or read the token's objects
+    /// (softhsm/SoftHSMv2#573: `C_GenerateKey` fails with `CKR_GENERAL_ERROR` or
+    /// `CKR_TEMPLATE_INCONSISTENT`; `signing/tests/kek.rs`). Creations and destructions are
+    /// rare (a data key's KEK, its rotation); the other calls share the lock and do not wait
+    /// for each other. One per initialisation: a call abandoned inside the module (see
+    /// [`calls`]) keeps its read for good, and the next initialisation must not wait for it.
+    token_objects: RwLock<()>,
 }
 
 impl Link {
@@ -218,6 +228,7 @@ impl Link {
             pkcs11,
             slot,
             generation: generation.load(Ordering::SeqCst),
+            token_objects: RwLock::new(()),
         })
     }
 }
@@ -613,6 +624,10 @@ impl Hsm {
         operation: &'static str,
         op: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
+        let _objects = link
+            .token_objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let waited = std::time::Instant::now();
         let checked_out = self.checkout(link);
         metrics::HSM_SESSION_WAIT.observe(waited.elapsed().as_secs_f64());
@@ -679,6 +694,10 @@ impl Hsm {
             HsmError::Pkcs11 { operation, source }
         };
         let link = self.link();
+        let _alone = link
+            .token_objects
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Held so the token stays logged in while the new session works.
         let pooled = self.checkout(&link)?;
         let _in_flight = self.current_call(&pooled, None)?;
