@@ -9,10 +9,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::OnceLock;
 
-use secrecy::SecretString;
-use shomei_signing::{Hsm, HsmSettings};
+use shomei_signing::Hsm;
 
 const THREADS: usize = 8;
 const KEKS_PER_THREAD: usize = 12;
@@ -21,16 +21,7 @@ fn hsm() -> &'static Hsm {
     static HSM: OnceLock<Hsm> = OnceLock::new();
     HSM.get_or_init(|| {
         let conf = shomei_testkit::own_token_copy(common::hsm_dir(), &common::scratch_dir("kek"));
-        // Before the first PKCS#11 call of this process, which reads it.
-        std::env::set_var("SOFTHSM2_CONF", conf);
-        let pin = std::fs::read_to_string(common::hsm_dir().join("user-pin")).unwrap();
-        Hsm::connect(&HsmSettings {
-            module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
-            token_label: "shomei-dev".into(),
-            user_pin: SecretString::from(pin.trim().to_owned()),
-            pool_size: 4,
-        })
-        .expect("a copy of the dev token")
+        common::connect_dev_token(Path::new(&conf))
     })
 }
 

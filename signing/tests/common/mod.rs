@@ -18,20 +18,22 @@ pub const EC_KEY: &str = "shomei-dev-ec";
 
 pub fn hsm() -> &'static Hsm {
     static HSM: OnceLock<Hsm> = OnceLock::new();
-    HSM.get_or_init(|| {
-        let dir = hsm_dir();
-        // SoftHSM reads its configuration when the module is initialised,
-        // which happens inside this OnceLock, before any other PKCS#11 use.
-        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
-        let pin = std::fs::read_to_string(dir.join("user-pin")).unwrap();
-        Hsm::connect(&HsmSettings {
-            module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
-            token_label: "shomei-dev".into(),
-            user_pin: SecretString::from(pin.trim().to_owned()),
-            pool_size: 4,
-        })
-        .expect("connect to dev HSM")
+    HSM.get_or_init(|| connect_dev_token(&hsm_dir().join("softhsm2.conf")))
+}
+
+/// The dev token through the SoftHSM2 configuration `conf` (the shared one, or a test's own
+/// copy). SoftHSM reads its configuration when the module is initialised: call this before any
+/// other PKCS#11 use in the process.
+pub fn connect_dev_token(conf: &Path) -> Hsm {
+    std::env::set_var("SOFTHSM2_CONF", conf);
+    let pin = std::fs::read_to_string(hsm_dir().join("user-pin")).unwrap();
+    Hsm::connect(&HsmSettings {
+        module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+        token_label: "shomei-dev".into(),
+        user_pin: SecretString::from(pin.trim().to_owned()),
+        pool_size: 4,
     })
+    .expect("connect to dev HSM")
 }
 
 pub fn request(key_label: &str) -> SignatureRequest {
