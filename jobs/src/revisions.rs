@@ -12,8 +12,9 @@ use serde_json::json;
 
 use diesel::{PgConnection, QueryResult};
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use shomei_schema::{Job, Revision};
+use shomei_signing::SignedRevision;
 use shomei_storage::StoredObject;
 
 use crate::context::JobContext;
@@ -67,18 +68,9 @@ pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError
     }))
 }
 
-/// What a job made of its base's bytes.
-pub(crate) enum Made {
-    /// An incremental update: the bytes it appends to the base, and the SHA-256 of the whole
-    /// new revision.
-    Appended { bytes: Vec<u8>, sha256: [u8; 32] },
-    /// A whole new file (an incremental update too when it starts with the base's bytes).
-    Whole(Vec<u8>),
-}
-
-/// Stores what `job` made as the revision after `base` and marks the job succeeded. An
-/// incremental update is hashed on from the base's state and stored as what it appends
-/// (`Storage::put_pdf_revision`); anything else is hashed and stored whole.
+/// Stores `made`, the revision `job` appended to `base` (an incremental update: what it appends
+/// and the new file's SHA-256, hashed on from the base's state), as the revision after it, and
+/// marks the job succeeded. Storage keeps only what it appends (`Storage::put_pdf_revision`).
 /// `then` runs in the transaction that records the revision (the state changes and events the
 /// revision brings), so it happens exactly once however often the job runs; the job's success
 /// is recorded in that transaction too. The transaction is one of a group
@@ -87,48 +79,32 @@ pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     base: &Base,
-    made: Made,
+    made: SignedRevision,
     mut then: F,
 ) -> Result<Done, JobError>
 where
     F: FnMut(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
 {
     let latest = &base.revision;
-    let (tenant, document) = (job.tenant_id, latest.document_id);
-    let stored = match made {
-        Made::Whole(bytes) if !bytes.starts_with(&base.bytes) => {
-            ctx.storage
-                .put_pdf(tenant, document, Bytes::from(bytes))
-                .await?
-        }
-        made => {
-            let (appended, sha256) = match made {
-                Made::Appended { bytes, sha256 } => (bytes, sha256),
-                Made::Whole(mut bytes) => {
-                    let appended = bytes.split_off(base.bytes.len());
-                    let sha256 = base.hashed.as_ref().clone().chain_update(&appended);
-                    (appended, sha256.finalize().into())
-                }
-            };
-            let stored_base = StoredObject {
-                key: latest.storage_key.clone(),
-                sha256: latest.sha256.as_slice().try_into().map_err(|_| {
-                    JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
-                })?,
-                size: base.bytes.len() as u64,
-            };
-            ctx.storage
-                .put_pdf_revision(
-                    tenant,
-                    document,
-                    &stored_base,
-                    &base.bytes,
-                    &appended,
-                    sha256,
-                )
-                .await?
-        }
-    };
+    let stored_base =
+        StoredObject {
+            key: latest.storage_key.clone(),
+            sha256: latest.sha256.as_slice().try_into().map_err(|_| {
+                JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
+            })?,
+            size: base.bytes.len() as u64,
+        };
+    let stored = ctx
+        .storage
+        .put_pdf_revision(
+            job.tenant_id,
+            latest.document_id,
+            &stored_base,
+            &base.bytes,
+            &made.appended,
+            made.sha256,
+        )
+        .await?;
     let revision = Revision {
         document_id: latest.document_id,
         revision: latest.revision + 1,

@@ -19,7 +19,7 @@ use crate::events::{self, kind, NewEvent, Pending};
 use crate::personal;
 use crate::registry::Done;
 use crate::requests::{self, RequestStep, SignerState, SignerStatus};
-use crate::revisions::{self, Made, Start};
+use crate::revisions::{self, Start};
 
 /// The PAdES baseline level of one signature (ETSI EN 319 142-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,49 +251,40 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let step = request.step;
     let conclude = ctx.concludes_with_timestamp();
     let done = job.clone();
-    let done = revisions::record(
-        ctx,
-        job,
-        &base,
-        Made::Appended {
-            bytes: signed.appended,
-            sha256: signed.sha256,
-        },
-        move |conn, revision| {
-            data["revision"] = json!(revision.revision);
-            if let Some(step) = &step {
-                data["signer_id"] = json!(step.signer_id);
-                data["method"] = json!(step.method);
-            }
-            let mut pending = events::emit(
-                conn,
-                NewEvent {
-                    tenant_id: done.tenant_id,
-                    kind: kind::DOCUMENT_SIGNED,
-                    document_id: Some(revision.document_id),
-                    request_id: step.as_ref().map(|s| s.request_id),
-                    actor: format!("job:{}", done.id),
-                    ip: step.as_ref().and_then(|s| s.ip.clone()),
-                    data: data.clone(),
-                },
-            )?;
-            if let Some(step) = &step {
-                pending.add(requests::signed(conn, &done, step, conclude)?);
-            } else if then_conclude {
-                let timestamp = NewJob {
-                    id: uuid::Uuid::now_v7(),
-                    tenant_id: done.tenant_id,
-                    kind: JobKind::Timestamp.as_str(),
-                    document_id: done.document_id,
-                    payload: json!({}),
-                    batch_id: done.batch_id,
-                    ..NewJob::default()
-                };
-                pending.add(Pending::jobs(Job::insert_all(conn, &[timestamp])?));
-            }
-            Ok(pending)
-        },
-    )
+    let done = revisions::record(ctx, job, &base, signed, move |conn, revision| {
+        data["revision"] = json!(revision.revision);
+        if let Some(step) = &step {
+            data["signer_id"] = json!(step.signer_id);
+            data["method"] = json!(step.method);
+        }
+        let mut pending = events::emit(
+            conn,
+            NewEvent {
+                tenant_id: done.tenant_id,
+                kind: kind::DOCUMENT_SIGNED,
+                document_id: Some(revision.document_id),
+                request_id: step.as_ref().map(|s| s.request_id),
+                actor: format!("job:{}", done.id),
+                ip: step.as_ref().and_then(|s| s.ip.clone()),
+                data: data.clone(),
+            },
+        )?;
+        if let Some(step) = &step {
+            pending.add(requests::signed(conn, &done, step, conclude)?);
+        } else if then_conclude {
+            let timestamp = NewJob {
+                id: uuid::Uuid::now_v7(),
+                tenant_id: done.tenant_id,
+                kind: JobKind::Timestamp.as_str(),
+                document_id: done.document_id,
+                payload: json!({}),
+                batch_id: done.batch_id,
+                ..NewJob::default()
+            };
+            pending.add(Pending::jobs(Job::insert_all(conn, &[timestamp])?));
+        }
+        Ok(pending)
+    })
     .await?;
     shomei_telemetry::metrics::DOCUMENTS_SIGNED
         .with_label_values(&[level.as_str()])

@@ -13,7 +13,7 @@ use crate::error::JobError;
 use crate::events::Pending;
 use crate::registry::Done;
 use crate::requests;
-use crate::revisions::{self, Made, Start};
+use crate::revisions::{self, Start};
 
 pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
@@ -21,29 +21,28 @@ pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
         Start::Work(base) => base,
     };
-    let bytes = base.bytes.clone();
+    let (bytes, hashed) = (base.bytes.clone(), base.hashed.clone());
     let stamped = tokio::task::spawn_blocking(move || {
         let material = shomei_signing::validation_material(&bytes)?;
         let validation = ValidationData {
             crls: shomei_signing::fetch_crls(&material.crl_urls)?,
             certificates: material.certificates,
         };
-        shomei_signing::timestamp_pdf(&bytes, timestamper.as_ref(), Some(&validation))
+        shomei_signing::timestamp_pdf_hashed(
+            &bytes,
+            &hashed,
+            timestamper.as_ref(),
+            Some(&validation),
+        )
     })
     .await
     .map_err(|e| JobError::transient(format!("time-stamping task failed: {e}")))??;
     let concludes = concluded_request(job);
     let concluding = job.clone();
-    revisions::record(
-        ctx,
-        job,
-        &base,
-        Made::Whole(stamped),
-        move |conn, _| match concludes {
-            Some(request_id) => requests::concluded(conn, &concluding, request_id),
-            None => Ok(Pending::default()),
-        },
-    )
+    revisions::record(ctx, job, &base, stamped, move |conn, _| match concludes {
+        Some(request_id) => requests::concluded(conn, &concluding, request_id),
+        None => Ok(Pending::default()),
+    })
     .await
 }
 

@@ -82,12 +82,21 @@ pub fn sign_pdf(
     Ok([pdf, &appended].concat())
 }
 
-/// A signature revision from [`sign_pdf_hashed`]: the bytes it appends to the file, and the
-/// SHA-256 of the signed file (the file followed by them).
+/// A revision from [`sign_pdf_hashed`] or [`timestamp_pdf_hashed`]: the bytes it appends to
+/// the file, and the SHA-256 of the new file (the file followed by them).
 #[derive(Debug)]
 pub struct SignedRevision {
     pub appended: Vec<u8>,
     pub sha256: [u8; 32],
+}
+
+impl SignedRevision {
+    /// `appended` after the file whose SHA-256 state is `hashed`.
+    fn after(hashed: &sha2::Sha256, appended: Vec<u8>) -> Self {
+        use sha2::Digest;
+        let sha256 = hashed.clone().chain_update(&appended).finalize().into();
+        SignedRevision { appended, sha256 }
+    }
 }
 
 /// [`sign_pdf`] for a file whose bytes have been hashed already (`hashed`: SHA-256 updated
@@ -101,7 +110,6 @@ pub fn sign_pdf_hashed(
     request: &SignatureRequest,
     timestamper: Option<&dyn Timestamper>,
 ) -> Result<SignedRevision, SignError> {
-    use sha2::Digest;
     let appended = sign(
         hsm,
         pdf,
@@ -109,11 +117,7 @@ pub fn sign_pdf_hashed(
         request,
         timestamper,
     )?;
-    let sha256 = hashed.clone().chain_update(&appended).finalize();
-    Ok(SignedRevision {
-        sha256: sha256.into(),
-        appended,
-    })
+    Ok(SignedRevision::after(hashed, appended))
 }
 
 /// The revision a signature appends to `pdf`.
@@ -213,6 +217,29 @@ pub fn timestamp_pdf(
     timestamper: &dyn Timestamper,
     validation: Option<&ValidationData>,
 ) -> Result<Vec<u8>, SignError> {
+    let appended = timestamp(pdf, pdf::Original::Bytes(pdf), timestamper, validation)?;
+    Ok([pdf, &appended].concat())
+}
+
+/// [`timestamp_pdf`] for a file whose SHA-256 state is at hand (as for [`sign_pdf_hashed`]),
+/// giving only the revision it appends and the new file's SHA-256.
+pub fn timestamp_pdf_hashed(
+    pdf: &[u8],
+    hashed: &sha2::Sha256,
+    timestamper: &dyn Timestamper,
+    validation: Option<&ValidationData>,
+) -> Result<SignedRevision, SignError> {
+    let appended = timestamp(pdf, pdf::Original::Hashed(hashed), timestamper, validation)?;
+    Ok(SignedRevision::after(hashed, appended))
+}
+
+/// The revision a document time-stamp appends to `pdf`.
+fn timestamp(
+    pdf: &[u8],
+    original: pdf::Original<'_>,
+    timestamper: &dyn Timestamper,
+    validation: Option<&ValidationData>,
+) -> Result<Vec<u8>, SignError> {
     let mut doc = Some(pdf::load(pdf)?);
     let mut capacity = cms::TIMESTAMP_TOKEN_ESTIMATE;
     for _ in 0..2 {
@@ -223,13 +250,13 @@ pub fn timestamp_pdf(
             validation,
             capacity,
         )?;
-        let digest = revision.digest(pdf::Original::Bytes(pdf));
+        let digest = revision.digest(original);
         let token = timestamper.timestamp(&digest)?;
         cms::check_token(&token, &digest)?;
         match revision.embed(&token) {
             Ok(appended) => {
                 tracing::debug!(token_len = token.len(), capacity, "time-stamped PDF");
-                return Ok([pdf, &appended].concat());
+                return Ok(appended);
             }
             Err(needed) => {
                 tracing::warn!(

@@ -265,6 +265,17 @@ struct AfterOriginal<'a> {
     appended: Vec<u8>,
 }
 
+impl<'a> AfterOriginal<'a> {
+    fn new(original: &'a [u8], capacity: usize) -> Self {
+        AfterOriginal {
+            original,
+            seen: 0,
+            changed: false,
+            appended: Vec::with_capacity(capacity),
+        }
+    }
+}
+
 impl std::io::Write for AfterOriginal<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut rest = buf;
@@ -306,12 +317,7 @@ impl PreparedRevision {
             add_signature_field(&mut revision, kind, capacity)
         })?;
 
-        let mut out = AfterOriginal {
-            original,
-            seen: 0,
-            changed: false,
-            appended: Vec::with_capacity(2 * capacity + 4096),
-        };
+        let mut out = AfterOriginal::new(original, 2 * capacity + 4096);
         let saved = guarded(|| {
             revision
                 .save_to(&mut out)
@@ -791,12 +797,7 @@ mod tests {
     fn the_writer_keeps_only_what_follows_the_original_and_refuses_a_changed_original() {
         use std::io::Write;
         let original = b"%PDF-1.7 original bytes\n";
-        let mut out = AfterOriginal {
-            original,
-            seen: 0,
-            changed: false,
-            appended: Vec::new(),
-        };
+        let mut out = AfterOriginal::new(original, 0);
         // Written in pieces that straddle the end of the original, as a buffered writer may.
         out.write_all(&original[..5]).unwrap();
         out.write_all(&[&original[5..], &b"1 0 obj"[..]].concat())
@@ -806,12 +807,7 @@ mod tests {
         assert!(!out.changed);
         assert_eq!(out.appended, b"1 0 obj null endobj");
 
-        let mut out = AfterOriginal {
-            original,
-            seen: 0,
-            changed: false,
-            appended: Vec::new(),
-        };
+        let mut out = AfterOriginal::new(original, 0);
         let mut altered = original.to_vec();
         altered[3] = b'X';
         assert!(out.write_all(&altered).is_err());

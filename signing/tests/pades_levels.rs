@@ -18,8 +18,8 @@ use common::{ca_dir, pem_file_der, run, scratch_dir, OpenSslTsa, TsaKey, EC_KEY,
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use shomei_signing::{
-    fetch_crls, inspect_pdf, sign_pdf, timestamp_pdf, validation_material, SignError,
-    TimestampError, Timestamper, ValidationData,
+    fetch_crls, inspect_pdf, sign_pdf, timestamp_pdf, timestamp_pdf_hashed, validation_material,
+    SignError, TimestampError, Timestamper, ValidationData,
 };
 
 /// id-aa-timeStampToken (RFC 3161 appendix A).
@@ -412,6 +412,16 @@ fn rsa_b_t_signature_carries_a_valid_signature_timestamp() {
 #[test]
 fn ec_b_t_signature_carries_a_valid_signature_timestamp() {
     b_t(EC_KEY);
+}
+
+#[test]
+fn a_document_timestamp_from_the_original_hash_is_the_revision_timestamp_pdf_appends() {
+    let signed = sign_pdf(hsm(), &sample("contract.pdf"), &request(RSA_KEY), None).unwrap();
+    let hashed = Sha256::new_with_prefix(&signed);
+    let stamped = timestamp_pdf_hashed(&signed, &hashed, tsa(), None).unwrap();
+    let whole = [&signed[..], &stamped.appended].concat();
+    assert_eq!(stamped.sha256, <[u8; 32]>::from(Sha256::digest(&whole)));
+    assert_levels_valid("doc-ts-hashed", &whole, tsa(), 1, 0, 1);
 }
 
 #[test]
