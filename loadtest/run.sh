@@ -160,7 +160,7 @@ for i in $(seq "$WORKERS"); do
     [ -z "$addr" ] || curl -fs "http://$addr/metrics" >"$RUN/worker-$i.metrics" || true
 done
 echo "==> group commit: mean steps per group (metrics in $RUN/*.metrics)"
-for step in submit start starting_revision record; do
+for step in submit start record; do
     cat "$RUN"/*.metrics 2>/dev/null | awk -v step="$step" '
         $1 ~ "^shomei_group_commit_size_sum\\{step=\"" step "\"" { sum += $2 }
         $1 ~ "^shomei_group_commit_size_count\\{step=\"" step "\"" { count += $2 }

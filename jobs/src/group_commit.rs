@@ -1,13 +1,13 @@
 //! Group commit: the database steps every job takes, claiming its row when a run starts
-//! ([`GroupCommit::start`]) and recording what the run did when it ends
-//! ([`GroupCommit::record`]), and the read of the revision a document job starts from
-//! ([`GroupCommit::starting_revision`]), coalesced across the jobs a worker runs at once. The
-//! API coalesces the rows of single submissions the same way ([`crate::Intake`]).
+//! (with the revision a document job starts from: [`GroupCommit::start`]) and recording what
+//! the run did when it ends ([`GroupCommit::record`]), coalesced across the jobs a worker runs
+//! at once. The API coalesces the rows of single submissions the same way ([`crate::Intake`]).
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
-//! [`MAX_GROUP`]) and runs it as one statement (the claims, the reads) or one transaction (the
-//! records). Under load, the jobs stepping together share one round trip, one hand-off to a
-//! blocking thread and (claims, records) one WAL flush; a lone step runs at once, so an idle
+//! [`MAX_GROUP`]) and runs it as one statement (the claims, followed by one read of the
+//! claimed document jobs' starting revisions) or one transaction (the records). Under load, the
+//! jobs stepping together share the round trips, one hand-off to a blocking thread and one WAL
+//! flush; a lone step runs at once, so an idle
 //! worker waits for nothing.
 //!
 //! A group's transaction that fails (one member's revision colliding with a racing job's, a
@@ -23,7 +23,7 @@ use diesel::{Connection, PgConnection, QueryResult};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use shomei_schema::{interact, DbError, DbPool, Job, Revision};
+use shomei_schema::{interact, DbError, DbPool, Job, JobKind, Revision};
 use shomei_telemetry::metrics;
 
 use crate::error::JobError;
@@ -37,9 +37,19 @@ pub type RecordFn = Box<dyn FnMut(&mut PgConnection) -> QueryResult<Pending> + S
 
 /// The worker's coalescing queues, in [`crate::JobContext`].
 pub struct GroupCommit {
-    starts: Coalescer<Uuid, Option<Job>>,
-    starting_revisions: Coalescer<(Uuid, Uuid), Revision>,
+    starts: Coalescer<Uuid, Option<Claimed>>,
     records: Coalescer<RecordFn, Pending>,
+}
+
+/// A job claimed for a run ([`GroupCommit::start`]).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    /// For a job that adds a document revision (sign, timestamp): the revision it made in an
+    /// earlier run, or else the document's latest ([`Revision::start_for_jobs`]), read right
+    /// after the claim in the same hand-off; `None` for other kinds, and for a document with
+    /// no revision.
+    pub starting_revision: Option<Revision>,
 }
 
 impl GroupCommit {
@@ -51,29 +61,15 @@ impl GroupCommit {
             .inc_by(0);
         Self {
             starts: Coalescer::spawn(db.clone(), "start", start_group),
-            starting_revisions: Coalescer::spawn(
-                db.clone(),
-                "starting_revision",
-                starting_revision_group,
-            ),
             records: Coalescer::spawn(db, "record", record_group),
         }
     }
 
     /// [`Job::start_all`]: the job's row claimed for a run (status `running`, attempt counted),
-    /// committed; `None` when it is finished or not due.
-    pub async fn start(&self, job_id: Uuid) -> Result<Option<Job>, JobError> {
+    /// committed, with the revision it starts from ([`Claimed`]); `None` when it is finished or
+    /// not due.
+    pub async fn start(&self, job_id: Uuid) -> Result<Option<Claimed>, JobError> {
         self.starts.call(job_id).await
-    }
-
-    /// [`Revision::start_for_jobs`]: the revision `job_id` made on `document_id` in an earlier
-    /// run, or else the document's latest.
-    pub async fn starting_revision(
-        &self,
-        document_id: Uuid,
-        job_id: Uuid,
-    ) -> Result<Revision, JobError> {
-        self.starting_revisions.call((document_id, job_id)).await
     }
 
     /// Runs `work` in a committed transaction and returns what it left to do afterwards.
@@ -82,28 +78,41 @@ impl GroupCommit {
     }
 }
 
-fn start_group(conn: &mut PgConnection, ids: &mut [Uuid]) -> Vec<Result<Option<Job>, JobError>> {
-    match Job::start_all(conn, ids) {
-        Ok(started) => ids
-            .iter()
-            .map(|id| Ok(started.iter().find(|job| job.id == *id).cloned()))
-            .collect(),
-        Err(e) => all_failed(ids.len(), JobError::from(DbError::from(e))),
-    }
-}
-
-fn starting_revision_group(
+fn start_group(
     conn: &mut PgConnection,
-    wanted: &mut [(Uuid, Uuid)],
-) -> Vec<Result<Revision, JobError>> {
+    ids: &mut [Uuid],
+) -> Vec<Result<Option<Claimed>, JobError>> {
     let database_error = |e: diesel::result::Error| JobError::from(DbError::from(e));
-    match Revision::start_for_jobs(conn, wanted) {
-        Ok(found) => found
-            .into_iter()
-            .map(|revision| revision.ok_or_else(|| database_error(diesel::result::Error::NotFound)))
-            .collect(),
-        Err(e) => all_failed(wanted.len(), database_error(e)),
-    }
+    let started = match Job::start_all(conn, ids) {
+        Ok(started) => started,
+        Err(e) => return all_failed(ids.len(), database_error(e)),
+    };
+    // The claims are committed; the reads of the starting revisions follow on the same
+    // connection, for the jobs that add one.
+    let wanted: Vec<(Uuid, Uuid)> = started
+        .iter()
+        .filter(|job| matches!(job.kind(), Some(JobKind::Sign | JobKind::Timestamp)))
+        .filter_map(|job| Some((job.document_id?, job.id)))
+        .collect();
+    let revisions: Vec<(Uuid, Option<Revision>)> = match Revision::start_for_jobs(conn, &wanted) {
+        Ok(found) => wanted.iter().map(|(_, job)| *job).zip(found).collect(),
+        Err(e) => return all_failed(ids.len(), database_error(e)),
+    };
+    ids.iter()
+        .map(|id| {
+            let Some(job) = started.iter().find(|job| job.id == *id) else {
+                return Ok(None);
+            };
+            let starting_revision = revisions
+                .iter()
+                .find(|(job_id, _)| job_id == id)
+                .and_then(|(_, revision)| revision.clone());
+            Ok(Some(Claimed {
+                job: job.clone(),
+                starting_revision,
+            }))
+        })
+        .collect()
 }
 
 /// The answer of a group that failed as a whole: `e` for each of its `size` members.

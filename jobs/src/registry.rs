@@ -5,7 +5,7 @@
 use diesel::PgConnection;
 use serde_json::json;
 
-use shomei_schema::{Job, JobKind};
+use shomei_schema::{Job, JobKind, Revision};
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -21,11 +21,17 @@ pub(crate) enum Done {
     Recorded,
 }
 
-/// Runs the handler of `kind`.
-pub(crate) async fn dispatch(kind: JobKind, ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
+/// Runs the handler of `kind`; `starting_revision` is what the claim read for a job that adds
+/// a revision ([`crate::group_commit::Claimed`]).
+pub(crate) async fn dispatch(
+    kind: JobKind,
+    ctx: &JobContext,
+    job: &Job,
+    starting_revision: Option<Revision>,
+) -> Result<Done, JobError> {
     match kind {
-        JobKind::Sign => sign::run(ctx, job).await,
-        JobKind::Timestamp => timestamp::run(ctx, job).await,
+        JobKind::Sign => sign::run(ctx, job, starting_revision).await,
+        JobKind::Timestamp => timestamp::run(ctx, job, starting_revision).await,
         JobKind::Verify => verify::run(ctx, job).await.map(Done::Result),
         JobKind::NotifyEmail => notify_email::run(ctx, job).await.map(Done::Result),
         JobKind::NotifyWebhook => notify_webhook::run(ctx, job).await.map(Done::Result),

@@ -41,14 +41,24 @@ pub(crate) struct Base {
     _share: DocumentShare,
 }
 
-pub(crate) async fn begin(ctx: &JobContext, job: &Job) -> Result<Start, JobError> {
-    let document_id = job
-        .document_id
-        .ok_or_else(|| JobError::permanent(format!("{} job without a document", job.kind)))?;
-    let latest = ctx
-        .group_commit
-        .starting_revision(document_id, job.id)
-        .await?;
+/// Where `job` starts from: `starting`, the revision read when it was claimed
+/// ([`crate::group_commit::Claimed`]).
+pub(crate) async fn begin(
+    ctx: &JobContext,
+    job: &Job,
+    starting: Option<Revision>,
+) -> Result<Start, JobError> {
+    if job.document_id.is_none() {
+        return Err(JobError::permanent(format!(
+            "{} job without a document",
+            job.kind
+        )));
+    }
+    let latest = starting.ok_or_else(|| {
+        JobError::from(shomei_schema::DbError::from(
+            diesel::result::Error::NotFound,
+        ))
+    })?;
     if latest.job_id == Some(job.id) {
         return Ok(Start::AlreadyDone(result(&latest)));
     }

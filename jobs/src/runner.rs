@@ -19,6 +19,7 @@ use shomei_telemetry::metrics;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::Pending;
+use crate::group_commit::Claimed;
 use crate::queue::JobMessage;
 use crate::registry::{dispatch, Done};
 
@@ -30,7 +31,11 @@ pub async fn handle(message: JobMessage, ctx: Data<Arc<JobContext>>) -> Result<(
 
 async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynError> {
     let job_id = message.job_id;
-    let Some(job) = ctx.group_commit.start(job_id).await? else {
+    let Some(Claimed {
+        job,
+        starting_revision,
+    }) = ctx.group_commit.start(job_id).await?
+    else {
         tracing::info!("job already finished; duplicate delivery acknowledged");
         return Ok(());
     };
@@ -67,7 +72,8 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
         .with_label_values(&[&kind_label])
         .start_timer();
     let limit = ctx.timeout(kind);
-    let run = std::panic::AssertUnwindSafe(dispatch(kind, &ctx, &job)).catch_unwind();
+    let run =
+        std::panic::AssertUnwindSafe(dispatch(kind, &ctx, &job, starting_revision)).catch_unwind();
     let (outcome, timed_out) = match tokio::time::timeout(limit, run).await {
         Ok(finished) => (
             finished.unwrap_or_else(|_| Err(JobError::permanent("the handler panicked"))),

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use serde_json::json;
-use shomei_schema::{interact, Job, JobKind, NewJob, RequestSigner};
+use shomei_schema::{interact, Job, JobKind, NewJob, RequestSigner, Revision};
 use shomei_signing::SignatureRequest;
 use shomei_vault::{DataKey, Keyring};
 
@@ -208,13 +208,18 @@ pub fn check_email(field: &str, email: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
+/// `starting`: the revision the job starts from, read when it was claimed.
+pub(crate) async fn run(
+    ctx: &JobContext,
+    job: &Job,
+    starting: Option<Revision>,
+) -> Result<Done, JobError> {
     let request = SignRequest::from_payload(&ctx.keys, &job.payload).await?;
     let timestamper = match request.level.unwrap_or(SignatureLevel::Timestamped) {
         SignatureLevel::Basic => None,
         SignatureLevel::Timestamped => Some(ctx.timestamper()?),
     };
-    let base = match revisions::begin(ctx, job).await? {
+    let base = match revisions::begin(ctx, job, starting).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
         Start::Work(base) => base,
     };

@@ -5,7 +5,7 @@
 //! certificates expire. Idempotent through [`crate::revisions`]. The time-stamp that concludes
 //! a signature request also completes it (`document.completed`).
 
-use shomei_schema::Job;
+use shomei_schema::{Job, Revision};
 use shomei_signing::ValidationData;
 
 use crate::context::JobContext;
@@ -15,9 +15,14 @@ use crate::registry::Done;
 use crate::requests;
 use crate::revisions::{self, Start};
 
-pub(crate) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
+/// `starting`: the revision the job starts from, read when it was claimed.
+pub(crate) async fn run(
+    ctx: &JobContext,
+    job: &Job,
+    starting: Option<Revision>,
+) -> Result<Done, JobError> {
     let timestamper = ctx.timestamper()?;
-    let base = match revisions::begin(ctx, job).await? {
+    let base = match revisions::begin(ctx, job, starting).await? {
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
         Start::Work(base) => base,
     };

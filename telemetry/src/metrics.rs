@@ -50,7 +50,7 @@ const GROUP_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 metric!(GROUP_COMMIT_SIZE: HistogramVec = register_histogram_vec!(
     "shomei_group_commit_size",
     "Job steps run as one statement or transaction, by step: in a worker start (claiming the \
-     rows), starting_revision (reading the revisions document jobs start from) or record \
+     rows and reading the revisions document jobs start from) or record \
      (recording the runs' results); in the API submit (writing submitted jobs' rows)",
     &["step"], GROUP_SIZES.to_vec()));
 metric!(GROUP_COMMIT_DURATION: HistogramVec = register_histogram_vec!(

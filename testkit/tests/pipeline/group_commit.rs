@@ -84,30 +84,50 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
         9
     );
 
-    // Starting revisions, read together: a job's own revision from an earlier run (though not
-    // the latest), another job's latest, and a document that does not exist.
+    // Claims, taken together, with the revisions they start from: a sign job's own revision
+    // from an earlier run (though not the latest), another sign job's latest, and none for a
+    // job that adds no revision.
     let document: uuid::Uuid = app.upload_ok(sample("contract.pdf")).await.parse().unwrap();
-    let (earlier_run, other_job) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let [earlier_run, other_job, verify_job] = [(); 3].map(|_| uuid::Uuid::now_v7());
+    for (job, kind) in [
+        (earlier_run, "sign"),
+        (other_job, "sign"),
+        (verify_job, "verify"),
+    ] {
+        app.sql_execute(&format!(
+            "INSERT INTO jobs (id, tenant_id, kind, document_id, payload) \
+             SELECT '{job}', tenant_id, '{kind}', id, '{{}}' FROM documents WHERE id = '{document}'"
+        ));
+    }
     for (revision, job) in [(1, earlier_run), (2, uuid::Uuid::new_v4())] {
         app.sql_execute(&format!(
             "INSERT INTO document_revisions (document_id, revision, sha256, size_bytes, \
              storage_key, job_id) VALUES ('{document}', {revision}, '\\x00', 1, 'probe', '{job}')"
         ));
     }
-    let starts = join_all(
-        [
-            (document, earlier_run),
-            (document, other_job),
-            (uuid::Uuid::new_v4(), other_job),
-        ]
-        .map(|(document, job)| group_commit.starting_revision(document, job)),
-    )
-    .await;
-    let revisions: Vec<Option<i32>> = starts
+    let starts = GROUP_COMMIT_SIZE.with_label_values(&["start"]);
+    let (groups, members) = (starts.get_sample_count(), starts.get_sample_sum());
+    let claims =
+        join_all([earlier_run, other_job, verify_job].map(|id| group_commit.start(id))).await;
+    assert_eq!(starts.get_sample_count(), groups + 1, "one group");
+    assert_eq!(starts.get_sample_sum(), members + 3.0, "of three");
+    let revisions: Vec<(uuid::Uuid, i32, Option<i32>)> = claims
         .iter()
-        .map(|start| start.as_ref().ok().map(|r| r.revision))
+        .map(|claim| {
+            let claimed = claim.as_ref().unwrap().as_ref().unwrap();
+            let revision = claimed.starting_revision.as_ref().map(|r| r.revision);
+            (claimed.job.id, claimed.job.attempts, revision)
+        })
         .collect();
-    assert_eq!(revisions, [Some(1), Some(2), None], "{starts:?}");
+    assert_eq!(
+        revisions,
+        [
+            (earlier_run, 1, Some(1)),
+            (other_job, 1, Some(2)),
+            (verify_job, 1, None)
+        ],
+        "{claims:?}"
+    );
 
     // Claiming: an unknown job is not started, and the statement still answers every caller.
     let unknown = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
