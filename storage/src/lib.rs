@@ -33,6 +33,8 @@ pub enum StorageError {
         #[source]
         source: VaultError,
     },
+    #[error("storage task failed: {0}")]
+    Task(String),
     #[error("cannot open storage at {path}: {source}")]
     Open {
         path: String,
@@ -47,7 +49,7 @@ impl StorageError {
         match self {
             StorageError::Corrupt { .. } => true,
             StorageError::Sealed { source, .. } => source.is_permanent(),
-            StorageError::Backend(_) | StorageError::Open { .. } => false,
+            StorageError::Backend(_) | StorageError::Open { .. } | StorageError::Task(_) => false,
         }
     }
 }
@@ -78,6 +80,9 @@ const WRITE_BUFFER: usize = 5 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is a local directory: reads bypass `object_store` (see
+    /// [`get_verified_hashing`](Self::get_verified_hashing)).
+    local: Option<Arc<LocalFileSystem>>,
     keys: Keyring,
 }
 
@@ -113,7 +118,11 @@ impl Storage {
         } else {
             Arc::new(PrefixStore::new(bucket, config.prefix.as_str()))
         };
-        Ok(Self { store, keys })
+        Ok(Self {
+            store,
+            local: None,
+            keys,
+        })
     }
 
     /// A store in a local directory (created if absent).
@@ -122,9 +131,10 @@ impl Storage {
             path: dir.display().to_string(),
             source,
         })?;
-        let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
+        let store = Arc::new(LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true));
         Ok(Self {
-            store: Arc::new(store),
+            store: store.clone(),
+            local: Some(store),
             keys,
         })
     }
@@ -305,14 +315,43 @@ impl Storage {
     /// not finalised: a revision appended to it is hashed on from there
     /// ([`put_pdf_revision`](Self::put_pdf_revision)) instead of from its first byte. An
     /// appended revision is put together from its chain ([`appended::Chain`]).
+    ///
+    /// The whole read runs on one blocking thread: opening (AES-GCM) and hashing a revision of
+    /// a few hundred kilobytes is CPU work that does not belong on the async executor, and a
+    /// local store's files are read there directly, in one hand-off (`object_store`'s
+    /// `LocalFileSystem` takes two per object: one to open it, one to read it).
     pub async fn get_verified_hashing(
         &self,
         key: &str,
         sha256: &[u8],
     ) -> Result<(Bytes, Sha256), StorageError> {
+        let (this, key, sha256) = (self.clone(), key.to_owned(), sha256.to_vec());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || this.read_verified(&runtime, &key, &sha256))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    /// [`get_verified_hashing`](Self::get_verified_hashing), on a blocking thread of `runtime`
+    /// (which drives what has to be awaited: a remote store's reads, a data key not yet
+    /// cached).
+    fn read_verified(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: &str,
+        sha256: &[u8],
+    ) -> Result<(Bytes, Sha256), StorageError> {
         let mut chain = appended::Chain::new(key);
         while let Some(at) = chain.wanted() {
-            let plain = self.get_opened(at).await?;
+            let sealed = match &self.local {
+                Some(local) => read_file(local, at)?,
+                None => runtime.block_on(async {
+                    self.store.get(&ObjectPath::from(at)).await?.bytes().await
+                })?,
+            };
+            let plain = runtime
+                .block_on(self.keys.open(&sealed))
+                .map_err(Self::sealed(at))?;
             chain.add(plain)?;
         }
         let (plain, state) = chain.finish()?;
@@ -322,17 +361,6 @@ impl Storage {
             });
         }
         Ok((Bytes::from(plain), state))
-    }
-
-    /// One object, read and opened.
-    async fn get_opened(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        let sealed = self
-            .store
-            .get(&ObjectPath::from(key))
-            .await?
-            .bytes()
-            .await?;
-        self.keys.open(&sealed).await.map_err(Self::sealed(key))
     }
 
     /// The keys of every object under `prefix`.
@@ -371,4 +399,23 @@ impl Storage {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The stored bytes of `key` in the local store, read on the calling thread; errors as
+/// `object_store` gives them.
+fn read_file(local: &LocalFileSystem, key: &str) -> Result<Bytes, StorageError> {
+    let path = local.path_to_filesystem(&ObjectPath::from(key))?;
+    std::fs::read(&path).map(Bytes::from).map_err(|source| {
+        let error = match source.kind() {
+            std::io::ErrorKind::NotFound => object_store::Error::NotFound {
+                path: path.display().to_string(),
+                source: source.into(),
+            },
+            _ => object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: source.into(),
+            },
+        };
+        error.into()
+    })
 }

@@ -1,7 +1,8 @@
 //! The store on an S3-compatible bucket: a real S3 server on loopback (moto's, started per test
 //! by `shomei_testkit::s3::S3Server`), a real keyring (PostgreSQL, a copy of the dev SoftHSM2
 //! token). What the bucket holds is read back with the server's own S3 API, not through the
-//! store under test.
+//! store under test. The local store's own read path (files read directly, not through
+//! `object_store`) is checked here too, with the same keyring.
 
 use std::sync::OnceLock;
 
@@ -71,6 +72,7 @@ impl Drop for Db {
 struct Fixture {
     s3: S3Server,
     storage: Storage,
+    keys: Keyring,
     tenant: Uuid,
     _db: Db,
 }
@@ -95,10 +97,11 @@ impl Fixture {
         })
         .await
         .unwrap();
-        let storage = Storage::s3(&config(&s3), keys).unwrap();
+        let storage = Storage::s3(&config(&s3), keys.clone()).unwrap();
         Fixture {
             s3,
             storage,
+            keys,
             tenant,
             _db: db,
         }
@@ -554,4 +557,60 @@ async fn an_appended_revision_whose_base_changed_or_went_is_refused() {
         ),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_store_reads_its_files_directly_and_refuses_a_changed_or_missing_one() {
+    let f = Fixture::new().await;
+    let dir = workspace_root()
+        .join("target/tmp/storage-tests")
+        .join(Uuid::new_v4().simple().to_string());
+    let local = Storage::local(&dir, f.keys.clone()).unwrap();
+    let document = Uuid::new_v4();
+    let original = plaintext(100 * 1024, 16);
+    let base = local
+        .put_pdf(f.tenant, document, Bytes::from(original.clone()))
+        .await
+        .unwrap();
+    let signed = extended(&original, 10 * 1024, 17);
+    let top = local
+        .put_pdf_revision(
+            f.tenant,
+            document,
+            &base,
+            &original,
+            &signed[original.len()..],
+            sha256(&signed),
+        )
+        .await
+        .unwrap();
+    let (read, state) = local
+        .get_verified_hashing(&top.key, &top.sha256)
+        .await
+        .unwrap();
+    assert!(read == signed, "the appended revision reads back whole");
+    assert_eq!(<[u8; 32]>::from(state.finalize()), top.sha256);
+    let err = refused(local.get_verified(&top.key, &[0; 32]).await);
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+
+    // A byte of the base's file flipped: its GCM tag catches it, through the revision above.
+    let file = dir.join(&base.key);
+    let mut raw = std::fs::read(&file).unwrap();
+    let middle = raw.len() / 2;
+    raw[middle] ^= 0x01;
+    std::fs::write(&file, &raw).unwrap();
+    let err = refused(local.get_verified(&top.key, &top.sha256).await);
+    assert!(matches!(err, StorageError::Sealed { .. }), "{err:?}");
+
+    // The base's file gone: the backend's NotFound, as `object_store` names it.
+    std::fs::remove_file(&file).unwrap();
+    let err = refused(local.get_verified(&top.key, &top.sha256).await);
+    assert!(
+        matches!(
+            err,
+            StorageError::Backend(object_store::Error::NotFound { .. })
+        ) && !err.is_permanent(),
+        "{err:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
