@@ -4,11 +4,10 @@
 //! at once. The API coalesces the rows of single submissions the same way ([`crate::Intake`]).
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
-//! [`MAX_GROUP`]) and runs it as one statement (the claims, followed by one read of the
-//! claimed document jobs' starting revisions) or one transaction (the records). Under load, the
-//! jobs stepping together share the round trips, one hand-off to a blocking thread and one WAL
-//! flush; a lone step runs at once, so an idle
-//! worker waits for nothing.
+//! [`MAX_GROUP`]) and runs it as one statement (the claims, then one read of the claimed
+//! document jobs' starting revisions) or one transaction (the records). Under load, the jobs
+//! stepping together share the round trips, one hand-off to a blocking thread and one WAL
+//! flush; a lone step runs at once, so an idle worker waits for nothing.
 //!
 //! A group's transaction that fails (one member's revision colliding with a racing job's, a
 //! deadlock with another worker's group) is rolled back and its members run again, one
