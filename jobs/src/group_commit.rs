@@ -18,6 +18,8 @@
 //! (handlers are idempotent; the next run finds it). A member that panics (a bug) fails alone
 //! and for good, as a panicking handler does, and the group's other members commit.
 
+use std::collections::HashMap;
+
 use diesel::{Connection, PgConnection, QueryResult};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -93,25 +95,31 @@ fn start_group(
         .filter(|job| matches!(job.kind(), Some(JobKind::Sign | JobKind::Timestamp)))
         .filter_map(|job| Some((job.document_id?, job.id)))
         .collect();
-    let revisions: Vec<(Uuid, Option<Revision>)> = match Revision::start_for_jobs(conn, &wanted) {
-        Ok(found) => wanted.iter().map(|(_, job)| *job).zip(found).collect(),
+    let found = match Revision::start_for_jobs(conn, &wanted) {
+        Ok(found) => found,
         Err(e) => return all_failed(ids.len(), database_error(e)),
     };
-    ids.iter()
-        .map(|id| {
-            let Some(job) = started.iter().find(|job| job.id == *id) else {
-                return Ok(None);
-            };
-            let starting_revision = revisions
-                .iter()
-                .find(|(job_id, _)| job_id == id)
-                .and_then(|(_, revision)| revision.clone());
-            Ok(Some(Claimed {
-                job: job.clone(),
-                starting_revision,
-            }))
+    let mut revisions: HashMap<Uuid, Revision> = wanted
+        .iter()
+        .zip(found)
+        .filter_map(|((_, job), revision)| Some((*job, revision?)))
+        .collect();
+    let mut claimed: HashMap<Uuid, Claimed> = started
+        .into_iter()
+        .map(|job| {
+            let starting_revision = revisions.remove(&job.id);
+            (
+                job.id,
+                Claimed {
+                    job,
+                    starting_revision,
+                },
+            )
         })
-        .collect()
+        .collect();
+    // A job named twice in one group (two deliveries at once) is claimed once: the second
+    // caller gets `None`, as for a finished job, and acknowledges its delivery.
+    ids.iter().map(|id| Ok(claimed.remove(id))).collect()
 }
 
 /// The answer of a group that failed as a whole: `e` for each of its `size` members.
