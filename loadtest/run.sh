@@ -10,7 +10,8 @@
 # shomei-loadtest), LOADTEST_STORAGE_ROOT (where the run's stored PDFs go, in shomei-load-<id>:
 # /dev/shm unless set), LOADTEST_KEEP_STORAGE=1 (keep them),
 # LOADTEST_PG_LOG_STATEMENTS=1 (log every statement of the run's database to the PostgreSQL server log),
-# LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, e.g. sslmode=disable),
+# LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, as a URL query;
+# host=/var/run/postgresql, the Unix socket, unless set and when it lets postgres in; empty: TCP),
 # LOADTEST_WORKER_NICE (the workers' nice value, default 10: the API's intake goes first, as
 # the compose file's cpu_shares arrange; 0 runs them at the API's priority).
 set -euo pipefail
@@ -62,7 +63,15 @@ TSA_PORT=$(free_port)
 
 PG=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
 # LOADTEST_PG_OPTIONS: libpq parameters for the services' connections, as a URL query
-# (`sslmode=disable`: no TLS on loopback; `host=/var/run/postgresql`: the Unix socket).
+# (`sslmode=disable`: no TLS on loopback; `host=/var/run/postgresql`: the Unix socket). Unless
+# it is set, the services reach PostgreSQL over its Unix socket when that lets `postgres` in, as
+# a deployment with PostgreSQL on the same host would (no TCP, no TLS); set it empty for loopback
+# TCP.
+PG_SOCKET_DIR=/var/run/postgresql
+if [ -z "${LOADTEST_PG_OPTIONS+set}" ] &&
+    psql -h "$PG_SOCKET_DIR" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; then
+    LOADTEST_PG_OPTIONS=host=$PG_SOCKET_DIR
+fi
 export SHOMEI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB${LOADTEST_PG_OPTIONS:+?$LOADTEST_PG_OPTIONS}
 export SHOMEI_QUEUE_NAMESPACE=$DB
 export SHOMEI_STORAGE_DIR=$STORAGE
@@ -106,7 +115,7 @@ echo "==> database $DB, queue namespace $SHOMEI_QUEUE_NAMESPACE, storage $STORAG
 [ "${LOADTEST_PG_LOG_STATEMENTS:-0}" != 1 ] ||
     "${PG[@]}" -c "ALTER DATABASE $DB SET log_statement = 'all'" >/dev/null
 
-echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool ${SHOMEI_HSM_POOL_SIZE:-one session per CPU}; logs in $RUN)"
+echo "==> starting the API and $WORKERS worker(s) (concurrency $SHOMEI_WORKER_CONCURRENCY, HSM pool ${SHOMEI_HSM_POOL_SIZE:-one session per CPU}, database ${LOADTEST_PG_OPTIONS:-over loopback TCP}; logs in $RUN)"
 "$BIN/shomei-tsa" >"$RUN/tsa.log" 2>&1 &
 PIDS+=($!)
 "$BIN/shomei-api" serve >"$RUN/api.log" 2>&1 &
