@@ -2,7 +2,7 @@
 //! (`SHOMEI_WORKER_CONCURRENCY`) counts jobs, which suits the contracts of a few hundred
 //! kilobytes the workers mostly see; a burst of 50 MB uploads at the same concurrency would hold
 //! gigabytes (a job holds its revision, lopdf's parse of it and the signed copy). Every job that
-//! reads a revision (`crate::revisions::begin`) first waits for its share of this budget
+//! works on a revision first waits for its share of this budget (`crate::revisions::begin`)
 //! (`SHOMEI_WORKER_PDF_BYTES`), and gives it back when it finishes. A revision larger than the
 //! whole budget waits until it can hold all of it: it then runs alone, never not at all.
 

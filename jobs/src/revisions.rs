@@ -7,14 +7,13 @@
 //! one document collide on `(document_id, revision)`; the loser's insert fails, a transient
 //! error, and its retry works on top of the winner's revision.
 
-use bytes::Bytes;
 use serde_json::json;
 
 use diesel::{PgConnection, QueryResult};
 
 use sha2::Sha256;
 use shomei_schema::{Job, Revision};
-use shomei_signing::SignedRevision;
+use shomei_signing::{SignError, SignedRevision};
 use shomei_storage::StoredObject;
 
 use crate::context::JobContext;
@@ -30,14 +29,10 @@ pub(crate) enum Start {
     Work(Base),
 }
 
-/// The revision a job builds on: its row, its bytes and the SHA-256 state after them (see
-/// `Storage::get_verified_hashing`), so that a revision appended to it is hashed only over what
-/// it appends. Holds the job's share of the worker's PDF budget ([`crate::document_memory`])
-/// until the job is done with it.
+/// The revision a job builds on. Holds the job's share of the worker's PDF budget
+/// ([`crate::document_memory`]) until the job is done with it.
 pub(crate) struct Base {
     pub revision: Revision,
-    pub bytes: Bytes,
-    pub hashed: Box<Sha256>,
     _share: DocumentShare,
 }
 
@@ -66,55 +61,71 @@ pub(crate) async fn begin(
         .document_memory
         .hold(u64::try_from(latest.size_bytes).unwrap_or(0))
         .await?;
-    let (bytes, hashed) = ctx
-        .storage
-        .get_verified_hashing(&latest.storage_key, &latest.sha256)
-        .await?;
     Ok(Start::Work(Base {
         revision: latest,
-        bytes,
-        hashed: Box::new(hashed),
         _share: share,
     }))
 }
 
-/// Stores `made`, the revision `job` appended to `base` (an incremental update: what it appends
-/// and the new file's SHA-256, hashed on from the base's state), as the revision after it, and
-/// marks the job succeeded. Storage keeps only what it appends (`Storage::put_pdf_revision`).
-/// `then` runs in the transaction that records the revision (the state changes and events the
-/// revision brings), so it happens exactly once however often the job runs; the job's success
-/// is recorded in that transaction too. The transaction is one of a group
-/// ([`crate::group_commit`]): `then` only touches the database, and may run twice.
+/// The job's work on its base, on one blocking thread: reads the base from storage (checked
+/// against its recorded SHA-256, see `BlockingStorage::get_verified_hashing`), gives its bytes
+/// and the SHA-256 state after them to `make`, which appends a revision (an incremental update)
+/// and returns what it appends with the new file's SHA-256, hashed on from that state; then
+/// stores the new revision, only what it appends (`BlockingStorage::put_pdf_revision`). One
+/// hand-off to a blocking thread per job, where a read, the PDF work and a write would take one
+/// each.
+pub(crate) async fn make<F>(
+    ctx: &JobContext,
+    job: &Job,
+    base: &Base,
+    make: F,
+) -> Result<StoredObject, JobError>
+where
+    F: FnOnce(&[u8], &Sha256) -> Result<SignedRevision, SignError> + Send + 'static,
+{
+    let (storage, latest, tenant_id) = (ctx.storage.clone(), base.revision.clone(), job.tenant_id);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let storage = storage.blocking(&runtime);
+        let (bytes, hashed) = storage.get_verified_hashing(&latest.storage_key, &latest.sha256)?;
+        let made = make(&bytes, &hashed)?;
+        let stored_base = StoredObject {
+            key: latest.storage_key.clone(),
+            sha256: latest.sha256.as_slice().try_into().map_err(|_| {
+                JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
+            })?,
+            size: bytes.len() as u64,
+        };
+        let stored = storage.put_pdf_revision(
+            tenant_id,
+            latest.document_id,
+            &stored_base,
+            &bytes,
+            &made.appended,
+            made.sha256,
+        )?;
+        Ok(stored)
+    })
+    .await
+    .map_err(|e| JobError::transient(format!("{} task failed: {e}", job.kind)))?
+}
+
+/// Records `stored`, the revision `job` made on `base` ([`make`]), as the revision after it,
+/// and marks the job succeeded. `then` runs in the transaction that records the revision (the
+/// state changes and events the revision brings), so it happens exactly once however often the
+/// job runs; the job's success is recorded in that transaction too. The transaction is one of
+/// a group ([`crate::group_commit`]): `then` only touches the database, and may run twice.
 pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     base: &Base,
-    made: SignedRevision,
+    stored: StoredObject,
     mut then: F,
 ) -> Result<Done, JobError>
 where
     F: FnMut(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
 {
     let latest = &base.revision;
-    let stored_base =
-        StoredObject {
-            key: latest.storage_key.clone(),
-            sha256: latest.sha256.as_slice().try_into().map_err(|_| {
-                JobError::permanent("a revision's recorded SHA-256 is not 32 bytes")
-            })?,
-            size: base.bytes.len() as u64,
-        };
-    let stored = ctx
-        .storage
-        .put_pdf_revision(
-            job.tenant_id,
-            latest.document_id,
-            &stored_base,
-            &base.bytes,
-            &made.appended,
-            made.sha256,
-        )
-        .await?;
     let revision = Revision {
         document_id: latest.document_id,
         revision: latest.revision + 1,

@@ -244,12 +244,11 @@ pub(crate) async fn run(
         location: request.location,
         signing_time: chrono::Utc::now(),
     };
-    let (hsm, bytes, hashed) = (ctx.hsm.clone(), base.bytes.clone(), base.hashed.clone());
-    let signed = tokio::task::spawn_blocking(move || {
-        shomei_signing::sign_pdf_hashed(&hsm, &bytes, &hashed, &signature, timestamper.as_deref())
+    let hsm = ctx.hsm.clone();
+    let signed = revisions::make(ctx, job, &base, move |pdf, hashed| {
+        shomei_signing::sign_pdf_hashed(&hsm, pdf, hashed, &signature, timestamper.as_deref())
     })
-    .await
-    .map_err(|e| JobError::transient(format!("signing task failed: {e}")))??;
+    .await?;
 
     let level = request.level.unwrap_or(SignatureLevel::Timestamped);
     let then_conclude = request.conclude;

@@ -26,22 +26,15 @@ pub(crate) async fn run(
         Start::AlreadyDone(result) => return Ok(Done::Result(result)),
         Start::Work(base) => base,
     };
-    let (bytes, hashed) = (base.bytes.clone(), base.hashed.clone());
-    let stamped = tokio::task::spawn_blocking(move || {
-        let material = shomei_signing::validation_material(&bytes)?;
+    let stamped = revisions::make(ctx, job, &base, move |pdf, hashed| {
+        let material = shomei_signing::validation_material(pdf)?;
         let validation = ValidationData {
             crls: shomei_signing::fetch_crls(&material.crl_urls)?,
             certificates: material.certificates,
         };
-        shomei_signing::timestamp_pdf_hashed(
-            &bytes,
-            &hashed,
-            timestamper.as_ref(),
-            Some(&validation),
-        )
+        shomei_signing::timestamp_pdf_hashed(pdf, hashed, timestamper.as_ref(), Some(&validation))
     })
-    .await
-    .map_err(|e| JobError::transient(format!("time-stamping task failed: {e}")))??;
+    .await?;
     let concludes = concluded_request(job);
     let concluding = job.clone();
     revisions::record(ctx, job, &base, stamped, move |conn, _| match concludes {

@@ -80,8 +80,8 @@ const WRITE_BUFFER: usize = 5 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
-    /// The same store when it is a local directory: reads bypass `object_store` (see
-    /// [`get_verified_hashing`](Self::get_verified_hashing)).
+    /// The same store when it is a local directory: revisions are read and written without
+    /// `object_store` (see [`BlockingStorage`]).
     local: Option<Arc<LocalFileSystem>>,
     keys: Keyring,
 }
@@ -146,84 +146,39 @@ impl Storage {
         }
     }
 
-    /// Seals and stores one revision of a document. The object's name is the SHA-256 of what
-    /// is stored, so it says nothing about the plaintext.
+    /// Seals and stores one revision of a document (see [`BlockingStorage::put_pdf`]), on a
+    /// blocking thread: sealing and hashing an upload of many megabytes is CPU work that does
+    /// not belong on the async executor.
     pub async fn put_pdf(
         &self,
         tenant_id: Uuid,
         document_id: Uuid,
         bytes: Bytes,
     ) -> Result<StoredObject, StorageError> {
-        let sha256 = Sha256::digest(&bytes).into();
-        self.put_sealed(tenant_id, document_id, bytes, sha256, 0)
+        self.on_blocking_thread(move |store| store.put_pdf(tenant_id, document_id, &bytes))
             .await
     }
 
-    /// Seals and stores the revision that extends the revision stored as `base` (whose
-    /// plaintext is `base_bytes`) by `appended`, as a PDF incremental update does. Only
-    /// `appended` is stored, with a reference to the base ([`appended`]), unless the base is at
-    /// the end of a chain of [`MAX_DEPTH`](appended::MAX_DEPTH) appended objects already, or
-    /// nothing is appended; then the revision is stored whole. `sha256`: the digest of the whole
-    /// revision (hashed on from the base's, see
-    /// [`get_verified_hashing`](Self::get_verified_hashing)), recorded as given.
-    pub async fn put_pdf_revision(
-        &self,
-        tenant_id: Uuid,
-        document_id: Uuid,
-        base: &StoredObject,
-        base_bytes: &[u8],
-        appended: &[u8],
-        sha256: [u8; 32],
-    ) -> Result<StoredObject, StorageError> {
-        debug_assert_eq!(base_bytes.len() as u64, base.size);
-        let size = base.size + appended.len() as u64;
-        let depth = appended::depth_of(&base.key).map_or(0, |d| d + 1);
-        if depth == 0 || depth > appended::MAX_DEPTH || appended.is_empty() {
-            let whole = Bytes::from([base_bytes, appended].concat());
-            return self
-                .put_sealed(tenant_id, document_id, whole, sha256, 0)
-                .await;
+    /// This store's operations on the calling thread, for code already on a blocking thread
+    /// (a job reads a revision, signs it and stores the next in one hand-off). `runtime` drives
+    /// what has to be awaited: a remote store's requests, a data key not yet cached.
+    pub fn blocking<'a>(&'a self, runtime: &'a tokio::runtime::Handle) -> BlockingStorage<'a> {
+        BlockingStorage {
+            storage: self,
+            runtime,
         }
-        let header = appended::Header {
-            base_key: &base.key,
-            base_size: base.size,
-            base_sha256: base.sha256,
-        };
-        let plain = header.with(appended);
-        let stored = self
-            .put_sealed(tenant_id, document_id, Bytes::from(plain), sha256, depth)
-            .await?;
-        Ok(StoredObject { size, ..stored })
     }
 
-    /// Seals `plain` and stores it in the document's folder at `depth` (0: a whole revision),
-    /// named by the SHA-256 of the ciphertext; `sha256` and the size of `plain` are what the
-    /// result says of it.
-    async fn put_sealed(
-        &self,
-        tenant_id: Uuid,
-        document_id: Uuid,
-        plain: Bytes,
-        sha256: [u8; 32],
-        depth: u32,
-    ) -> Result<StoredObject, StorageError> {
-        let size = plain.len() as u64;
-        let data_key = self
-            .keys
-            .current(tenant_id, Purpose::Content)
+    /// Runs `work` with [`blocking`](Self::blocking) on one of the runtime's blocking threads.
+    async fn on_blocking_thread<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(BlockingStorage<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let (this, runtime) = (self.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || work(this.blocking(&runtime)))
             .await
-            .map_err(Self::sealed(""))?;
-        let sealed = data_key.seal(&plain);
-        drop(plain);
-        let key = appended::key(
-            &Self::document_prefix(tenant_id, document_id),
-            &hex::encode(Sha256::digest(&sealed)),
-            depth,
-        );
-        self.store
-            .put(&ObjectPath::from(key.as_str()), PutPayload::from(sealed))
-            .await?;
-        Ok(StoredObject { key, sha256, size })
+            .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// A writer that seals and streams a new object to `key` as it is written (multipart, a few
@@ -311,56 +266,18 @@ impl Storage {
         Ok(self.get_verified_hashing(key, sha256).await?.0)
     }
 
-    /// [`get_verified`](Self::get_verified), with the SHA-256 state after the whole plaintext,
-    /// not finalised: a revision appended to it is hashed on from there
-    /// ([`put_pdf_revision`](Self::put_pdf_revision)) instead of from its first byte. An
-    /// appended revision is put together from its chain ([`appended::Chain`]).
-    ///
-    /// The whole read runs on one blocking thread: opening (AES-GCM) and hashing a revision of
-    /// a few hundred kilobytes is CPU work that does not belong on the async executor, and a
-    /// local store's files are read there directly, in one hand-off (`object_store`'s
-    /// `LocalFileSystem` takes two per object: one to open it, one to read it).
+    /// [`get_verified`](Self::get_verified), with the SHA-256 state after the whole plaintext
+    /// (see [`BlockingStorage::get_verified_hashing`]), on one blocking thread: opening
+    /// (AES-GCM) and hashing a revision of a few hundred kilobytes is CPU work that does not
+    /// belong on the async executor.
     pub async fn get_verified_hashing(
         &self,
         key: &str,
         sha256: &[u8],
     ) -> Result<(Bytes, Sha256), StorageError> {
-        let (this, key, sha256) = (self.clone(), key.to_owned(), sha256.to_vec());
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || this.read_verified(&runtime, &key, &sha256))
+        let (key, sha256) = (key.to_owned(), sha256.to_vec());
+        self.on_blocking_thread(move |store| store.get_verified_hashing(&key, &sha256))
             .await
-            .map_err(|e| StorageError::Task(e.to_string()))?
-    }
-
-    /// [`get_verified_hashing`](Self::get_verified_hashing), on a blocking thread of `runtime`
-    /// (which drives what has to be awaited: a remote store's reads, a data key not yet
-    /// cached).
-    fn read_verified(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        key: &str,
-        sha256: &[u8],
-    ) -> Result<(Bytes, Sha256), StorageError> {
-        let mut chain = appended::Chain::new(key);
-        while let Some(at) = chain.wanted() {
-            let sealed = match &self.local {
-                Some(local) => read_file(local, at)?,
-                None => runtime.block_on(async {
-                    self.store.get(&ObjectPath::from(at)).await?.bytes().await
-                })?,
-            };
-            let plain = runtime
-                .block_on(self.keys.open(&sealed))
-                .map_err(Self::sealed(at))?;
-            chain.add(plain)?;
-        }
-        let (plain, state) = chain.finish()?;
-        if state.clone().finalize().as_slice() != sha256 {
-            return Err(StorageError::Corrupt {
-                key: key.to_owned(),
-            });
-        }
-        Ok((Bytes::from(plain), state))
     }
 
     /// The keys of every object under `prefix`.
@@ -401,21 +318,190 @@ impl Storage {
     }
 }
 
-/// The stored bytes of `key` in the local store, read on the calling thread; errors as
-/// `object_store` gives them.
+/// [`Storage`]'s revision operations on the calling thread, which must be one where blocking
+/// is allowed (not an async task's); from [`Storage::blocking`]. A local store's files are read
+/// and written here directly, with `std::fs` at the paths `LocalFileSystem` maps the keys to:
+/// `object_store`'s `LocalFileSystem` would hand each file operation to another blocking thread
+/// (two per read, one per write).
+pub struct BlockingStorage<'a> {
+    storage: &'a Storage,
+    runtime: &'a tokio::runtime::Handle,
+}
+
+impl BlockingStorage<'_> {
+    /// Seals and stores one revision of a document. The object's name is the SHA-256 of what
+    /// is stored, so it says nothing about the plaintext.
+    pub fn put_pdf(
+        &self,
+        tenant_id: Uuid,
+        document_id: Uuid,
+        bytes: &[u8],
+    ) -> Result<StoredObject, StorageError> {
+        let sha256 = Sha256::digest(bytes).into();
+        self.put_sealed(tenant_id, document_id, bytes, sha256, 0)
+    }
+
+    /// Seals and stores the revision that extends the revision stored as `base` (whose
+    /// plaintext is `base_bytes`) by `appended`, as a PDF incremental update does. Only
+    /// `appended` is stored, with a reference to the base (module `appended`), unless the base is at
+    /// the end of a chain of `MAX_DEPTH` (15) appended objects already, or
+    /// nothing is appended; then the revision is stored whole. `sha256`: the digest of the whole
+    /// revision (hashed on from the base's, see
+    /// [`get_verified_hashing`](Self::get_verified_hashing)), recorded as given.
+    pub fn put_pdf_revision(
+        &self,
+        tenant_id: Uuid,
+        document_id: Uuid,
+        base: &StoredObject,
+        base_bytes: &[u8],
+        appended: &[u8],
+        sha256: [u8; 32],
+    ) -> Result<StoredObject, StorageError> {
+        debug_assert_eq!(base_bytes.len() as u64, base.size);
+        let size = base.size + appended.len() as u64;
+        let depth = appended::depth_of(&base.key).map_or(0, |d| d + 1);
+        if depth == 0 || depth > appended::MAX_DEPTH || appended.is_empty() {
+            let whole = [base_bytes, appended].concat();
+            return self.put_sealed(tenant_id, document_id, &whole, sha256, 0);
+        }
+        let header = appended::Header {
+            base_key: &base.key,
+            base_size: base.size,
+            base_sha256: base.sha256,
+        };
+        let plain = header.with(appended);
+        let stored = self.put_sealed(tenant_id, document_id, &plain, sha256, depth)?;
+        Ok(StoredObject { size, ..stored })
+    }
+
+    /// Seals `plain` and stores it in the document's folder at `depth` (0: a whole revision),
+    /// named by the SHA-256 of the ciphertext; `sha256` and the size of `plain` are what the
+    /// result says of it.
+    fn put_sealed(
+        &self,
+        tenant_id: Uuid,
+        document_id: Uuid,
+        plain: &[u8],
+        sha256: [u8; 32],
+        depth: u32,
+    ) -> Result<StoredObject, StorageError> {
+        let data_key = self
+            .runtime
+            .block_on(self.storage.keys.current(tenant_id, Purpose::Content))
+            .map_err(Storage::sealed(""))?;
+        let sealed = data_key.seal(plain);
+        let key = appended::key(
+            &Storage::document_prefix(tenant_id, document_id),
+            &hex::encode(Sha256::digest(&sealed)),
+            depth,
+        );
+        match &self.storage.local {
+            Some(local) => write_file(local, &key, &sealed)?,
+            None => self
+                .runtime
+                .block_on(
+                    self.storage
+                        .store
+                        .put(&ObjectPath::from(key.as_str()), PutPayload::from(sealed)),
+                )
+                .map(drop)?,
+        }
+        Ok(StoredObject {
+            key,
+            sha256,
+            size: plain.len() as u64,
+        })
+    }
+
+    /// Reads an object back, opens it and checks it against the plaintext digest recorded when
+    /// it was written; with the SHA-256 state after the whole plaintext, not finalised: a
+    /// revision appended to it is hashed on from there ([`put_pdf_revision`](Self::put_pdf_revision))
+    /// instead of from its first byte. An appended revision is put together from its chain
+    /// (`appended::Chain`).
+    pub fn get_verified_hashing(
+        &self,
+        key: &str,
+        sha256: &[u8],
+    ) -> Result<(Bytes, Sha256), StorageError> {
+        let mut chain = appended::Chain::new(key);
+        while let Some(at) = chain.wanted() {
+            let sealed = match &self.storage.local {
+                Some(local) => read_file(local, at)?,
+                None => self.runtime.block_on(async {
+                    self.storage
+                        .store
+                        .get(&ObjectPath::from(at))
+                        .await?
+                        .bytes()
+                        .await
+                })?,
+            };
+            let plain = self
+                .runtime
+                .block_on(self.storage.keys.open(&sealed))
+                .map_err(Storage::sealed(at))?;
+            chain.add(plain)?;
+        }
+        let (plain, state) = chain.finish()?;
+        if state.clone().finalize().as_slice() != sha256 {
+            return Err(StorageError::Corrupt {
+                key: key.to_owned(),
+            });
+        }
+        Ok((Bytes::from(plain), state))
+    }
+}
+
+/// The stored bytes of `key` in the local store.
 fn read_file(local: &LocalFileSystem, key: &str) -> Result<Bytes, StorageError> {
     let path = local.path_to_filesystem(&ObjectPath::from(key))?;
-    std::fs::read(&path).map(Bytes::from).map_err(|source| {
-        let error = match source.kind() {
-            std::io::ErrorKind::NotFound => object_store::Error::NotFound {
-                path: path.display().to_string(),
-                source: source.into(),
-            },
-            _ => object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: source.into(),
-            },
-        };
-        error.into()
+    std::fs::read(&path)
+        .map(Bytes::from)
+        .map_err(|source| file_error(&path, source))
+}
+
+/// Stores `bytes` as `key` in the local store, as `LocalFileSystem`'s `put` does: written to a
+/// staging file beside it (`{name}#{n}`, which its listings skip), creating the folders on the
+/// way, then renamed into place, so that a reader never sees part of an object. Not synced to
+/// disk, as `LocalFileSystem` does not by default.
+fn write_file(local: &LocalFileSystem, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    use std::io::{ErrorKind, Write};
+    let path = local.path_to_filesystem(&ObjectPath::from(key))?;
+    let mut n = 1u32;
+    let (mut file, staging) = loop {
+        let mut staging = path.clone().into_os_string();
+        staging.push(format!("#{n}"));
+        let staging = std::path::PathBuf::from(staging);
+        match std::fs::File::create_new(&staging) {
+            Ok(file) => break (file, staging),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => n += 1,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let folder = path.parent().unwrap_or(&path);
+                std::fs::create_dir_all(folder).map_err(|source| file_error(folder, source))?;
+            }
+            Err(source) => return Err(file_error(&staging, source)),
+        }
+    };
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&staging, &path));
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(&staging);
+        file_error(&path, source)
     })
+}
+
+/// An I/O error on a local store's file, as `object_store` would give it.
+fn file_error(path: &Path, source: std::io::Error) -> StorageError {
+    let error = match source.kind() {
+        std::io::ErrorKind::NotFound => object_store::Error::NotFound {
+            path: path.display().to_string(),
+            source: source.into(),
+        },
+        _ => object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: source.into(),
+        },
+    };
+    error.into()
 }

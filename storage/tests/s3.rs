@@ -109,23 +109,39 @@ impl Fixture {
 
     /// Stores `bytes` as the revision that extends `base`.
     async fn revision(&self, document: Uuid, base: &StoredObject, bytes: &[u8]) -> StoredObject {
-        self.storage
-            .put_pdf_revision(
-                self.tenant,
-                document,
-                base,
-                &bytes[..base.size as usize],
-                &bytes[base.size as usize..],
-                sha256(bytes),
-            )
-            .await
-            .unwrap()
+        put_revision(&self.storage, self.tenant, document, base, bytes).await
     }
 
     /// The bucket key of a store key.
     fn in_bucket(key: &str) -> String {
         format!("{PREFIX}/{key}")
     }
+}
+
+/// Stores `bytes` as the revision that extends `base` in `storage`, as a job does: on a blocking
+/// thread, through `Storage::blocking`.
+async fn put_revision(
+    storage: &Storage,
+    tenant: Uuid,
+    document: Uuid,
+    base: &StoredObject,
+    bytes: &[u8],
+) -> StoredObject {
+    let (storage, base, bytes) = (storage.clone(), base.clone(), bytes.to_vec());
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        storage.blocking(&runtime).put_pdf_revision(
+            tenant,
+            document,
+            &base,
+            &bytes[..base.size as usize],
+            &bytes[base.size as usize..],
+            sha256(&bytes),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 fn config(s3: &S3Server) -> S3Config {
@@ -560,7 +576,7 @@ async fn an_appended_revision_whose_base_changed_or_went_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_local_store_reads_its_files_directly_and_refuses_a_changed_or_missing_one() {
+async fn a_local_store_writes_and_reads_its_files_directly_and_refuses_a_changed_or_missing_one() {
     let f = Fixture::new().await;
     let dir = workspace_root()
         .join("target/tmp/storage-tests")
@@ -573,17 +589,7 @@ async fn a_local_store_reads_its_files_directly_and_refuses_a_changed_or_missing
         .await
         .unwrap();
     let signed = extended(&original, 10 * 1024, 17);
-    let top = local
-        .put_pdf_revision(
-            f.tenant,
-            document,
-            &base,
-            &original,
-            &signed[original.len()..],
-            sha256(&signed),
-        )
-        .await
-        .unwrap();
+    let top = put_revision(&local, f.tenant, document, &base, &signed).await;
     let (read, state) = local
         .get_verified_hashing(&top.key, &top.sha256)
         .await
@@ -592,6 +598,20 @@ async fn a_local_store_reads_its_files_directly_and_refuses_a_changed_or_missing
     assert_eq!(<[u8; 32]>::from(state.finalize()), top.sha256);
     let err = refused(local.get_verified(&top.key, &[0; 32]).await);
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+
+    // Written (folders created on the way) where `LocalFileSystem` looks: its listing finds
+    // both objects, and no staging file is left beside them.
+    let prefix = Storage::document_prefix(f.tenant, document);
+    let mut listed = local.list(&prefix).await.unwrap();
+    listed.sort();
+    let mut written = vec![base.key.clone(), top.key.clone()];
+    written.sort();
+    assert_eq!(listed, written);
+    let in_folder = std::fs::read_dir(dir.join(&prefix)).unwrap().count();
+    assert_eq!(
+        in_folder, 2,
+        "only the two objects are in the document's folder"
+    );
 
     // A byte of the base's file flipped: its GCM tag catches it, through the revision above.
     let file = dir.join(&base.key);
