@@ -13,7 +13,8 @@
 # LOADTEST_PG_OPTIONS (libpq parameters of the services' database connections, as a URL query;
 # host=/var/run/postgresql, the Unix socket, unless set and when it lets postgres in; empty: TCP),
 # LOADTEST_WORKER_NICE (the workers' nice value, default 10: the API's intake goes first, as
-# the compose file's cpu_shares arrange; 0 runs them at the API's priority).
+# the compose file's cpu_shares arrange; 0 runs them at the API's priority),
+# LOADTEST_WORKER_ENV (VAR=value pairs set for the workers alone, e.g. TOKIO_WORKER_THREADS=1).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -123,7 +124,7 @@ PIDS+=($!)
 for _ in $(seq 150); do curl -fs "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -fsS "$API/readyz" >/dev/null || { echo "API not ready; see $RUN/api.log" >&2; exit 1; }
 for i in $(seq "$WORKERS"); do
-    nice -n "${LOADTEST_WORKER_NICE:-10}" "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
+    env ${LOADTEST_WORKER_ENV:-} nice -n "${LOADTEST_WORKER_NICE:-10}" "$BIN/shomei-worker" >"$RUN/worker-$i.log" 2>&1 &
     PIDS+=($!)
 done
 # A worker is ready once it logged its start; give each a few seconds to connect.

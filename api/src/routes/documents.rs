@@ -182,17 +182,24 @@ async fn upload(
             "folder {folder} is outside the folders of this key's groups"
         )));
     }
-    let pdf = body.clone();
-    let info = tokio::task::spawn_blocking(move || shomei_signing::inspect_pdf(&pdf))
-        .await
-        .map_err(anyhow::Error::from)??;
-
+    // Checked (intake), sealed and stored on one blocking thread: all three are CPU or file
+    // work, one hand-off for them together.
     let document_id = Uuid::now_v7();
-    let stored = state
-        .storage
-        .put_pdf(caller.tenant_id, document_id, body)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let (storage, runtime, tenant_id) = (
+        state.storage.clone(),
+        tokio::runtime::Handle::current(),
+        caller.tenant_id,
+    );
+    let (info, stored) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let info = shomei_signing::inspect_pdf(&body)?;
+        let stored = storage
+            .blocking(&runtime)
+            .put_pdf(tenant_id, document_id, &body)
+            .map_err(anyhow::Error::from)?;
+        Ok((info, stored))
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
     let first = Revision {
         document_id,
         revision: 0,
