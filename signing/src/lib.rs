@@ -99,10 +99,15 @@ impl SignedRevision {
     }
 }
 
-/// [`sign_pdf`] for a file whose bytes have been hashed already (`hashed`: SHA-256 updated
-/// with exactly `pdf`, not finalised, as a verified read from storage leaves it), giving only
-/// what the signature appends: the signature's digest and the signed file's SHA-256 hash only
-/// the appended revision, and the file is never copied.
+/// [`sign_pdf`] for a stored revision whose bytes have been hashed already (`hashed`: SHA-256
+/// updated with exactly `pdf`, not finalised, as a verified read from storage leaves it),
+/// giving only what the signature appends: the signature's digest and the signed file's SHA-256
+/// hash only the appended revision, and the file is never copied.
+///
+/// `pdf` must be a file that passed intake ([`inspect_pdf`]) when it was stored, or one this
+/// library appended a revision to after it did, read back and checked against its recorded
+/// digest: intake's pass over its raw bytes, the most of intake's cost, is not run again (the
+/// checks on the parsed document are).
 pub fn sign_pdf_hashed(
     hsm: &Hsm,
     pdf: &[u8],
@@ -128,7 +133,7 @@ fn sign(
     request: &SignatureRequest,
     timestamper: Option<&dyn Timestamper>,
 ) -> Result<Vec<u8>, SignError> {
-    let doc = pdf::load(pdf)?;
+    let doc = original.load(pdf)?;
     let identity = hsm.identity(&request.key_label)?;
     let fields = pdf::SignatureFields {
         name: &request.signer_name,
@@ -171,7 +176,7 @@ fn sign_with_capacity(
     let mut doc = Some(doc);
     for _ in 0..2 {
         let kind = pdf::FieldKind::Signature(fields);
-        let parsed = doc.take().map_or_else(|| pdf::load(pdf), Ok)?;
+        let parsed = doc.take().map_or_else(|| original.load(pdf), Ok)?;
         let revision = pdf::PreparedRevision::new(pdf, parsed, &kind, None, capacity)?;
         let mut signed_data = cms::signed_data(hsm, identity, &revision.digest(original))?;
         if let Some(timestamper) = timestamper {
@@ -221,8 +226,9 @@ pub fn timestamp_pdf(
     Ok([pdf, &appended].concat())
 }
 
-/// [`timestamp_pdf`] for a file whose SHA-256 state is at hand (as for [`sign_pdf_hashed`]),
-/// giving only the revision it appends and the new file's SHA-256.
+/// [`timestamp_pdf`] for a stored revision whose SHA-256 state is at hand (as for
+/// [`sign_pdf_hashed`], whose requirements on `pdf` hold here too), giving only the revision it
+/// appends and the new file's SHA-256.
 pub fn timestamp_pdf_hashed(
     pdf: &[u8],
     hashed: &sha2::Sha256,
@@ -240,12 +246,12 @@ fn timestamp(
     timestamper: &dyn Timestamper,
     validation: Option<&ValidationData>,
 ) -> Result<Vec<u8>, SignError> {
-    let mut doc = Some(pdf::load(pdf)?);
+    let mut doc = Some(original.load(pdf)?);
     let mut capacity = cms::TIMESTAMP_TOKEN_ESTIMATE;
     for _ in 0..2 {
         let revision = pdf::PreparedRevision::new(
             pdf,
-            doc.take().map_or_else(|| pdf::load(pdf), Ok)?,
+            doc.take().map_or_else(|| original.load(pdf), Ok)?,
             &pdf::FieldKind::DocTimeStamp,
             validation,
             capacity,

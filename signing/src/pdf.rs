@@ -38,7 +38,7 @@ pub fn inspect_pdf(bytes: &[u8]) -> Result<PdfInfo, PdfError> {
 
 /// [`inspect_pdf`] with the given limits.
 pub fn inspect_pdf_with(bytes: &[u8], limits: &PdfLimits) -> Result<PdfInfo, PdfError> {
-    let (doc, pages) = load_counting_pages(bytes, limits)?;
+    let (doc, pages) = load_counting_pages(bytes, limits, RawScan::Run)?;
     guarded(|| {
         Ok(PdfInfo {
             pages: u32::try_from(pages).unwrap_or(u32::MAX),
@@ -59,11 +59,34 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Document, PdfError> {
 }
 
 pub(crate) fn load_with(bytes: &[u8], limits: &PdfLimits) -> Result<Document, PdfError> {
-    load_counting_pages(bytes, limits).map(|(doc, _)| doc)
+    load_counting_pages(bytes, limits, RawScan::Run).map(|(doc, _)| doc)
+}
+
+/// [`load`] for a stored revision ([`Original::Hashed`]): a file that passed intake on its way
+/// in, or that this library appended a revision to after it did, read back and checked against
+/// its recorded digest. Intake's pass over its raw bytes (`intake::prescan`, which keeps lopdf
+/// from files made to parse or inflate far more than their size) is not run again: it is most
+/// of intake's cost, and its verdict on these bytes was given when they were stored. The
+/// checks on the loaded document (encryption, the cross-reference, object and page counts,
+/// the page tree, streams other than deflated ones) still run.
+pub(crate) fn load_stored(bytes: &[u8]) -> Result<Document, PdfError> {
+    load_counting_pages(bytes, &PdfLimits::current(), RawScan::Skip).map(|(doc, _)| doc)
+}
+
+/// Whether [`load_counting_pages`] runs intake's pass over the raw bytes first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RawScan {
+    Run,
+    /// A stored revision (see [`load_stored`]).
+    Skip,
 }
 
 /// [`load_with`], with the page count intake found.
-fn load_counting_pages(bytes: &[u8], limits: &PdfLimits) -> Result<(Document, usize), PdfError> {
+fn load_counting_pages(
+    bytes: &[u8],
+    limits: &PdfLimits,
+    raw: RawScan,
+) -> Result<(Document, usize), PdfError> {
     let head = &bytes[..bytes.len().min(HEADER_WINDOW)];
     if find(head, b"%PDF-").is_none() {
         return Err(PdfError::NotPdf);
@@ -76,7 +99,10 @@ fn load_counting_pages(bytes: &[u8], limits: &PdfLimits) -> Result<(Document, us
     }
 
     // What lopdf would parse is checked before it parses it (see `intake`).
-    let scan = guarded(|| intake::prescan(bytes, limits))?;
+    let scan = match raw {
+        RawScan::Run => guarded(|| intake::prescan(bytes, limits))?,
+        RawScan::Skip => intake::Prescan::default(),
+    };
     let options = LoadOptions {
         max_decompressed_size: Some(usize::try_from(limits.max_stream_bytes).unwrap_or(usize::MAX)),
         ..LoadOptions::default()
@@ -415,8 +441,20 @@ impl PreparedRevision {
 #[derive(Clone, Copy)]
 pub(crate) enum Original<'a> {
     Bytes(&'a [u8]),
-    /// SHA-256 updated with exactly the file's bytes, not finalised.
+    /// SHA-256 updated with exactly the file's bytes, not finalised: the file is a stored
+    /// revision, read back and checked against its digest (see [`load_stored`]).
     Hashed(&'a Sha256),
+}
+
+impl Original<'_> {
+    /// Parses `pdf`, the file this is the original of: a hashed original is a stored revision,
+    /// parsed with [`load_stored`]; bytes are anyone's, parsed with every check of [`load`].
+    pub(crate) fn load(self, pdf: &[u8]) -> Result<Document, PdfError> {
+        match self {
+            Original::Bytes(_) => load(pdf),
+            Original::Hashed(_) => load_stored(pdf),
+        }
+    }
 }
 
 /// Object numbers a revision may still add after the highest one a file mentions.

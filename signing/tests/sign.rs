@@ -98,6 +98,21 @@ fn encrypted_sample_is_refused_permanently() {
     assert!(err.is_permanent());
 }
 
+/// A stored revision skips intake's raw pass (`sign_pdf_hashed`), not the checks on the parsed
+/// document: an encrypted file is still refused, for good.
+#[test]
+fn a_stored_revision_that_is_encrypted_is_refused_permanently() {
+    use sha2::{Digest, Sha256};
+    let encrypted = sample("contract-encrypted.pdf");
+    let hashed = Sha256::new_with_prefix(&encrypted);
+    let err = sign_pdf_hashed(hsm(), &encrypted, &hashed, &request(RSA_KEY), None).unwrap_err();
+    assert!(
+        matches!(err, SignError::Pdf(PdfError::Encrypted)),
+        "{err:?}"
+    );
+    assert!(err.is_permanent());
+}
+
 #[test]
 fn signing_on_from_the_original_hash_gives_a_valid_file_and_its_digest() {
     use sha2::{Digest, Sha256};
