@@ -5,9 +5,11 @@
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
 //! [`MAX_GROUP`]) and runs it as one statement (the claims, then one read of the claimed
-//! document jobs' starting revisions) or one transaction (the records). Under load, the jobs
-//! stepping together share the round trips, one hand-off to a blocking thread and one WAL
-//! flush; a lone step runs at once, so an idle worker waits for nothing.
+//! document jobs' starting revisions) or one transaction (the records: the members'
+//! revisions in one statement, each member's own work, the members' jobs marked succeeded in
+//! one statement; see [`Record`]). Under load, the jobs stepping together share the round
+//! trips, one hand-off to a blocking thread and one WAL flush; a lone step runs at once, so an
+//! idle worker waits for nothing.
 //!
 //! A group's transaction that fails (one member's revision colliding with a racing job's, a
 //! deadlock with another worker's group) is rolled back and its members run again, one
@@ -33,13 +35,38 @@ use crate::events::Pending;
 /// The most steps one group takes; more wait for the next group.
 pub const MAX_GROUP: usize = 64;
 
-/// A record: database work run inside a transaction, perhaps twice (see the module's comment).
+/// A record's own database work, run inside a transaction, perhaps twice (see the module's
+/// comment).
 pub type RecordFn = Box<dyn FnMut(&mut PgConnection) -> QueryResult<Pending> + Send>;
+
+/// What one run records ([`GroupCommit::record`]). In the group's transaction come first the
+/// members' revisions, inserted in one statement, then each member's `work`, then the members'
+/// jobs marked succeeded, in one statement: a job that adds a revision costs one statement of
+/// its own (its event, in `work`) instead of three.
+pub struct Record {
+    /// The revision the run made ([`Revision::insert_all`]).
+    pub revision: Option<Revision>,
+    /// Whatever else it records (its event, the state changes the revision brings).
+    pub work: RecordFn,
+    /// Its job, succeeded with this result ([`Job::succeed_all`]).
+    pub succeeded: Option<(Uuid, serde_json::Value)>,
+}
+
+impl Record {
+    /// A record of `work` alone.
+    pub fn work(work: RecordFn) -> Self {
+        Record {
+            revision: None,
+            work,
+            succeeded: None,
+        }
+    }
+}
 
 /// The worker's coalescing queues, in [`crate::JobContext`].
 pub struct GroupCommit {
     starts: Coalescer<Uuid, Option<Claimed>>,
-    records: Coalescer<RecordFn, Pending>,
+    records: Coalescer<Record, Pending>,
 }
 
 /// A job claimed for a run ([`GroupCommit::start`]).
@@ -73,9 +100,9 @@ impl GroupCommit {
         self.starts.call(job_id).await
     }
 
-    /// Runs `work` in a committed transaction and returns what it left to do afterwards.
-    pub async fn record(&self, work: RecordFn) -> Result<Pending, JobError> {
-        self.records.call(work).await
+    /// Runs `record` in a committed transaction and returns what it left to do afterwards.
+    pub async fn record(&self, record: Record) -> Result<Pending, JobError> {
+        self.records.call(record).await
     }
 }
 
@@ -136,18 +163,10 @@ pub(crate) fn split(step: &'static str, members: usize, error: &diesel::result::
         .inc();
 }
 
-fn record_group(
-    conn: &mut PgConnection,
-    members: &mut [RecordFn],
-) -> Vec<Result<Pending, JobError>> {
+fn record_group(conn: &mut PgConnection, members: &mut [Record]) -> Vec<Result<Pending, JobError>> {
     if members.len() > 1 {
         let mut panicked = false;
-        let together = conn.transaction(|conn| {
-            members
-                .iter_mut()
-                .map(|work| run_member(conn, work, &mut panicked))
-                .collect::<QueryResult<Vec<Pending>>>()
-        });
+        let together = conn.transaction(|conn| record_members(conn, members, &mut panicked));
         match together {
             Ok(pendings) => return pendings.into_iter().map(Ok).collect(),
             Err(e) => split("record", members.len(), &e),
@@ -155,9 +174,12 @@ fn record_group(
     }
     members
         .iter_mut()
-        .map(|work| {
+        .map(|member| {
             let mut panicked = false;
-            let result = conn.transaction(|conn| run_member(conn, work, &mut panicked));
+            let result = conn.transaction(|conn| {
+                record_members(conn, std::slice::from_mut(member), &mut panicked)
+            });
+            let result = result.map(|mut pending| pending.pop().unwrap_or_default());
             if panicked {
                 return Err(JobError::permanent(
                     "recording the run's result panicked (a bug); nothing of it was committed",
@@ -168,7 +190,27 @@ fn record_group(
         .collect()
 }
 
-/// Runs one member in the open transaction. A panic (a bug in the member) becomes an error that
+/// Records `members` in the open transaction, in the order [`Record`] gives.
+fn record_members(
+    conn: &mut PgConnection,
+    members: &mut [Record],
+    panicked: &mut bool,
+) -> QueryResult<Vec<Pending>> {
+    let revisions: Vec<&Revision> = members.iter().filter_map(|m| m.revision.as_ref()).collect();
+    Revision::insert_all(conn, &revisions)?;
+    let pendings = members
+        .iter_mut()
+        .map(|member| run_member(conn, &mut member.work, panicked))
+        .collect::<QueryResult<Vec<Pending>>>()?;
+    let succeeded: Vec<(Uuid, &serde_json::Value)> = members
+        .iter()
+        .filter_map(|m| m.succeeded.as_ref().map(|(id, result)| (*id, result)))
+        .collect();
+    Job::succeed_all(conn, &succeeded)?;
+    Ok(pendings)
+}
+
+/// Runs one member's work in the open transaction. A panic (a bug in the member) becomes an error that
 /// rolls the transaction back: unwinding through diesel's `transaction` would leave it open on
 /// the connection, under the next members' work.
 fn run_member(

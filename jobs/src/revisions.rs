@@ -20,6 +20,7 @@ use crate::context::JobContext;
 use crate::document_memory::DocumentShare;
 use crate::error::JobError;
 use crate::events::Pending;
+use crate::group_commit::Record;
 use crate::registry::Done;
 
 pub(crate) enum Start {
@@ -135,16 +136,15 @@ where
         job_id: Some(job.id),
         created_at: chrono::Utc::now(),
     };
-    let outcome = result(&revision);
-    let job_id = job.id;
+    let succeeded = Some((job.id, result(&revision)));
+    let recorded = revision.clone();
     let pending = ctx
         .group_commit
-        .record(Box::new(move |conn| {
-            revision.insert(conn)?;
-            let pending = then(conn, &revision)?;
-            Job::succeed(conn, job_id, &outcome)?;
-            Ok(pending)
-        }))
+        .record(Record {
+            revision: Some(revision),
+            work: Box::new(move |conn| then(conn, &recorded)),
+            succeeded,
+        })
         .await?;
     pending.push(&ctx.queue).await;
     Ok(Done::Recorded)

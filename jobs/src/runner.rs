@@ -19,7 +19,7 @@ use shomei_telemetry::metrics;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::events::Pending;
-use crate::group_commit::Claimed;
+use crate::group_commit::{Claimed, Record};
 use crate::queue::JobMessage;
 use crate::registry::{dispatch, Done};
 
@@ -116,10 +116,11 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
                 // A plain success has no event: nothing is left pending.
                 let _ = ctx
                     .group_commit
-                    .record(Box::new(move |conn| {
-                        Job::succeed(conn, job_id, &result)?;
-                        Ok(Pending::default())
-                    }))
+                    .record(Record {
+                        revision: None,
+                        work: Box::new(|_| Ok(Pending::default())),
+                        succeeded: Some((job_id, result)),
+                    })
                     .await?;
             }
             // Committed either way (here, or in the handler's own transaction).
@@ -168,9 +169,9 @@ async fn finish_failed(ctx: &JobContext, job: &Job, reason: String) -> Result<()
     let recorded = reason.clone();
     let pending = ctx
         .group_commit
-        .record(Box::new(move |conn| {
+        .record(Record::work(Box::new(move |conn| {
             crate::registry::on_failed(conn, &failed, &recorded)
-        }))
+        })))
         .await?;
     pending.push(&ctx.queue).await;
     crate::batches::settle(ctx, job).await;

@@ -53,3 +53,11 @@ impl<Q: Query> Query for Prepared<Q> {
 }
 
 impl<Q, Conn> RunQueryDsl<Conn> for Prepared<Q> {}
+
+/// The `RETURNING … AS id` of a prepared `sql_query` run for its effect (see the module doc).
+#[derive(diesel::QueryableByName)]
+pub(crate) struct ReturnedId {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    #[allow(dead_code)] // returned to be loaded, not read
+    pub id: uuid::Uuid,
+}

@@ -213,6 +213,31 @@ impl Revision {
             .execute(conn)
             .map(|_| ())
     }
+
+    /// Inserts `revisions` in one statement (the revisions a group commit records together),
+    /// whatever their number: the rows go as one array per column, so the statement's text,
+    /// and its plan, stay the same.
+    pub fn insert_all(conn: &mut PgConnection, revisions: &[&Revision]) -> QueryResult<()> {
+        use crate::prepared::{Prepare, ReturnedId};
+        use diesel::sql_types::{Array, Binary, Int4, Int8, Nullable, Text, Uuid as SqlUuid};
+        if revisions.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(
+            "INSERT INTO document_revisions (document_id, revision, sha256, size_bytes, storage_key, job_id)
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::bytea[], $4::int8[], $5::text[], $6::uuid[])
+             RETURNING document_id AS id",
+        )
+        .bind::<Array<SqlUuid>, _>(revisions.iter().map(|r| r.document_id).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>(revisions.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .bind::<Array<Binary>, _>(revisions.iter().map(|r| r.sha256.as_slice()).collect::<Vec<_>>())
+        .bind::<Array<Int8>, _>(revisions.iter().map(|r| r.size_bytes).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(revisions.iter().map(|r| r.storage_key.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<SqlUuid>>, _>(revisions.iter().map(|r| r.job_id).collect::<Vec<_>>())
+        .prepared()
+        .load::<ReturnedId>(conn)
+        .map(|_| ())
+    }
 }
 
 /// A folder path as callers may write it, normalised: `/` and `/`-separated names, none empty,

@@ -310,22 +310,31 @@ impl Job {
         .get_results(conn)
     }
 
-    pub fn succeed(
+    /// Marks each job of `done` succeeded with its result, in one statement (the jobs a group
+    /// commit records together); a job already finished (the sweeper failed it meanwhile, say)
+    /// is left as it is.
+    pub fn succeed_all(
         conn: &mut PgConnection,
-        id: Uuid,
-        result: &serde_json::Value,
+        done: &[(Uuid, &serde_json::Value)],
     ) -> QueryResult<()> {
-        diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(UNFINISHED)))
-            .set((
-                jobs::status.eq(JobStatus::Succeeded.as_str()),
-                jobs::result.eq(result),
-                jobs::error.eq(None::<String>),
-                jobs::finished_at.eq(diesel::dsl::now),
-            ))
-            .returning(jobs::id)
-            .prepared()
-            .get_results::<Uuid>(conn)
-            .map(|_| ())
+        use diesel::sql_types::{Array, Jsonb, Text, Uuid as SqlUuid};
+        if done.is_empty() {
+            return Ok(());
+        }
+        let (ids, results): (Vec<Uuid>, Vec<&serde_json::Value>) = done.iter().copied().unzip();
+        diesel::sql_query(
+            "UPDATE jobs SET status = $3, result = done.result, error = NULL, finished_at = now()
+             FROM unnest($1::uuid[], $2::jsonb[]) AS done (id, result)
+             WHERE jobs.id = done.id AND jobs.status = ANY($4)
+             RETURNING jobs.id AS id",
+        )
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<Jsonb>, _>(results)
+        .bind::<Text, _>(JobStatus::Succeeded.as_str())
+        .bind::<Array<Text>, _>(UNFINISHED.as_slice())
+        .prepared()
+        .load::<crate::prepared::ReturnedId>(conn)
+        .map(|_| ())
     }
 
     pub fn fail(conn: &mut PgConnection, id: Uuid, error: &str) -> QueryResult<()> {

@@ -5,19 +5,19 @@
 use diesel::RunQueryDsl;
 use futures::future::join_all;
 
-use shomei_jobs::group_commit::{GroupCommit, RecordFn};
+use shomei_jobs::group_commit::{GroupCommit, Record};
 use shomei_jobs::{Intake, Pending};
-use shomei_schema::{Job, JobKind, NewJob};
+use shomei_schema::{Job, JobKind, NewJob, Revision};
 use shomei_telemetry::metrics::{GROUP_COMMIT_SIZE, GROUP_COMMIT_SPLITS};
 use shomei_testkit::{sample, TestApp};
 
 /// A record inserting `id` into the probe table (its primary key: a second insert fails).
-fn insert(id: i32) -> RecordFn {
-    Box::new(move |conn| {
+fn insert(id: i32) -> Record {
+    Record::work(Box::new(move |conn| {
         diesel::sql_query(format!("INSERT INTO group_commit_probe (id) VALUES ({id})"))
             .execute(conn)?;
         Ok(Pending::default())
-    })
+    }))
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
 
     // A member that panics fails alone, for good; the others commit, and the group task
     // survives it.
-    let panics: RecordFn = Box::new(|_| panic!("a bug in a record"));
+    let panics = Record::work(Box::new(|_| panic!("a bug in a record")));
     let outcomes = join_all([
         group_commit.record(insert(7)),
         group_commit.record(panics),
@@ -133,6 +133,125 @@ async fn steps_sent_together_run_as_one_group_and_each_keeps_its_own_outcome() {
     let unknown = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     let claims = join_all(unknown.map(|id| group_commit.start(id))).await;
     assert!(claims.iter().all(|c| matches!(c, Ok(None))), "{claims:?}");
+}
+
+/// A revision of `document` made by `job`, as a signature would record it.
+fn revision_by(document: uuid::Uuid, revision: i32, job: uuid::Uuid) -> Revision {
+    Revision {
+        document_id: document,
+        revision,
+        sha256: vec![revision as u8; 32],
+        size_bytes: 1000 + i64::from(revision),
+        storage_key: format!("probe/{revision}"),
+        job_id: Some(job),
+        created_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_stays_its_own() {
+    let app = TestApp::spawn().await;
+    let group_commit = GroupCommit::spawn(shomei_schema::connect(&app.database_url(), 2));
+    let documents: Vec<uuid::Uuid> =
+        join_all((0..3).map(|_| app.upload_ok(sample("contract.pdf"))))
+            .await
+            .into_iter()
+            .map(|id| id.parse().unwrap())
+            .collect();
+    let jobs = [(); 5].map(|_| uuid::Uuid::now_v7());
+    // Running sign jobs: one per document, a fourth racing the first on its document, and a
+    // fifth signing the second document after the second job.
+    for (job, document) in jobs.iter().zip([
+        documents[0],
+        documents[1],
+        documents[2],
+        documents[0],
+        documents[1],
+    ]) {
+        app.sql_execute(&format!(
+            "INSERT INTO jobs (id, tenant_id, kind, document_id, payload, status) \
+             SELECT '{job}', tenant_id, 'sign', id, '{{}}', 'running' FROM documents WHERE id = '{document}'"
+        ));
+    }
+    let record = |job: uuid::Uuid, revision: Revision, event: bool| Record {
+        succeeded: Some((job, serde_json::json!({ "revision": revision.revision }))),
+        revision: Some(revision),
+        work: Box::new(move |conn| {
+            if event {
+                diesel::sql_query(format!(
+                    "INSERT INTO group_commit_probe (id, job) VALUES (1, '{job}')"
+                ))
+                .execute(conn)?;
+            }
+            Ok(Pending::default())
+        }),
+    };
+    app.sql_execute("CREATE TABLE group_commit_probe (id integer, job uuid)");
+
+    // One group of three: each revision is recorded, each job succeeded with its result, and
+    // each member's own work ran between.
+    let outcomes = join_all([0, 1, 2].map(|i| {
+        group_commit.record(record(jobs[i], revision_by(documents[i], 1, jobs[i]), true))
+    }))
+    .await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    for (job, document) in jobs.iter().zip(&documents) {
+        assert_eq!(
+            app.sql_count(&format!(
+                "SELECT count(*) AS n FROM jobs j JOIN document_revisions r ON r.job_id = j.id \
+                 WHERE j.id = '{job}' AND j.status = 'succeeded' AND j.result = '{{\"revision\": 1}}' \
+                 AND r.document_id = '{document}' AND r.revision = 1 AND r.size_bytes = 1001 \
+                 AND r.storage_key = 'probe/1' AND r.sha256 = '\\x{}'",
+                "01".repeat(32)
+            )),
+            1,
+            "job {job}"
+        );
+    }
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
+        3
+    );
+
+    // The fourth job races the first: its revision 1 of the same document collides. In a group
+    // with a revision 2 of the second document, the group is split: the collision fails alone
+    // (its job stays running) and the other member is recorded.
+    let splits = GROUP_COMMIT_SPLITS.with_label_values(&["record"]).get();
+    let outcomes = join_all([
+        group_commit.record(record(
+            jobs[3],
+            revision_by(documents[0], 1, jobs[3]),
+            false,
+        )),
+        group_commit.record(Record {
+            revision: Some(revision_by(documents[1], 2, jobs[4])),
+            work: Box::new(|_| Ok(Pending::default())),
+            succeeded: None,
+        }),
+    ])
+    .await;
+    assert_eq!(
+        GROUP_COMMIT_SPLITS.with_label_values(&["record"]).get(),
+        splits + 1
+    );
+    let error = outcomes[0].as_ref().unwrap_err().to_string();
+    assert!(error.contains("document_revisions"), "{error}");
+    assert!(outcomes[1].is_ok(), "{outcomes:?}");
+    assert_eq!(
+        app.sql_text(&format!(
+            "SELECT status AS t FROM jobs WHERE id = '{}'",
+            jobs[3]
+        ))
+        .unwrap(),
+        "running"
+    );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM document_revisions WHERE document_id = '{}' AND revision = 2",
+            documents[1]
+        )),
+        1
+    );
 }
 
 /// A sign job on `document` for the API's intake, with an idempotency key and a payload.

@@ -62,7 +62,7 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
             };
             Job::insert_all(&mut conn, std::slice::from_ref(&job)).unwrap();
             assert_eq!(Job::start_all(&mut conn, &[job.id]).unwrap().len(), 1);
-            revision(1).insert(&mut conn).unwrap();
+            Revision::insert_all(&mut conn, &[&revision(1)]).unwrap();
             Event {
                 id: Uuid::now_v7(),
                 tenant_id: tenant,
@@ -76,7 +76,7 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
             }
             .insert_for_subscribers(&mut conn)
             .unwrap();
-            Job::succeed(&mut conn, job.id, &json!({ "revision": 1 })).unwrap();
+            Job::succeed_all(&mut conn, &[(job.id, &json!({ "revision": 1 }))]).unwrap();
         }
 
         let prepared: Vec<String> =
@@ -91,7 +91,8 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
             r#"INSERT INTO "document_revisions""#,
             r#"INSERT INTO "jobs""#,
             r#"UPDATE "jobs" SET "status" = $1, "attempts""#,
-            r#"UPDATE "jobs" SET "status" = $1, "result""#,
+            "INSERT INTO document_revisions (document_id",
+            "UPDATE jobs SET status = $3, result = done.result",
             "WITH event AS",
         ] {
             let n = prepared
