@@ -427,18 +427,18 @@ impl BlockingStorage<'_> {
         while let Some(at) = chain.wanted() {
             let sealed = match &self.storage.local {
                 Some(local) => read_file(local, at)?,
-                None => self.runtime.block_on(async {
+                None => Vec::from(self.runtime.block_on(async {
                     self.storage
                         .store
                         .get(&ObjectPath::from(at))
                         .await?
                         .bytes()
                         .await
-                })?,
+                })?),
             };
             let plain = self
                 .runtime
-                .block_on(self.storage.keys.open(&sealed))
+                .block_on(self.storage.keys.open_owned(sealed))
                 .map_err(Storage::sealed(at))?;
             chain.add(plain)?;
         }
@@ -453,11 +453,9 @@ impl BlockingStorage<'_> {
 }
 
 /// The stored bytes of `key` in the local store.
-fn read_file(local: &LocalFileSystem, key: &str) -> Result<Bytes, StorageError> {
+fn read_file(local: &LocalFileSystem, key: &str) -> Result<Vec<u8>, StorageError> {
     let path = local.path_to_filesystem(&ObjectPath::from(key))?;
-    std::fs::read(&path)
-        .map(Bytes::from)
-        .map_err(|source| file_error(&path, source))
+    std::fs::read(&path).map_err(|source| file_error(&path, source))
 }
 
 /// Stores `bytes` as `key` in the local store, as `LocalFileSystem`'s `put` does: written to a

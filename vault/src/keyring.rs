@@ -243,6 +243,12 @@ impl Keyring {
         sealed::open_object(&key, sealed)
     }
 
+    /// [`open`](Self::open) in the buffer that holds the object: the plaintext takes its place.
+    pub async fn open_owned(&self, sealed: Vec<u8>) -> Result<Vec<u8>, VaultError> {
+        let key = self.by_id(sealed::key_id_of(&sealed)?).await?;
+        sealed::open_object_owned(&key, sealed)
+    }
+
     /// Opens a sealed field with the key it names.
     pub async fn open_field(&self, sealed: &[u8]) -> Result<String, VaultError> {
         let key = self.by_id(sealed::key_id_of(sealed)?).await?;

@@ -120,27 +120,36 @@ pub(crate) fn seal_object(key: &DataKey, plaintext: &[u8]) -> Vec<u8> {
 /// Opens a whole object held in memory with the key its header names (sealed by
 /// [`seal_object`] or streamed through [`encryptor`]).
 pub(crate) fn open_object(key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
-    if key_id_of(sealed)? != key.id() || !sealed.starts_with(OBJECT_MAGIC) {
+    open_object_owned(key, sealed.to_vec())
+}
+
+/// [`open_object`] in the buffer that holds the object: each segment is opened straight to its
+/// place in the plaintext, at the front of the buffer, which is then cut to it (no second
+/// buffer, no copy of the ciphertext).
+pub(crate) fn open_object_owned(key: &DataKey, mut sealed: Vec<u8>) -> Result<Vec<u8>, VaultError> {
+    if key_id_of(&sealed)? != key.id() || !sealed.starts_with(OBJECT_MAGIC) {
         return Err(VaultError::Corrupt("sealed for another key"));
     }
-    let (header, body) = sealed.split_at(OBJECT_HEADER);
-    let mut out = Vec::with_capacity(body.len());
-    let segments = body.chunks(SEGMENT + TAG);
-    let count = segments.len();
+    let header: [u8; OBJECT_HEADER] = sealed[..OBJECT_HEADER]
+        .try_into()
+        .expect("the header was checked above");
+    let count = (sealed.len() - OBJECT_HEADER).div_ceil(SEGMENT + TAG);
     // An empty object still has its last segment (a tag alone).
     if count == 0 {
         return Err(VaultError::Corrupt("the last segment fails its tag"));
     }
-    for (position, segment) in segments.enumerate() {
+    let mut opened = 0;
+    for position in 0..count {
         let last = position + 1 == count;
-        let start = out.len();
-        out.extend_from_slice(segment);
-        let opened = key
+        let start = OBJECT_HEADER + position * (SEGMENT + TAG);
+        let end = (start + SEGMENT + TAG).min(sealed.len());
+        opened += key
             .objects()
-            .open_in_place(
+            .open_within(
                 segment_nonce(&header[24..], position, last),
-                ring::aead::Aad::from(header),
-                &mut out[start..],
+                ring::aead::Aad::from(&header),
+                &mut sealed[opened..end],
+                start - opened..,
             )
             .map_err(|_| {
                 VaultError::Corrupt(if last {
@@ -150,9 +159,9 @@ pub(crate) fn open_object(key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, Vault
                 })
             })?
             .len();
-        out.truncate(start + opened);
     }
-    Ok(out)
+    sealed.truncate(opened);
+    Ok(sealed)
 }
 
 /// The plaintext length of a sealed object of `sealed` bytes, or `None` if no object has that
