@@ -198,7 +198,7 @@ pub async fn open_revision_file(
             path: path.display().to_string(),
             source,
         })?;
-        keys.open(&sealed)
+        keys.open_owned(sealed)
             .await
             .map_err(|source| StorageError::Sealed {
                 key: key.to_owned(),

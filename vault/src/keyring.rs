@@ -237,13 +237,8 @@ impl Keyring {
         self.unwrap_row(row).await
     }
 
-    /// Opens a sealed object with the key its header names.
-    pub async fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
-        let key = self.by_id(sealed::key_id_of(sealed)?).await?;
-        sealed::open_object(&key, sealed)
-    }
-
-    /// [`open`](Self::open) in the buffer that holds the object: the plaintext takes its place.
+    /// Opens a sealed object with the key its header names, in the buffer that holds it: the
+    /// plaintext takes its place.
     pub async fn open_owned(&self, sealed: Vec<u8>) -> Result<Vec<u8>, VaultError> {
         let key = self.by_id(sealed::key_id_of(&sealed)?).await?;
         sealed::open_object_owned(&key, sealed)
