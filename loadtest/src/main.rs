@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::print_stdout)] // the report on stdout is the point of this binary
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,19 +48,20 @@ struct Cli {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Interval between two polling rounds of `GET /v1/jobs/{id}` (`GET /v1/batches/{id}` with
+    /// Interval between two polling rounds of `GET /v1/jobs?ids=…` (`GET /v1/batches/{id}` with
     /// `--batch-size`).
     #[arg(long, default_value_t = 50)]
     poll_interval_ms: u64,
     /// Pending jobs (batches with `--batch-size`) polled per round at most, oldest submission
-    /// first, `--poll-concurrency` at a time. Jobs run roughly in order, so a round ends at the
+    /// first, in chunks of `--poll-concurrency`. Jobs run roughly in order, so a round ends at the
     /// first such chunk of which less than half had finished (polling the backlog behind it
     /// would only load the API being measured). A round that finds at least half of the window
     /// finished is followed by the next one without the pause.
     #[arg(long, default_value_t = 64)]
     poll_window: usize,
-    /// Polling requests in flight at once; also the `GET /v1/jobs/{id}` in flight at once when
-    /// the details of batched jobs are fetched, after the measured phase.
+    /// Jobs per polling request (`GET /v1/jobs?ids=…`), or batches polled at once with
+    /// `--batch-size`; also the requests in flight at once when the details of batched jobs are
+    /// fetched, after the measured phase.
     #[arg(long, default_value_t = 8)]
     poll_concurrency: usize,
     /// Sign this many extra documents first, unmeasured, and wait for them: proves the workers
@@ -131,7 +132,7 @@ struct Submitted {
 
 /// What the submitters hand the poller to follow.
 enum Tracked {
-    /// A job submitted on its own, followed with `GET /v1/jobs/{id}`.
+    /// A job submitted on its own, followed with `GET /v1/jobs?ids=…` with the jobs beside it.
     Job(Submitted),
     /// A batch, followed with `GET /v1/batches/{id}` until its `completed_at` is set; `seen`:
     /// its jobs finished at the last poll.
@@ -148,14 +149,6 @@ impl Tracked {
         match self {
             Tracked::Job(job) => std::slice::from_ref(job),
             Tracked::Batch { jobs, .. } => jobs,
-        }
-    }
-
-    /// Polls it once: `GET /v1/jobs/{id}` or `GET /v1/batches/{id}`.
-    async fn poll(&mut self, shared: &Shared) -> Poll {
-        match self {
-            Tracked::Job(job) => poll_once(shared, job).await,
-            Tracked::Batch { batch_id, seen, .. } => poll_batch(shared, *batch_id, seen).await,
         }
     }
 }
@@ -292,10 +285,10 @@ struct Report {
     batch_size: usize,
     /// First submission sent → last one accepted (intake; the workers run meanwhile).
     submit_seconds: f64,
-    /// Polling requests during the measured phase: `GET /v1/jobs/{id}`, or with batches
+    /// Polling requests during the measured phase: `GET /v1/jobs?ids=…`, or with batches
     /// `GET /v1/batches/{id}`.
     polls: u64,
-    /// `GET /v1/jobs/{id}` for the jobs of completed batches, after the measured phase (not in
+    /// `GET /v1/jobs?ids=…` for the jobs of completed batches, after the measured phase (not in
     /// `polls`).
     job_detail_requests: u64,
     /// Errors by kind: HTTP status per phase, transport errors, job failure reasons.
@@ -424,9 +417,12 @@ async fn main() -> anyhow::Result<()> {
         eprintln!();
     }
     // The details of batched jobs, now that the measured phase is over.
-    let job_detail_requests = polled.batched.len() as u64;
+    let job_detail_requests = polled.batched.len().div_ceil(IDS_PER_REQUEST) as u64;
     if job_detail_requests > 0 {
-        eprintln!("fetching the details of {job_detail_requests} batched job(s)");
+        eprintln!(
+            "fetching the details of {} batched job(s)",
+            polled.batched.len()
+        );
     }
     let timed_out = polled.timed_out;
     let mut finished = polled.finished;
@@ -970,17 +966,78 @@ fn tally_failure(errors: &Tally, job: &Finished) {
     }
 }
 
-/// Polls a job followed on its own.
-async fn poll_once(shared: &Shared, job: &Submitted) -> Poll {
-    shared.progress.polls.fetch_add(1, Ordering::Relaxed);
-    let path = format!("/v1/jobs/{}", job.job_id);
-    let Some((view, observed_at)) = get_json(shared, &path, "poll").await else {
-        return Poll::Error;
+/// The most jobs per `GET /v1/jobs?ids=…` (the API's limit).
+const IDS_PER_REQUEST: usize = 100;
+
+/// `GET /v1/jobs?ids=…` for `ids` (at most [`IDS_PER_REQUEST`]): the job views by id, and when
+/// the answer came.
+async fn get_jobs(
+    shared: &Shared,
+    ids: impl Iterator<Item = Uuid>,
+    phase: &str,
+) -> Option<(HashMap<Uuid, serde_json::Value>, Instant)> {
+    let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
+    let path = format!("/v1/jobs?ids={}", ids.join(","));
+    let (mut view, observed_at) = get_json(shared, &path, phase).await?;
+    let views = match view["jobs"].take() {
+        serde_json::Value::Array(jobs) => jobs,
+        _ => Vec::new(),
     };
-    match finished_job(&view, job, observed_at) {
-        Some(f) => Poll::Finished(f),
-        None => Poll::Pending,
+    let by_id = views
+        .into_iter()
+        .filter_map(|job| Some((job["id"].as_str()?.parse().ok()?, job)))
+        .collect();
+    Some((by_id, observed_at))
+}
+
+/// Polls `jobs` in one request ([`get_jobs`]).
+async fn poll_many(shared: &Shared, jobs: &[&Submitted]) -> Vec<Poll> {
+    shared.progress.polls.fetch_add(1, Ordering::Relaxed);
+    let Some((views, observed_at)) = get_jobs(shared, jobs.iter().map(|j| j.job_id), "poll").await
+    else {
+        return jobs.iter().map(|_| Poll::Error).collect();
+    };
+    jobs.iter()
+        .map(|job| match views.get(&job.job_id) {
+            None => {
+                shared
+                    .errors
+                    .add("poll: a submitted job missing from GET /v1/jobs");
+                Poll::Error
+            }
+            Some(view) => match finished_job(view, job, observed_at) {
+                Some(f) => Poll::Finished(f),
+                None => Poll::Pending,
+            },
+        })
+        .collect()
+}
+
+/// Polls a chunk of what is followed: its jobs in one request, its batches one request each,
+/// at once.
+async fn poll_chunk(shared: &Shared, items: &mut [Tracked]) -> Vec<Poll> {
+    let jobs: Vec<&Submitted> = items
+        .iter()
+        .filter_map(|item| match item {
+            Tracked::Job(job) => Some(job),
+            Tracked::Batch { .. } => None,
+        })
+        .collect();
+    if jobs.len() == items.len() {
+        return poll_many(shared, &jobs).await;
     }
+    // Made up front: a lazy `map` over the borrowed items trips up the `Send` check of the
+    // spawned poller.
+    let polls: Vec<_> = items
+        .iter_mut()
+        .map(|item| async move {
+            match item {
+                Tracked::Job(job) => poll_many(shared, &[&*job]).await.remove(0),
+                Tracked::Batch { batch_id, seen, .. } => poll_batch(shared, *batch_id, seen).await,
+            }
+        })
+        .collect();
+    futures::future::join_all(polls).await
 }
 
 /// Polls a batch: adds the jobs finished since the last poll (`seen`) to the progress counts.
@@ -1019,21 +1076,34 @@ async fn job_details(
     jobs: Vec<(Submitted, Instant)>,
     concurrency: usize,
 ) -> Vec<Finished> {
-    stream::iter(jobs)
-        .map(|(job, observed_at)| async move {
-            let path = format!("/v1/jobs/{}", job.job_id);
-            let (view, _) = get_json(shared, &path, "details").await?;
-            let Some(finished) = finished_job(&view, &job, observed_at) else {
-                shared
-                    .errors
-                    .add("details: job unfinished although its batch completed");
-                return None;
+    let chunks: Vec<Vec<(Submitted, Instant)>> = jobs
+        .chunks(IDS_PER_REQUEST)
+        .map(<[(Submitted, Instant)]>::to_vec)
+        .collect();
+    stream::iter(chunks)
+        .map(|chunk| async move {
+            let ids = chunk.iter().map(|(job, _)| job.job_id);
+            let Some((views, _)) = get_jobs(shared, ids, "details").await else {
+                return Vec::new();
             };
-            tally_failure(&shared.errors, &finished);
-            Some(finished)
+            chunk
+                .iter()
+                .filter_map(|(job, observed_at)| {
+                    let finished = views
+                        .get(&job.job_id)
+                        .and_then(|view| finished_job(view, job, *observed_at));
+                    if finished.is_none() {
+                        shared
+                            .errors
+                            .add("details: job unfinished although its batch completed");
+                    }
+                    finished
+                })
+                .inspect(|finished| tally_failure(&shared.errors, finished))
+                .collect()
         })
         .buffer_unordered(concurrency)
-        .filter_map(|f| async move { f })
+        .flat_map(stream::iter)
         .collect()
         .await
 }
@@ -1080,22 +1150,12 @@ async fn poll_jobs(
         let mut start = 0;
         while start < limit {
             let end = (start + concurrency).min(limit);
-            // Made up front: a lazy `map` over the borrowed items trips up the `Send` check of
-            // the spawned poller.
-            let polls: Vec<_> = pending[start..end]
-                .iter_mut()
-                .enumerate()
-                .map(|(i, item)| {
-                    let shared = &shared;
-                    async move { (start + i, item.poll(shared).await) }
-                })
-                .collect();
-            let chunk = futures::future::join_all(polls).await;
+            let chunk = poll_chunk(&shared, &mut pending[start..end]).await;
             let finished = chunk
                 .iter()
-                .filter(|(_, poll)| matches!(poll, Poll::Finished(_) | Poll::Completed(_)))
+                .filter(|poll| matches!(poll, Poll::Finished(_) | Poll::Completed(_)))
                 .count();
-            results.extend(chunk);
+            results.extend((start..end).zip(chunk));
             if finished * 2 < end - start {
                 break;
             }

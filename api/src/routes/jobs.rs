@@ -1,5 +1,6 @@
 //! Jobs: how every route queues one ([`queue_job`]), and `GET /v1/jobs/{id}`, a job's state
-//! read from PostgreSQL (the truth), never from Redis. The dead letters (jobs failed for good):
+//! read from PostgreSQL (the truth), never from Redis; `GET /v1/jobs?ids=…`, the states of up
+//! to [`IDS_MAX`] jobs in one request, for a client following many. The dead letters (jobs failed for good):
 //! `GET /v1/jobs/dead` lists them, `POST /v1/jobs/{id}/retry` retries one
 //! ([`shomei_jobs::dead_letters`]).
 
@@ -43,11 +44,22 @@ pub fn routes(
     let show = warp::path!("v1" / "jobs" / Uuid)
         .and(warp::get())
         .and(authorized(state.clone(), Permission::ReadDocuments))
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .then(show)
         .map(respond);
-    dead.or(retry).unify().or(show).unify()
+    let list = warp::path!("v1" / "jobs")
+        .and(warp::get())
+        .and(authorized(state.clone(), Permission::ReadDocuments))
+        // Read as pairs, so that an unknown or missing parameter is named in the answer.
+        .and(warp::query::<Vec<(String, String)>>())
+        .and(with_state(state))
+        .then(list)
+        .map(respond);
+    dead.or(retry).unify().or(show).unify().or(list).unify()
 }
+
+/// The most jobs one `GET /v1/jobs?ids=…` asks for.
+pub const IDS_MAX: usize = 100;
 
 /// Dead letters per page by default, and at most.
 const PAGE: i64 = 100;
@@ -164,6 +176,60 @@ async fn show(id: Uuid, caller: Caller, state: Arc<AppState>) -> Result<Response
     .await?
     .ok_or(ApiError::NotFound("job"))?;
     Ok(warp::reply::json(&JobView::from(job)).into_response())
+}
+
+/// The jobs among `ids` that `GET /v1/jobs/{id}` would show, in the order asked (each once); the
+/// others (unknown, another tenant's, in a folder the caller may not see) are left out, as that
+/// route answers `404` for them.
+async fn list(
+    caller: Caller,
+    query: Vec<(String, String)>,
+    state: Arc<AppState>,
+) -> Result<Response, ApiError> {
+    let mut asked = None;
+    for (name, value) in query {
+        match name.as_str() {
+            "ids" if asked.is_none() => asked = Some(value),
+            "ids" => return Err(ApiError::BadRequest("ids: give it once".into())),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: this route takes ids"
+                )))
+            }
+        }
+    }
+    let asked = asked.ok_or_else(|| {
+        ApiError::BadRequest("ids: the job ids to show, separated by commas, are missing".into())
+    })?;
+    let mut ids: Vec<Uuid> = Vec::new();
+    for part in asked.split(',') {
+        let id: Uuid = part
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("ids: {part:?} is not a job id (a UUID)")))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.len() > IDS_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "ids: at most {IDS_MAX} jobs per request, not {}",
+            ids.len()
+        )));
+    }
+    let asked = ids.clone();
+    let mut found = interact(&state.db, move |conn| {
+        Ok(Job::find_all_visible(
+            conn,
+            caller.tenant_id,
+            caller.principal(),
+            &asked,
+        )?)
+    })
+    .await?;
+    found.sort_by_key(|job| ids.iter().position(|id| *id == job.id));
+    let jobs: Vec<JobView> = found.into_iter().map(JobView::from).collect();
+    Ok(warp::reply::json(&json!({ "jobs": jobs })).into_response())
 }
 
 impl From<Job> for JobView {

@@ -88,6 +88,7 @@ async fn every_role_may_do_what_the_matrix_says_and_nothing_else() {
             "read",
         ),
         (Method::GET, format!("/v1/jobs/{missing}"), None, "read"),
+        (Method::GET, format!("/v1/jobs?ids={missing}"), None, "read"),
         (Method::GET, format!("/v1/requests/{missing}"), None, "read"),
         (Method::GET, format!("/v1/batches/{missing}"), None, "read"),
         (Method::GET, "/v1/documents.csv".into(), None, "read"),
@@ -423,6 +424,13 @@ async fn a_key_in_a_group_sees_and_acts_only_in_its_groups_folders() {
     // A job on the other folder's document is not there for it either.
     let job = app.sign_ok(&legal, "Owner Signs").await;
     assert_problem(app.get(&member, &format!("/v1/jobs/{job}")).await, 404).await;
+    let listed: serde_json::Value = app
+        .get(&member, &format!("/v1/jobs?ids={job}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!({"jobs": []}));
     // It may put documents only into its folders.
     for (folder, status) in [("/legal", 403), ("/sales/2027", 201)] {
         let response = app.upload_to_folder(&member, folder).await;

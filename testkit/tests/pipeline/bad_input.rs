@@ -177,6 +177,47 @@ async fn unknown_ids_and_other_tenants_resources_are_not_found() {
         1,
         "the refused requests queued nothing"
     );
+
+    // Many at once: the ones another route would answer 404 for are left out, and each job is
+    // listed once, whatever the query repeats.
+    let list = |key: &str, ids: String| {
+        let app = &app;
+        let key = key.to_string();
+        async move {
+            let response = app.get(&key, &format!("/v1/jobs?ids={ids}")).await;
+            assert_eq!(response.status(), 200);
+            let body: serde_json::Value = response.json().await.unwrap();
+            let ids: Vec<String> = body["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|job| job["id"].as_str().unwrap().to_string())
+                .collect();
+            ids
+        }
+    };
+    assert_eq!(
+        list(&app.api_key, format!("{unknown},{job},{job}")).await,
+        std::slice::from_ref(&job)
+    );
+    assert!(list(&intruder, job.clone()).await.is_empty());
+    let too_many = (0..100)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .chain([job.clone()])
+        .collect::<Vec<_>>()
+        .join(",");
+    for (query, names) in [
+        ("ids=not-a-job".to_string(), "not-a-job"),
+        (format!("ids={job},"), "ids"),
+        (format!("ids={too_many}"), "at most 100"),
+        ("id=1".to_string(), "\"id\""),
+        (String::new(), "ids"),
+    ] {
+        let response = app.get(&app.api_key, &format!("/v1/jobs?{query}")).await;
+        let problem = assert_problem(response, 400).await;
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(names), "{query}: {detail}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

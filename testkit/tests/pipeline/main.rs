@@ -2,6 +2,7 @@
 //! PostgreSQL, Redis and SoftHSM2. One test binary, one module per concern.
 
 mod access;
+mod backlog;
 mod bad_input;
 mod batches;
 mod cli;
