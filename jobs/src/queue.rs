@@ -96,15 +96,21 @@ impl Queue {
             })
     }
 
-    /// Whether Redis still knows the job, in any state (queued, in flight, finished).
-    pub async fn contains(&self, kind: JobKind, job_id: Uuid) -> Result<bool, QueueError> {
+    /// Whether Redis still knows each job, in any state (queued, in flight, finished): one
+    /// answer per job, in order, in one round trip (a pipeline of `HEXISTS`), however many the
+    /// reconciler looks at.
+    pub async fn contains_all(&self, jobs: &[(JobKind, Uuid)]) -> Result<Vec<bool>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (kind, job_id) in jobs {
+            pipe.cmd("HEXISTS")
+                .arg(format!("{}:data", self.queue_name(*kind)))
+                .arg(job_id.to_string());
+        }
         let mut conn = self.conn.clone();
-        let key = format!("{}:data", self.queue_name(kind));
-        Ok(redis::cmd("HEXISTS")
-            .arg(key)
-            .arg(job_id.to_string())
-            .query_async(&mut conn)
-            .await?)
+        Ok(pipe.query_async(&mut conn).await?)
     }
 
     /// Forgets up to `limit` tasks apalis has finished (done or dead). apalis-redis keeps every

@@ -63,18 +63,16 @@ pub async fn pass(ctx: &JobContext, grace: Duration) -> Result<usize, JobError> 
         Ok(Job::unfinished_enqueued_before(conn, cutoff, BATCH)?)
     })
     .await?;
-    let mut missing = Vec::new();
-    for job in &candidates {
-        let Some(kind) = job.kind() else { continue };
-        if !ctx
-            .queue
-            .contains(kind, job.id)
-            .await
-            .map_err(queue_error)?
-        {
-            missing.push((kind, job.id));
-        }
-    }
+    let known: Vec<(JobKind, Uuid)> = candidates
+        .iter()
+        .filter_map(|job| Some((job.kind()?, job.id)))
+        .collect();
+    let in_redis = ctx.queue.contains_all(&known).await.map_err(queue_error)?;
+    let missing: Vec<(JobKind, Uuid)> = known
+        .into_iter()
+        .zip(in_redis)
+        .filter_map(|(job, found)| (!found).then_some(job))
+        .collect();
     // A job can finish (and Redis forget it) between the query above and the look in Redis;
     // only those PostgreSQL still holds as unfinished after the look are really lost.
     let ids: Vec<Uuid> = missing.iter().map(|(_, id)| *id).collect();

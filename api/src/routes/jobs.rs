@@ -1,7 +1,7 @@
 //! Jobs: how every route queues one ([`queue_job`]), and `GET /v1/jobs/{id}`, a job's state
 //! read from PostgreSQL (the truth), never from Redis; `GET /v1/jobs?ids=…`, the states of up
-//! to [`IDS_MAX`] jobs in one request, for a client following many. The dead letters (jobs failed for good):
-//! `GET /v1/jobs/dead` lists them, `POST /v1/jobs/{id}/retry` retries one
+//! to [`IDS_MAX`] jobs in one request, for a client following many. The dead letters (jobs
+//! failed for good): `GET /v1/jobs/dead` lists them, `POST /v1/jobs/{id}/retry` retries one
 //! ([`shomei_jobs::dead_letters`]).
 
 use std::net::IpAddr;
