@@ -183,6 +183,7 @@ async fn a_backlog_larger_than_a_redis_script_can_unpack_still_drains() {
         .unwrap();
     assert_eq!(waiting, BACKLOG + 1, "every push waits in {scheduled}");
 
+    let scans_before = list_removals(&mut redis).await;
     app.start_worker();
     let done = app.wait_for_job(&job, Duration::from_secs(180)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -192,6 +193,29 @@ async fn a_backlog_larger_than_a_redis_script_can_unpack_still_drains() {
         .await
         .unwrap();
     assert_eq!(waiting, 0);
+    // Nor does a worker's lease on each task it runs scan the backlog behind it: apalis-redis
+    // removed the task from the active list with an `LREM` (a walk of the whole list, found
+    // nothing: the fetch had taken it off already), once per task (`vendor/apalis-redis`). No
+    // code of the pipeline's sends an `LREM` now, whatever the other tests run meanwhile.
+    assert_eq!(
+        list_removals(&mut redis).await,
+        scans_before,
+        "LREM calls while the worker drained the backlog"
+    );
+}
+
+/// `LREM` calls Redis has served since it started (`INFO commandstats`).
+async fn list_removals(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_lrem:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]

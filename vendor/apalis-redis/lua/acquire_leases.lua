@@ -37,7 +37,10 @@ end
 
 -- All validated — now mutate
 for _, task_id in ipairs(task_ids) do
-    redis.call("lrem", KEYS[4], 1, task_id)
+    -- No `lrem` of the task from the active list (KEYS[4]): the fetch that put it in this
+    -- worker's inflight set took it off that list (`ltrim` in fetch_next.lua), so the `lrem`
+    -- found nothing and only scanned the whole list, once per task: O(backlog) per job.
+    -- (Shomei's change to apalis-redis 1.0.0; see vendor/README.md.)
     redis.call("sadd", KEYS[1], task_id)
 
     local meta_key = KEYS[3] .. ":" .. task_id
