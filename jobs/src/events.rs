@@ -87,29 +87,51 @@ impl Pending {
 
 /// Records the event and its notify jobs. Call inside the transaction of the change.
 pub fn emit(conn: &mut PgConnection, new: NewEvent) -> QueryResult<Pending> {
-    let event = Event {
-        id: Uuid::now_v7(),
-        tenant_id: new.tenant_id,
-        kind: new.kind.to_owned(),
-        document_id: new.document_id,
-        request_id: new.request_id,
-        actor: new.actor,
-        ip: new.ip,
-        data: new.data,
-        created_at: chrono::Utc::now(),
-    };
+    Ok(emit_all(conn, vec![new])?.pop().unwrap_or_default())
+}
+
+/// Records the events and their notify jobs, in two statements whatever their number (a
+/// worker's group records its members' events together, [`crate::group_commit::Record`]), plus
+/// the reads some kinds need to address their e-mails. Returns each event's jobs, in order.
+pub fn emit_all(conn: &mut PgConnection, new: Vec<NewEvent>) -> QueryResult<Vec<Pending>> {
+    let events: Vec<Event> = new
+        .into_iter()
+        .map(|new| Event {
+            id: Uuid::now_v7(),
+            tenant_id: new.tenant_id,
+            kind: new.kind.to_owned(),
+            document_id: new.document_id,
+            request_id: new.request_id,
+            actor: new.actor,
+            ip: new.ip,
+            data: new.data,
+            created_at: chrono::Utc::now(),
+        })
+        .collect();
+    let subscribers = Event::insert_all_for_subscribers(conn, &events.iter().collect::<Vec<_>>())?;
+    // The notify jobs of all the events, each with the position of its event.
     let mut jobs = Vec::new();
-    for endpoint_id in event.insert_for_subscribers(conn)? {
-        let payload = WebhookJob {
-            endpoint_id,
-            event_id: event.id,
-        };
-        jobs.push(notify_job(&event, JobKind::NotifyWebhook, json!(payload)));
+    let mut owners = Vec::new();
+    for (at, (event, endpoints)) in events.iter().zip(subscribers).enumerate() {
+        for endpoint_id in endpoints {
+            let payload = WebhookJob {
+                endpoint_id,
+                event_id: event.id,
+            };
+            jobs.push(notify_job(event, JobKind::NotifyWebhook, json!(payload)));
+            owners.push(at);
+        }
+        for email in emails_for(conn, event)? {
+            jobs.push(notify_job(event, JobKind::NotifyEmail, json!(email)));
+            owners.push(at);
+        }
     }
-    for email in emails_for(conn, &event)? {
-        jobs.push(notify_job(&event, JobKind::NotifyEmail, json!(email)));
+    let mut pendings: Vec<Pending> = events.iter().map(|_| Pending::default()).collect();
+    let inserted = shomei_schema::Job::insert_all(conn, &jobs)?;
+    for (at, job) in owners.into_iter().zip(inserted) {
+        pendings[at].0.push(job);
     }
-    Ok(Pending(shomei_schema::Job::insert_all(conn, &jobs)?))
+    Ok(pendings)
 }
 
 fn notify_job(event: &Event, kind: JobKind, payload: serde_json::Value) -> NewJob {

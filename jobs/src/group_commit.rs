@@ -30,7 +30,7 @@ use shomei_schema::{interact, DbError, DbPool, Job, JobKind, Revision};
 use shomei_telemetry::metrics;
 
 use crate::error::JobError;
-use crate::events::Pending;
+use crate::events::{self, NewEvent, Pending};
 
 /// The most steps one group takes; more wait for the next group.
 pub const MAX_GROUP: usize = 64;
@@ -40,13 +40,15 @@ pub const MAX_GROUP: usize = 64;
 pub type RecordFn = Box<dyn FnMut(&mut PgConnection) -> QueryResult<Pending> + Send>;
 
 /// What one run records ([`GroupCommit::record`]). In the group's transaction come first the
-/// members' revisions, inserted in one statement, then each member's `work`, then the members'
-/// jobs marked succeeded, in one statement: a job that adds a revision costs one statement of
-/// its own (its event, in `work`) instead of three.
+/// members' revisions, inserted in one statement, then their events with their notify jobs, in
+/// two more ([`events::emit_all`]), then each member's `work`, then the members' jobs marked
+/// succeeded, in one statement: a job that adds a revision has no statement of its own.
 pub struct Record {
     /// The revision the run made ([`Revision::insert_all`]).
     pub revision: Option<Revision>,
-    /// Whatever else it records (its event, the state changes the revision brings).
+    /// The event it records.
+    pub event: Option<NewEvent>,
+    /// Whatever else it records (the state changes the revision brings).
     pub work: RecordFn,
     /// Its job, succeeded with this result ([`Job::succeed_all`]).
     pub succeeded: Option<(Uuid, serde_json::Value)>,
@@ -57,6 +59,7 @@ impl Record {
     pub fn work(work: RecordFn) -> Self {
         Record {
             revision: None,
+            event: None,
             work,
             succeeded: None,
         }
@@ -198,9 +201,19 @@ fn record_members(
 ) -> QueryResult<Vec<Pending>> {
     let revisions: Vec<&Revision> = members.iter().filter_map(|m| m.revision.as_ref()).collect();
     Revision::insert_all(conn, &revisions)?;
+    // Cloned: a member recorded again (its group failed) records its event again.
+    let events: Vec<NewEvent> = members.iter().filter_map(|m| m.event.clone()).collect();
+    let mut emitted = events::emit_all(conn, events)?.into_iter();
     let pendings = members
         .iter_mut()
-        .map(|member| run_member(conn, &mut member.work, panicked))
+        .map(|member| {
+            let mut pending = match member.event {
+                Some(_) => emitted.next().unwrap_or_default(),
+                None => Pending::default(),
+            };
+            pending.add(run_member(conn, &mut member.work, panicked)?);
+            Ok(pending)
+        })
         .collect::<QueryResult<Vec<Pending>>>()?;
     let succeeded: Vec<(Uuid, &serde_json::Value)> = members
         .iter()

@@ -19,7 +19,7 @@ use shomei_storage::StoredObject;
 use crate::context::JobContext;
 use crate::document_memory::DocumentShare;
 use crate::error::JobError;
-use crate::events::Pending;
+use crate::events::{NewEvent, Pending};
 use crate::group_commit::Record;
 use crate::registry::Done;
 
@@ -112,19 +112,21 @@ where
 }
 
 /// Records `stored`, the revision `job` made on `base` ([`make`]), as the revision after it,
-/// and marks the job succeeded. `then` runs in the transaction that records the revision (the
-/// state changes and events the revision brings), so it happens exactly once however often the
-/// job runs; the job's success is recorded in that transaction too. The transaction is one of
-/// a group ([`crate::group_commit`]): `then` only touches the database, and may run twice.
+/// with `event` (its data given the new revision's number as `revision`), and marks the job
+/// succeeded. `then` runs in the transaction that records the revision (the state changes and
+/// further events the revision brings), so it happens exactly once however often the job runs;
+/// the job's success is recorded in that transaction too. The transaction is one of a group
+/// ([`crate::group_commit`]): `then` only touches the database, and may run twice.
 pub(crate) async fn record<F>(
     ctx: &JobContext,
     job: &Job,
     base: &Base,
     stored: StoredObject,
-    mut then: F,
+    mut event: Option<NewEvent>,
+    then: F,
 ) -> Result<Done, JobError>
 where
-    F: FnMut(&mut PgConnection, &Revision) -> QueryResult<Pending> + Send + 'static,
+    F: FnMut(&mut PgConnection) -> QueryResult<Pending> + Send + 'static,
 {
     let latest = &base.revision;
     let revision = Revision {
@@ -137,12 +139,15 @@ where
         created_at: chrono::Utc::now(),
     };
     let succeeded = Some((job.id, result(&revision)));
-    let recorded = revision.clone();
+    if let Some(event) = &mut event {
+        event.data["revision"] = json!(revision.revision);
+    }
     let pending = ctx
         .group_commit
         .record(Record {
             revision: Some(revision),
-            work: Box::new(move |conn| then(conn, &recorded)),
+            event,
+            work: Box::new(then),
             succeeded,
         })
         .await?;

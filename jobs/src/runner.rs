@@ -118,6 +118,7 @@ async fn run(message: JobMessage, ctx: Arc<JobContext>) -> Result<(), BoxDynErro
                     .group_commit
                     .record(Record {
                         revision: None,
+                        event: None,
                         work: Box::new(|_| Ok(Pending::default())),
                         succeeded: Some((job_id, result)),
                     })

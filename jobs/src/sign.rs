@@ -15,7 +15,7 @@ use shomei_vault::{DataKey, Keyring};
 
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::events::{self, kind, NewEvent, Pending};
+use crate::events::{kind, NewEvent, Pending};
 use crate::personal;
 use crate::registry::Done;
 use crate::requests::{self, RequestStep, SignerState, SignerStatus};
@@ -236,6 +236,19 @@ pub(crate) async fn run(
     let mut data = json!({
         "level": request.level.map(SignatureLevel::as_str),
     });
+    if let Some(step) = &request.step {
+        data["signer_id"] = json!(step.signer_id);
+        data["method"] = json!(step.method);
+    }
+    let event = NewEvent {
+        tenant_id: job.tenant_id,
+        kind: kind::DOCUMENT_SIGNED,
+        document_id: Some(base.revision.document_id),
+        request_id: request.step.as_ref().map(|s| s.request_id),
+        actor: format!("job:{}", job.id),
+        ip: request.step.as_ref().and_then(|s| s.ip.clone()),
+        data,
+    };
     let signature = SignatureRequest {
         key_label,
         signer_name: request.signer.name,
@@ -255,39 +268,23 @@ pub(crate) async fn run(
     let step = request.step;
     let conclude = ctx.concludes_with_timestamp();
     let done = job.clone();
-    let done = revisions::record(ctx, job, &base, signed, move |conn, revision| {
-        data["revision"] = json!(revision.revision);
+    let done = revisions::record(ctx, job, &base, signed, Some(event), move |conn| {
         if let Some(step) = &step {
-            data["signer_id"] = json!(step.signer_id);
-            data["method"] = json!(step.method);
+            return requests::signed(conn, &done, step, conclude);
         }
-        let mut pending = events::emit(
-            conn,
-            NewEvent {
-                tenant_id: done.tenant_id,
-                kind: kind::DOCUMENT_SIGNED,
-                document_id: Some(revision.document_id),
-                request_id: step.as_ref().map(|s| s.request_id),
-                actor: format!("job:{}", done.id),
-                ip: step.as_ref().and_then(|s| s.ip.clone()),
-                data: data.clone(),
-            },
-        )?;
-        if let Some(step) = &step {
-            pending.add(requests::signed(conn, &done, step, conclude)?);
-        } else if then_conclude {
-            let timestamp = NewJob {
-                id: uuid::Uuid::now_v7(),
-                tenant_id: done.tenant_id,
-                kind: JobKind::Timestamp.as_str(),
-                document_id: done.document_id,
-                payload: json!({}),
-                batch_id: done.batch_id,
-                ..NewJob::default()
-            };
-            pending.add(Pending::jobs(Job::insert_all(conn, &[timestamp])?));
+        if !then_conclude {
+            return Ok(Pending::default());
         }
-        Ok(pending)
+        let timestamp = NewJob {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: done.tenant_id,
+            kind: JobKind::Timestamp.as_str(),
+            document_id: done.document_id,
+            payload: json!({}),
+            batch_id: done.batch_id,
+            ..NewJob::default()
+        };
+        Ok(Pending::jobs(Job::insert_all(conn, &[timestamp])?))
     })
     .await?;
     shomei_telemetry::metrics::DOCUMENTS_SIGNED

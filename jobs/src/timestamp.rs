@@ -37,10 +37,17 @@ pub(crate) async fn run(
     .await?;
     let concludes = concluded_request(job);
     let concluding = job.clone();
-    revisions::record(ctx, job, &base, stamped, move |conn, _| match concludes {
-        Some(request_id) => requests::concluded(conn, &concluding, request_id),
-        None => Ok(Pending::default()),
-    })
+    revisions::record(
+        ctx,
+        job,
+        &base,
+        stamped,
+        None,
+        move |conn| match concludes {
+            Some(request_id) => requests::concluded(conn, &concluding, request_id),
+            None => Ok(Pending::default()),
+        },
+    )
     .await
 }
 

@@ -23,37 +23,55 @@ pub struct Event {
 }
 
 impl Event {
-    /// Inserts the event and returns the enabled webhook endpoints of its tenant that want its
-    /// kind, oldest first: one statement, as every state change of the pipeline records one.
-    pub fn insert_for_subscribers(&self, conn: &mut PgConnection) -> QueryResult<Vec<Uuid>> {
-        use diesel::sql_types::{Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    /// Inserts the events and returns, for each in order, the enabled webhook endpoints of its
+    /// tenant that want its kind, oldest first: one statement whatever their number (a
+    /// worker's group records its members' events together), prepared once.
+    pub fn insert_all_for_subscribers(
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> QueryResult<Vec<Vec<Uuid>>> {
+        use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
         #[derive(QueryableByName)]
-        struct Endpoint {
+        struct Subscriber {
             #[diesel(sql_type = SqlUuid)]
-            id: Uuid,
+            event_id: Uuid,
+            #[diesel(sql_type = SqlUuid)]
+            endpoint_id: Uuid,
         }
-        let endpoints: Vec<Endpoint> = diesel::sql_query(
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subscribers: Vec<Subscriber> = diesel::sql_query(
             "WITH event AS (
                  INSERT INTO events (id, tenant_id, kind, document_id, request_id, actor, ip, data, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))
-             SELECT id FROM webhook_endpoints
-             WHERE tenant_id = $2 AND deleted_at IS NULL AND enabled
-               AND (event_kinds IS NULL OR $3 = ANY(event_kinds))
-             ORDER BY created_at",
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                                      $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[])
+                 RETURNING id, tenant_id, kind)
+             SELECT event.id AS event_id, endpoint.id AS endpoint_id
+               FROM event JOIN webhook_endpoints endpoint ON endpoint.tenant_id = event.tenant_id
+              WHERE endpoint.deleted_at IS NULL AND endpoint.enabled
+                AND (endpoint.event_kinds IS NULL OR event.kind = ANY(endpoint.event_kinds))
+              ORDER BY endpoint.created_at, endpoint.id",
         )
-        .bind::<SqlUuid, _>(self.id)
-        .bind::<SqlUuid, _>(self.tenant_id)
-        .bind::<Text, _>(&self.kind)
-        .bind::<Nullable<SqlUuid>, _>(self.document_id)
-        .bind::<Nullable<SqlUuid>, _>(self.request_id)
-        .bind::<Text, _>(&self.actor)
-        .bind::<Nullable<Text>, _>(&self.ip)
-        .bind::<Jsonb, _>(&self.data)
-        .bind::<Timestamptz, _>(self.created_at)
+        .bind::<Array<SqlUuid>, _>(events.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind::<Array<SqlUuid>, _>(events.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<SqlUuid>>, _>(events.iter().map(|e| e.document_id).collect::<Vec<_>>())
+        .bind::<Array<Nullable<SqlUuid>>, _>(events.iter().map(|e| e.request_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(events.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(events.iter().map(|e| e.ip.as_deref()).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(events.iter().map(|e| &e.data).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(events.iter().map(|e| e.created_at).collect::<Vec<_>>())
         .prepared()
         .load(conn)?;
-        Ok(endpoints.into_iter().map(|e| e.id).collect())
+        let mut endpoints: Vec<Vec<Uuid>> = vec![Vec::new(); events.len()];
+        for subscriber in subscribers {
+            if let Some(at) = events.iter().position(|e| e.id == subscriber.event_id) {
+                endpoints[at].push(subscriber.endpoint_id);
+            }
+        }
+        Ok(endpoints)
     }
 
     pub fn get(conn: &mut PgConnection, id: Uuid) -> QueryResult<Event> {

@@ -111,3 +111,88 @@ async fn statements_on_jobs_by_id_do_not_read_the_whole_backlog() {
     .await
     .unwrap();
 }
+
+/// Sequential scans of `jobs` in the current transaction so far.
+fn job_table_scans(conn: &mut PgConnection) -> i64 {
+    diesel::sql_query("SELECT pg_stat_get_xact_numscans('jobs'::regclass) AS n")
+        .get_result::<Number>(conn)
+        .unwrap()
+        .n
+}
+
+/// A worker's claim and record statements, run first on a nearly empty `jobs` (as a new
+/// deployment's or a load test's first jobs are), do not go on scanning the whole table once
+/// it has grown: PostgreSQL keeps a prepared statement's generic plan for the connection's life,
+/// and one made for a table of a few rows reads every row.
+#[tokio::test]
+async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown() {
+    let app = TestApp::spawn().await;
+    let url = app.database_url();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        let tenant = Uuid::now_v7();
+        diesel::sql_query(format!(
+            "INSERT INTO tenants (id, name) VALUES ('{tenant}', 'plans')"
+        ))
+        .execute(&mut conn)
+        .unwrap();
+        let insert = |conn: &mut PgConnection, n: usize| {
+            diesel::sql_query(format!(
+                "INSERT INTO jobs (id, tenant_id, kind, payload)
+                      SELECT gen_random_uuid(), '{tenant}', 'plan-probe', '{{}}'
+                        FROM generate_series(1, {n})"
+            ))
+            .execute(conn)
+            .unwrap();
+        };
+        let some_ids = |conn: &mut PgConnection| -> Vec<Uuid> {
+            #[derive(QueryableByName)]
+            struct Id {
+                #[diesel(sql_type = diesel::sql_types::Uuid)]
+                id: Uuid,
+            }
+            diesel::sql_query(
+                "SELECT id FROM jobs WHERE kind = 'plan-probe' AND status = 'queued' LIMIT 5",
+            )
+            .load::<Id>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|row| row.id)
+            .collect()
+        };
+        let done = json!({ "probe": true });
+        let claim_and_record = |conn: &mut PgConnection, ids: &[Uuid]| {
+            let claimed = Job::start_all(conn, ids).unwrap();
+            assert_eq!(claimed.len(), ids.len());
+            let succeeded: Vec<(Uuid, &serde_json::Value)> =
+                ids.iter().map(|id| (*id, &done)).collect();
+            Job::succeed_all(conn, &succeeded).unwrap();
+        };
+
+        // Ten rounds on a table of a few rows: past the five runs after which PostgreSQL may
+        // keep a generic plan.
+        insert(&mut conn, 5);
+        for _ in 0..10 {
+            let ids = some_ids(&mut conn);
+            conn.transaction::<(), diesel::result::Error, _>(|conn| {
+                claim_and_record(conn, &ids);
+                Err(diesel::result::Error::RollbackTransaction)
+            })
+            .unwrap_err();
+        }
+
+        // The table grows past what a scan of it should ever be spent on; no ANALYZE.
+        insert(&mut conn, 20_000);
+        let ids = some_ids(&mut conn);
+        conn.transaction::<(), diesel::result::Error, _>(|conn| {
+            let before = job_table_scans(conn);
+            claim_and_record(conn, &ids);
+            let scans = job_table_scans(conn) - before;
+            assert_eq!(scans, 0, "the claim or the record scanned all of jobs");
+            Ok(())
+        })
+        .unwrap();
+    })
+    .await
+    .unwrap();
+}

@@ -5,6 +5,7 @@
 use diesel::RunQueryDsl;
 use futures::future::join_all;
 
+use shomei_jobs::events::NewEvent;
 use shomei_jobs::group_commit::{GroupCommit, Record};
 use shomei_jobs::{Intake, Pending};
 use shomei_schema::{Job, JobKind, NewJob, Revision};
@@ -173,11 +174,34 @@ async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_
              SELECT '{job}', tenant_id, 'sign', id, '{{}}', 'running' FROM documents WHERE id = '{document}'"
         ));
     }
-    let record = |job: uuid::Uuid, revision: Revision, event: bool| Record {
+    let tenant: uuid::Uuid = app
+        .sql_text(&format!(
+            "SELECT tenant_id::text AS t FROM documents WHERE id = '{}'",
+            documents[0]
+        ))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // An endpoint subscribed to the members' events: each event gets its delivery job.
+    app.sql_execute(&format!(
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, secret, event_kinds, enabled) \
+         VALUES (gen_random_uuid(), '{tenant}', 'http://127.0.0.1:9/', 'whsec_probe', \
+                 '{{group.probe}}', true)"
+    ));
+    let record = |job: uuid::Uuid, revision: Revision, work: bool| Record {
         succeeded: Some((job, serde_json::json!({ "revision": revision.revision }))),
+        event: Some(NewEvent {
+            tenant_id: tenant,
+            kind: "group.probe",
+            document_id: Some(revision.document_id),
+            request_id: None,
+            actor: format!("job:{job}"),
+            ip: None,
+            data: serde_json::json!({ "revision": revision.revision }),
+        }),
         revision: Some(revision),
         work: Box::new(move |conn| {
-            if event {
+            if work {
                 diesel::sql_query(format!(
                     "INSERT INTO group_commit_probe (id, job) VALUES (1, '{job}')"
                 ))
@@ -185,6 +209,19 @@ async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_
             }
             Ok(Pending::default())
         }),
+    };
+    // The events of `job`'s record, and their delivery jobs.
+    let events_of = |job: uuid::Uuid| {
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM events WHERE actor = 'job:{job}' AND kind = 'group.probe'"
+        ))
+    };
+    let deliveries_of = |job: uuid::Uuid| {
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM events e JOIN jobs d \
+               ON d.kind = 'notify_webhook' AND d.payload->>'event_id' = e.id::text \
+             WHERE e.actor = 'job:{job}'"
+        ))
     };
     app.sql_execute("CREATE TABLE group_commit_probe (id integer, job uuid)");
 
@@ -212,6 +249,10 @@ async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_
         app.sql_count("SELECT count(*) AS n FROM group_commit_probe"),
         3
     );
+    // Each member's event (in one statement for the group) with its own delivery job.
+    for job in &jobs[..3] {
+        assert_eq!((events_of(*job), deliveries_of(*job)), (1, 1), "job {job}");
+    }
 
     // The fourth job races the first: its revision 1 of the same document collides. In a group
     // with a revision 2 of the second document, the group is split: the collision fails alone
@@ -224,12 +265,17 @@ async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_
             false,
         )),
         group_commit.record(Record {
+            event: record(jobs[4], revision_by(documents[1], 2, jobs[4]), false).event,
             revision: Some(revision_by(documents[1], 2, jobs[4])),
             work: Box::new(|_| Ok(Pending::default())),
             succeeded: None,
         }),
     ])
     .await;
+    // The collision's event is not recorded; the other member's is, once, though its group's
+    // transaction ran it before the split.
+    assert_eq!((events_of(jobs[3]), deliveries_of(jobs[3])), (0, 0));
+    assert_eq!((events_of(jobs[4]), deliveries_of(jobs[4])), (1, 1));
     assert_eq!(
         GROUP_COMMIT_SPLITS.with_label_values(&["record"]).get(),
         splits + 1

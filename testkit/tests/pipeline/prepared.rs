@@ -1,6 +1,8 @@
 //! The statements of a document's path that diesel would send unprepared run as prepared
 //! statements of their connection (`shomei_schema::prepared`): PostgreSQL parses and plans each
-//! once per connection, not on every run.
+//! once per connection, not on every run. A worker's claim and its group's successes are the
+//! exception: they are planned on every run (`Job::start_all` says why;
+//! `backlog.rs` tests it).
 
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use serde_json::json;
@@ -63,7 +65,7 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
             Job::insert_all(&mut conn, std::slice::from_ref(&job)).unwrap();
             assert_eq!(Job::start_all(&mut conn, &[job.id]).unwrap().len(), 1);
             Revision::insert_all(&mut conn, &[&revision(1)]).unwrap();
-            Event {
+            let event = Event {
                 id: Uuid::now_v7(),
                 tenant_id: tenant,
                 kind: "document.signed".into(),
@@ -73,9 +75,8 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
                 ip: with_job.map(|_| "127.0.0.1".into()),
                 data: json!({ "round": round }),
                 created_at: chrono::Utc::now(),
-            }
-            .insert_for_subscribers(&mut conn)
-            .unwrap();
+            };
+            Event::insert_all_for_subscribers(&mut conn, &[&event]).unwrap();
             Job::succeed_all(&mut conn, &[(job.id, &json!({ "revision": 1 }))]).unwrap();
         }
 
@@ -90,9 +91,7 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
             r#"INSERT INTO "documents""#,
             r#"INSERT INTO "document_revisions""#,
             r#"INSERT INTO "jobs""#,
-            r#"UPDATE "jobs" SET "status" = $1, "attempts""#,
             "INSERT INTO document_revisions (document_id",
-            "UPDATE jobs SET status = $3, result = done.result",
             "WITH event AS",
         ] {
             let n = prepared
