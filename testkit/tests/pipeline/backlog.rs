@@ -33,25 +33,36 @@ fn probed(conn: &mut PgConnection) -> usize {
         .map_or(0, |number| number.n as usize)
 }
 
+/// A connection to the test app's database and a new tenant in it.
+fn connection_with_tenant(url: &str) -> (PgConnection, Uuid) {
+    let mut conn = PgConnection::establish(url).unwrap();
+    let tenant = Uuid::now_v7();
+    diesel::sql_query(format!(
+        "INSERT INTO tenants (id, name) VALUES ('{tenant}', 'plans')"
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    (conn, tenant)
+}
+
+/// Adds `n` queued jobs of `kind` (which no worker runs) for `tenant`, without an `ANALYZE`.
+fn insert_jobs(conn: &mut PgConnection, tenant: Uuid, kind: &str, n: usize) {
+    diesel::sql_query(format!(
+        "INSERT INTO jobs (id, tenant_id, kind, payload)
+              SELECT gen_random_uuid(), '{tenant}', '{kind}', '{{}}' FROM generate_series(1, {n})"
+    ))
+    .execute(conn)
+    .unwrap();
+}
+
 #[tokio::test]
 async fn statements_on_jobs_by_id_do_not_read_the_whole_backlog() {
     let app = TestApp::spawn().await;
     let url = app.database_url();
     tokio::task::spawn_blocking(move || {
-        let mut conn = PgConnection::establish(&url).unwrap();
-        let tenant = Uuid::now_v7();
-        // A backlog the statistics have not seen: 6,000 queued jobs of a kind no worker runs,
-        // in a table never analysed.
-        for statement in [
-            format!("INSERT INTO tenants (id, name) VALUES ('{tenant}', 'backlog')"),
-            format!(
-                "INSERT INTO jobs (id, tenant_id, kind, payload)
-                      SELECT gen_random_uuid(), '{tenant}', 'backlog-probe', '{{}}'
-                        FROM generate_series(1, 6000)"
-            ),
-        ] {
-            diesel::sql_query(statement).execute(&mut conn).unwrap();
-        }
+        let (mut conn, tenant) = connection_with_tenant(&url);
+        // A backlog the statistics have not seen: 6,000 queued jobs in a table never analysed.
+        insert_jobs(&mut conn, tenant, "backlog-probe", 6000);
         #[derive(QueryableByName)]
         struct Id {
             #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -129,22 +140,7 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
     let app = TestApp::spawn().await;
     let url = app.database_url();
     tokio::task::spawn_blocking(move || {
-        let mut conn = PgConnection::establish(&url).unwrap();
-        let tenant = Uuid::now_v7();
-        diesel::sql_query(format!(
-            "INSERT INTO tenants (id, name) VALUES ('{tenant}', 'plans')"
-        ))
-        .execute(&mut conn)
-        .unwrap();
-        let insert = |conn: &mut PgConnection, n: usize| {
-            diesel::sql_query(format!(
-                "INSERT INTO jobs (id, tenant_id, kind, payload)
-                      SELECT gen_random_uuid(), '{tenant}', 'plan-probe', '{{}}'
-                        FROM generate_series(1, {n})"
-            ))
-            .execute(conn)
-            .unwrap();
-        };
+        let (mut conn, tenant) = connection_with_tenant(&url);
         let some_ids = |conn: &mut PgConnection| -> Vec<Uuid> {
             #[derive(QueryableByName)]
             struct Id {
@@ -171,7 +167,7 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
 
         // Ten rounds on a table of a few rows: past the five runs after which PostgreSQL may
         // keep a generic plan.
-        insert(&mut conn, 5);
+        insert_jobs(&mut conn, tenant, "plan-probe", 5);
         for _ in 0..10 {
             let ids = some_ids(&mut conn);
             conn.transaction::<(), diesel::result::Error, _>(|conn| {
@@ -182,7 +178,7 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
         }
 
         // The table grows past what a scan of it should ever be spent on; no ANALYZE.
-        insert(&mut conn, 20_000);
+        insert_jobs(&mut conn, tenant, "plan-probe", 20_000);
         let ids = some_ids(&mut conn);
         conn.transaction::<(), diesel::result::Error, _>(|conn| {
             let before = job_table_scans(conn);
