@@ -14,7 +14,9 @@
 # host=/var/run/postgresql, the Unix socket, unless set and when it lets postgres in; empty: TCP),
 # LOADTEST_WORKER_NICE (the workers' nice value, default 10: the API's intake goes first, as
 # the compose file's cpu_shares arrange; 0 runs them at the API's priority),
-# LOADTEST_WORKER_ENV (VAR=value pairs set for the workers alone, e.g. TOKIO_WORKER_THREADS=1).
+# LOADTEST_WORKER_ENV (VAR=value pairs set for the workers alone, e.g. TOKIO_WORKER_THREADS=1),
+# LOADTEST_BIN (a directory holding shomei-api, shomei-worker, shomei-tsa and shomei-loadtest:
+# run those as they are and build nothing, to compare two builds).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -30,9 +32,17 @@ ROOT=$(pwd)
 
 source scripts/prepare-machine.sh
 
-echo "==> building release binaries"
-cargo build --release --bins -p shomei-api -p shomei-workers -p shomei-tsa -p shomei-loadtest -q
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+if [ -n "${LOADTEST_BIN:-}" ]; then
+    BIN=$(cd "$LOADTEST_BIN" && pwd)
+    for binary in shomei-api shomei-worker shomei-tsa shomei-loadtest; do
+        [ -x "$BIN/$binary" ] || { echo "LOADTEST_BIN: no $BIN/$binary" >&2; exit 2; }
+    done
+    echo "==> the binaries in $BIN, as they are"
+else
+    echo "==> building release binaries"
+    cargo build --release --bins -p shomei-api -p shomei-workers -p shomei-tsa -p shomei-loadtest -q
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
 
 echo "==> dev HSM token (var/dev-hsm)"
 eval "$(scripts/dev-hsm.sh "$ROOT/var/dev-hsm")"
