@@ -55,6 +55,23 @@ fn insert_jobs(conn: &mut PgConnection, tenant: Uuid, kind: &str, n: usize) {
     .unwrap();
 }
 
+/// The ids of up to `n` queued jobs of `kind`.
+fn queued_ids(conn: &mut PgConnection, kind: &str, n: usize) -> Vec<Uuid> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    diesel::sql_query(format!(
+        "SELECT id FROM jobs WHERE kind = '{kind}' AND status = 'queued' LIMIT {n}"
+    ))
+    .load::<Id>(conn)
+    .unwrap()
+    .into_iter()
+    .map(|row| row.id)
+    .collect()
+}
+
 #[tokio::test]
 async fn statements_on_jobs_by_id_do_not_read_the_whole_backlog() {
     let app = TestApp::spawn().await;
@@ -63,18 +80,7 @@ async fn statements_on_jobs_by_id_do_not_read_the_whole_backlog() {
         let (mut conn, tenant) = connection_with_tenant(&url);
         // A backlog the statistics have not seen: 6,000 queued jobs in a table never analysed.
         insert_jobs(&mut conn, tenant, "backlog-probe", 6000);
-        #[derive(QueryableByName)]
-        struct Id {
-            #[diesel(sql_type = diesel::sql_types::Uuid)]
-            id: Uuid,
-        }
-        let ids: Vec<Uuid> =
-            diesel::sql_query("SELECT id FROM jobs WHERE kind = 'backlog-probe' LIMIT 6")
-                .load::<Id>(&mut conn)
-                .unwrap()
-                .into_iter()
-                .map(|row| row.id)
-                .collect();
+        let ids = queued_ids(&mut conn, "backlog-probe", 6);
         let done = json!({ "probe": true });
         let succeeded: Vec<(Uuid, &serde_json::Value)> =
             ids.iter().map(|id| (*id, &done)).collect();
@@ -141,21 +147,6 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
     let url = app.database_url();
     tokio::task::spawn_blocking(move || {
         let (mut conn, tenant) = connection_with_tenant(&url);
-        let some_ids = |conn: &mut PgConnection| -> Vec<Uuid> {
-            #[derive(QueryableByName)]
-            struct Id {
-                #[diesel(sql_type = diesel::sql_types::Uuid)]
-                id: Uuid,
-            }
-            diesel::sql_query(
-                "SELECT id FROM jobs WHERE kind = 'plan-probe' AND status = 'queued' LIMIT 5",
-            )
-            .load::<Id>(conn)
-            .unwrap()
-            .into_iter()
-            .map(|row| row.id)
-            .collect()
-        };
         let done = json!({ "probe": true });
         let claim_and_record = |conn: &mut PgConnection, ids: &[Uuid]| {
             let claimed = Job::start_all(conn, ids).unwrap();
@@ -169,7 +160,7 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
         // keep a generic plan.
         insert_jobs(&mut conn, tenant, "plan-probe", 5);
         for _ in 0..10 {
-            let ids = some_ids(&mut conn);
+            let ids = queued_ids(&mut conn, "plan-probe", 5);
             conn.transaction::<(), diesel::result::Error, _>(|conn| {
                 claim_and_record(conn, &ids);
                 Err(diesel::result::Error::RollbackTransaction)
@@ -179,7 +170,7 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
 
         // The table grows past what a scan of it should ever be spent on; no ANALYZE.
         insert_jobs(&mut conn, tenant, "plan-probe", 20_000);
-        let ids = some_ids(&mut conn);
+        let ids = queued_ids(&mut conn, "plan-probe", 5);
         conn.transaction::<(), diesel::result::Error, _>(|conn| {
             let before = job_table_scans(conn);
             claim_and_record(conn, &ids);
