@@ -6,8 +6,9 @@
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
 //! [`MAX_GROUP`]) and runs it as one statement (the claims, then one read of the claimed
 //! document jobs' starting revisions) or one transaction (the records: the members'
-//! revisions in one statement, each member's own work, the members' jobs marked succeeded in
-//! one statement; see [`Record`]). Under load, the jobs stepping together share the round
+//! revisions in one statement, their events in one more with their notify jobs in a third,
+//! each member's own work, the members' jobs marked succeeded in one statement; see
+//! [`Record`]). Under load, the jobs stepping together share the round
 //! trips, one hand-off to a blocking thread and one WAL flush; a lone step runs at once, so an
 //! idle worker waits for nothing.
 //!

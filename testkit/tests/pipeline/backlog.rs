@@ -18,12 +18,15 @@ struct Number {
     n: i64,
 }
 
-/// Index scans of `jobs_unfinished` in the current transaction so far.
-fn unfinished_index_scans(conn: &mut PgConnection) -> i64 {
-    diesel::sql_query("SELECT pg_stat_get_xact_numscans('jobs_unfinished'::regclass) AS n")
-        .get_result::<Number>(conn)
-        .unwrap()
-        .n
+/// Scans of `relation` in the current transaction so far: of an index, the index scans; of a
+/// table, the sequential scans.
+fn scans_of(conn: &mut PgConnection, relation: &str) -> i64 {
+    diesel::sql_query(format!(
+        "SELECT pg_stat_get_xact_numscans('{relation}'::regclass) AS n"
+    ))
+    .get_result::<Number>(conn)
+    .unwrap()
+    .n
 }
 
 /// Jobs whose error the statements under test set.
@@ -112,10 +115,10 @@ async fn statements_on_jobs_by_id_do_not_read_the_whole_backlog() {
             // Each in a transaction rolled back, on the backlog as it was; the first runs of a
             // prepared statement are planned for their values, as after a reconnect.
             let result = conn.transaction::<(), diesel::result::Error, _>(|conn| {
-                let before = unfinished_index_scans(conn);
+                let before = scans_of(conn, "jobs_unfinished");
                 let rows = statement(conn)?;
                 assert!(rows > 0, "{name}: touched no job");
-                let scans = unfinished_index_scans(conn) - before;
+                let scans = scans_of(conn, "jobs_unfinished") - before;
                 assert_eq!(scans, 0, "{name}: walked the index of unfinished jobs");
                 Err(diesel::result::Error::RollbackTransaction)
             });
@@ -127,14 +130,6 @@ async fn statements_on_jobs_by_id_do_not_read_the_whole_backlog() {
     })
     .await
     .unwrap();
-}
-
-/// Sequential scans of `jobs` in the current transaction so far.
-fn job_table_scans(conn: &mut PgConnection) -> i64 {
-    diesel::sql_query("SELECT pg_stat_get_xact_numscans('jobs'::regclass) AS n")
-        .get_result::<Number>(conn)
-        .unwrap()
-        .n
 }
 
 /// A worker's claim and record statements, run first on a nearly empty `jobs` (as a new
@@ -172,9 +167,9 @@ async fn claims_and_records_planned_on_a_small_table_do_not_scan_it_once_grown()
         insert_jobs(&mut conn, tenant, "plan-probe", 20_000);
         let ids = queued_ids(&mut conn, "plan-probe", 5);
         conn.transaction::<(), diesel::result::Error, _>(|conn| {
-            let before = job_table_scans(conn);
+            let before = scans_of(conn, "jobs");
             claim_and_record(conn, &ids);
-            let scans = job_table_scans(conn) - before;
+            let scans = scans_of(conn, "jobs") - before;
             assert_eq!(scans, 0, "the claim or the record scanned all of jobs");
             Ok(())
         })

@@ -188,17 +188,19 @@ async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_
          VALUES (gen_random_uuid(), '{tenant}', 'http://127.0.0.1:9/', 'whsec_probe', \
                  '{{group.probe}}', true)"
     ));
+    // The event `job` records with `revision`.
+    let probe_event = |job: uuid::Uuid, revision: &Revision| NewEvent {
+        tenant_id: tenant,
+        kind: "group.probe",
+        document_id: Some(revision.document_id),
+        request_id: None,
+        actor: format!("job:{job}"),
+        ip: None,
+        data: serde_json::json!({ "revision": revision.revision }),
+    };
     let record = |job: uuid::Uuid, revision: Revision, work: bool| Record {
         succeeded: Some((job, serde_json::json!({ "revision": revision.revision }))),
-        event: Some(NewEvent {
-            tenant_id: tenant,
-            kind: "group.probe",
-            document_id: Some(revision.document_id),
-            request_id: None,
-            actor: format!("job:{job}"),
-            ip: None,
-            data: serde_json::json!({ "revision": revision.revision }),
-        }),
+        event: Some(probe_event(job, &revision)),
         revision: Some(revision),
         work: Box::new(move |conn| {
             if work {
@@ -265,7 +267,7 @@ async fn a_groups_revisions_and_successes_are_recorded_together_and_a_collision_
             false,
         )),
         group_commit.record(Record {
-            event: record(jobs[4], revision_by(documents[1], 2, jobs[4]), false).event,
+            event: Some(probe_event(jobs[4], &revision_by(documents[1], 2, jobs[4]))),
             revision: Some(revision_by(documents[1], 2, jobs[4])),
             work: Box::new(|_| Ok(Pending::default())),
             succeeded: None,
