@@ -3,10 +3,15 @@
 //!
 //! The rows of submissions arriving together are written as one statement (one round trip,
 //! one commit: the API's side of the [group commit](crate::group_commit)); each is then pushed
-//! by its own request.
+//! by its own request. The documents that sign requests arriving together name are looked up
+//! the same way, in one statement ([`Intake::find_document`]).
+
+use std::collections::HashMap;
 
 use diesel::PgConnection;
-use shomei_schema::{DbError, DbPool, Job, NewJob};
+use uuid::Uuid;
+
+use shomei_schema::{DbError, DbPool, Document, Job, NewJob};
 use shomei_telemetry::metrics;
 
 use crate::group_commit::{split, Coalescer, GroupFailure};
@@ -25,6 +30,14 @@ pub enum SubmitError {
 pub struct Intake {
     queue: Queue,
     inserts: Coalescer<NewJob, (Job, bool), SubmitError>,
+    documents: Coalescer<DocumentLookup, Option<(Document, String)>, SubmitError>,
+}
+
+/// A document a caller names ([`Intake::find_document`]).
+struct DocumentLookup {
+    tenant_id: Uuid,
+    principal: Uuid,
+    id: Uuid,
 }
 
 impl Intake {
@@ -35,8 +48,27 @@ impl Intake {
             .inc_by(0);
         Self {
             queue,
-            inserts: Coalescer::spawn(db, "submit", insert_group),
+            inserts: Coalescer::spawn(db.clone(), "submit", insert_group),
+            documents: Coalescer::spawn(db, "document", find_group),
         }
+    }
+
+    /// The tenant's document `id`, if `principal` may see its folder (as `Document::find`),
+    /// with the tenant's default signature level: what a sign request needs before its job is
+    /// recorded. Look-ups arriving together share one statement per principal.
+    pub async fn find_document(
+        &self,
+        tenant_id: Uuid,
+        principal: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(Document, String)>, SubmitError> {
+        self.documents
+            .call(DocumentLookup {
+                tenant_id,
+                principal,
+                id,
+            })
+            .await
     }
 
     /// Records the job (or finds the one made earlier with the same idempotency key) and
@@ -54,6 +86,60 @@ impl Intake {
         }
         Ok((job, created))
     }
+}
+
+/// The group's look-ups ([`found`]); when they fail, each member's again on its own, so an
+/// error stays its own.
+fn find_group(
+    conn: &mut PgConnection,
+    lookups: &mut [DocumentLookup],
+) -> Vec<Result<Option<(Document, String)>, SubmitError>> {
+    match found(conn, lookups) {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) if lookups.len() == 1 => vec![Err(DbError::from(e).into())],
+        Err(_) => lookups
+            .chunks(1)
+            .map(|one| match found(conn, one) {
+                Ok(mut answer) => Ok(answer.remove(0)),
+                Err(e) => Err(DbError::from(e).into()),
+            })
+            .collect(),
+    }
+}
+
+/// One statement per principal among `lookups` (most groups have one: a tenant's system signs
+/// with one API key) and one answer per look-up, in order: `None` for a document that does not
+/// exist, is another tenant's, or is in a folder the principal may not see.
+fn found(
+    conn: &mut PgConnection,
+    lookups: &[DocumentLookup],
+) -> diesel::QueryResult<Vec<Option<(Document, String)>>> {
+    let mut principals: Vec<Uuid> = lookups.iter().map(|l| l.principal).collect();
+    principals.sort_unstable();
+    principals.dedup();
+    let mut visible: HashMap<(Uuid, Uuid), (Document, String)> = HashMap::new();
+    for principal in principals {
+        let ids: Vec<Uuid> = lookups
+            .iter()
+            .filter(|l| l.principal == principal)
+            .map(|l| l.id)
+            .collect();
+        let rows = Document::find_all_with_level(conn, principal, &ids)?;
+        visible.extend(
+            rows.into_iter()
+                .filter(|(_, _, may_see)| *may_see)
+                .map(|(doc, level, _)| ((principal, doc.id), (doc, level))),
+        );
+    }
+    Ok(lookups
+        .iter()
+        .map(|l| {
+            let found = visible.get(&(l.principal, l.id));
+            found
+                .filter(|(doc, _)| doc.tenant_id == l.tenant_id)
+                .cloned()
+        })
+        .collect())
 }
 
 /// One statement for the group; when it fails (one job's payload refused, a deadlock with

@@ -2,13 +2,17 @@
 
 //! Logging set-up, metrics and the shutdown signal shared by every binary.
 
+pub mod access;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
-/// JSON logs when `SHOMEI_LOG_JSON=1`, human-readable otherwise; level from `RUST_LOG`.
+/// JSON logs when `SHOMEI_LOG_JSON=1`, human-readable otherwise; level from `RUST_LOG`
+/// (`info` when unset or unreadable). warp's own request lines are off unless `RUST_LOG` names
+/// warp: [`access`] logs each request once, without what they would show.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter_directives(std::env::var("RUST_LOG").ok()))
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives(None)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -17,6 +21,17 @@ pub fn init() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// The log filter for `RUST_LOG`'s value.
+fn filter_directives(rust_log: Option<String>) -> String {
+    let given = rust_log.filter(|v| !v.trim().is_empty());
+    let directives = given.unwrap_or_else(|| "info".to_owned());
+    if directives.contains("warp") {
+        directives
+    } else {
+        format!("{directives},warp::filters::trace=off")
     }
 }
 
@@ -29,4 +44,26 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_directives;
+
+    #[test]
+    fn warps_request_lines_are_off_unless_asked_for() {
+        assert_eq!(filter_directives(None), "info,warp::filters::trace=off");
+        assert_eq!(
+            filter_directives(Some(" ".into())),
+            "info,warp::filters::trace=off"
+        );
+        assert_eq!(
+            filter_directives(Some("debug".into())),
+            "debug,warp::filters::trace=off"
+        );
+        assert_eq!(
+            filter_directives(Some("info,warp=debug".into())),
+            "info,warp=debug"
+        );
+    }
 }

@@ -139,7 +139,10 @@ pub fn routes(
         .unify()
         .recover(recover)
         .unify()
-        .with(warp::trace::request())
+        .with(warp::trace(shomei_telemetry::access::request_span))
+        .with(warp::log::custom(|info| {
+            shomei_telemetry::access::line(&info)
+        }))
 }
 
 #[derive(Debug)]

@@ -407,17 +407,13 @@ async fn sign(
         return Err(ApiError::BadRequest("unknown field `step`".into()));
     }
     // The document and the tenant's default level, taken when the request names none
-    // (resolved now, so a later change of the default leaves queued jobs alone): one statement.
-    let (doc, default_level) = interact(&state.db, move |conn| {
-        Ok(Document::find_with_level(
-            conn,
-            caller.tenant_id,
-            caller.principal(),
-            id,
-        )?)
-    })
-    .await?
-    .ok_or(ApiError::NotFound("document"))?;
+    // (resolved now, so a later change of the default leaves queued jobs alone): one statement,
+    // shared with the sign requests arriving at the same time.
+    let (doc, default_level) = state
+        .intake
+        .find_document(caller.tenant_id, caller.principal(), id)
+        .await?
+        .ok_or(ApiError::NotFound("document"))?;
     let doc = live(doc)?;
     if request.level.is_none() {
         request.level = Some(default_level.parse().map_err(anyhow::Error::msg)?);

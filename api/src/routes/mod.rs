@@ -60,7 +60,7 @@ pub fn all(
         .and(routes)
         .recover(problem::recover)
         .unify()
-        .with(warp::trace::request())
+        .with(warp::trace(shomei_telemetry::access::request_span))
         .with(warp::log::custom(record_request))
 }
 
@@ -82,9 +82,11 @@ fn per_address_limit(
         .untuple_one()
 }
 
-/// Counts a request and its latency by route template, method and status.
+/// Counts a request and its latency by route template, method and status, and logs it
+/// (`shomei_telemetry::access`).
 fn record_request(info: warp::log::Info<'_>) {
     use shomei_telemetry::metrics;
+    shomei_telemetry::access::line(&info);
     let route = metrics::route_template(info.path());
     let method = info.method().as_str();
     metrics::HTTP_REQUESTS

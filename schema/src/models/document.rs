@@ -84,27 +84,24 @@ impl Document {
         Ok(found.and_then(|(doc, visible)| (doc.tenant_id == tenant_id && visible).then_some(doc)))
     }
 
-    /// [`Document::find`] with the tenant's default signature level, in one statement (a sign
-    /// request that names no level takes it).
-    pub fn find_with_level(
+    /// The documents `ids` that exist, each with its tenant's default signature level (a sign
+    /// request that names no level takes it) and whether `principal` may see its folder, in
+    /// one statement: the look-ups of sign requests arriving together (`shomei_jobs::Intake`).
+    /// The caller checks the tenant, as [`Document::find`] does.
+    pub fn find_all_with_level(
         conn: &mut PgConnection,
-        tenant_id: Uuid,
         principal: Uuid,
-        id: Uuid,
-    ) -> QueryResult<Option<(Document, String)>> {
-        let found = documents::table
+        ids: &[Uuid],
+    ) -> QueryResult<Vec<(Document, String, bool)>> {
+        documents::table
             .inner_join(crate::schema::tenants::table)
-            .filter(documents::id.eq(id))
+            .filter(documents::id.eq_any(ids))
             .select((
                 Document::as_select(),
                 crate::schema::tenants::signature_level,
                 super::folder_visible(principal, documents::folder),
             ))
-            .first(conn)
-            .optional()?;
-        Ok(found.and_then(|(doc, level, visible)| {
-            (doc.tenant_id == tenant_id && visible).then_some((doc, level))
-        }))
+            .load(conn)
     }
 
     /// The document by id alone, for workers acting on a job or request that already names it.

@@ -1,6 +1,7 @@
 //! The group commit (`shomei_jobs::group_commit`) of the workers and of the API's intake
 //! (`shomei_jobs::Intake`) on the test app's database: steps sent together run as one group,
-//! and one member's failure (or panic) is its own.
+//! and one member's failure (or panic) is its own; the sign requests' document look-ups are
+//! coalesced the same way.
 
 use diesel::RunQueryDsl;
 use futures::future::join_all;
@@ -412,4 +413,91 @@ async fn single_submissions_arriving_together_are_written_as_one_statement_and_e
     assert!(!made);
     assert_eq!(job.id, k2);
     assert_eq!(sizes.get_sample_count(), groups + 3, "three groups in all");
+}
+
+#[tokio::test]
+async fn document_look_ups_arriving_together_are_one_group_and_each_gets_its_own_answer() {
+    let app = TestApp::spawn().await;
+    let config =
+        shomei_config::Config::from_lookup(|name| app.env_var(name).map(String::from)).unwrap();
+    let queue = shomei_jobs::Queue::connect(&config).await.unwrap();
+    let intake = Intake::spawn(shomei_schema::connect(&app.database_url(), 2), queue);
+    let upload = |folder: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.upload_to_folder(&app.api_key, folder).await;
+            assert_eq!(response.status(), 201);
+            let id = response.json::<serde_json::Value>().await.unwrap()["id"].clone();
+            id.as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        }
+    };
+    let (sales, legal) = (upload("/sales/2026").await, upload("/legal").await);
+    // A member of a group that may see `/sales` only; any other principal is in no group and
+    // sees every folder.
+    let group = app
+        .post_json(
+            Some(&app.api_key),
+            "/v1/groups",
+            &serde_json::json!({"name": "sales", "folders": ["/sales"]}),
+        )
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    app.create_key("member").await;
+    let member: uuid::Uuid = app
+        .sql_text(&format!(
+            "SELECT id::text AS t FROM api_keys WHERE tenant_id = '{}' AND role = 'member'",
+            app.tenant_id
+        ))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let response = app
+        .client()
+        .put(app.url(&format!(
+            "/v1/groups/{}/members/{member}",
+            group["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let tenant: uuid::Uuid = app.tenant_id.parse().unwrap();
+    let level = app
+        .sql_text(&format!(
+            "SELECT signature_level AS t FROM tenants WHERE id = '{tenant}'"
+        ))
+        .unwrap();
+    let (anyone, stranger, missing) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let sizes = GROUP_COMMIT_SIZE.with_label_values(&["document"]);
+    let (groups, members) = (sizes.get_sample_count(), sizes.get_sample_sum());
+
+    // (tenant, principal, document) → whether it is found.
+    let asked = [
+        (tenant, anyone, sales, true),
+        (tenant, anyone, legal, true),
+        (tenant, member, sales, true),
+        (tenant, member, legal, false),
+        (stranger, anyone, sales, false),
+        (tenant, anyone, missing, false),
+    ];
+    let answers = join_all(
+        asked.map(|(tenant, principal, id, _)| intake.find_document(tenant, principal, id)),
+    )
+    .await;
+    assert_eq!(sizes.get_sample_count(), groups + 1, "one group");
+    assert_eq!(sizes.get_sample_sum(), members + asked.len() as f64);
+    for ((_, _, id, expected), answer) in asked.iter().zip(answers) {
+        let answer = answer.unwrap();
+        assert_eq!(answer.is_some(), *expected, "{id}: {answer:?}");
+        if let Some((doc, doc_level)) = answer {
+            assert_eq!((doc.id, doc_level.as_str()), (*id, level.as_str()));
+        }
+    }
 }

@@ -375,6 +375,16 @@ async fn a_signer_can_decline_and_the_sender_can_cancel() {
     assert_eq!(request["status"], "declined");
     let (status, _) = json_of(app.get("", &format!("/v1/signing/{token}")).await).await;
     assert_eq!(status, 410, "the link is dead");
+    // The token is the signer's credential: the API's log shows each request once, by its
+    // route, never with the token.
+    let api_log = std::fs::read_to_string(app.log_dir().join("api.log")).unwrap();
+    assert!(
+        !api_log.contains(&token),
+        "a signing link's token in the API's log"
+    );
+    let lines = |path: &str| api_log.lines().filter(|l| l.contains(path)).count();
+    assert_eq!(lines("path=/v1/signing/{token}/decline "), 1, "{api_log}");
+    assert_eq!(lines("path=/v1/signing/{token} "), 1, "{api_log}");
 
     let (_, cancelled) = send_request(
         &app,
