@@ -174,9 +174,10 @@ pub struct HsmConfig {
 }
 
 /// Time-stamping: the authorities workers ask (client side) and our own TSA (server side).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TsaConfig {
-    /// Tried in order; a deployment may point at any RFC 3161 TSA.
+    /// Tried in order; a deployment may point at any RFC 3161 TSA. A URL may hold a login
+    /// (`https://user:password@tsa.example/`), so `Debug` shows how many there are, not them.
     pub urls: Vec<String>,
     /// PEM file of the certificates a TSA's certificate must chain to.
     pub trust_anchors: Option<PathBuf>,
@@ -190,6 +191,21 @@ pub struct TsaConfig {
     pub policy_oid: String,
     /// A policy every TSA reply must carry (none: any policy of a trusted TSA).
     pub required_policy: Option<String>,
+}
+
+impl std::fmt::Debug for TsaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TsaConfig")
+            .field("urls", &format_args!("[{} URL(s)]", self.urls.len()))
+            .field("trust_anchors", &self.trust_anchors)
+            .field("attempts_per_url", &self.attempts_per_url)
+            .field("timeout", &self.timeout)
+            .field("listen_addr", &self.listen_addr)
+            .field("key_label", &self.key_label)
+            .field("policy_oid", &self.policy_oid)
+            .field("required_policy", &self.required_policy)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -581,6 +597,25 @@ mod tests {
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2-smtp"));
         assert_eq!(c.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn a_tsa_login_never_shows_in_debug_output() {
+        let c = config(&[
+            ("SHOMEI_HSM_PIN", "1"),
+            (
+                "SHOMEI_TSA_URLS",
+                "https://tsa-user:hunter2-tsa@tsa.example/tsp, http://127.0.0.1:8318/",
+            ),
+        ])
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2-tsa"), "{debug}");
+        assert!(debug.contains("[2 URL(s)]"), "{debug}");
+        assert_eq!(
+            c.tsa.urls[0],
+            "https://tsa-user:hunter2-tsa@tsa.example/tsp"
+        );
     }
 
     #[test]

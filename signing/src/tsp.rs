@@ -780,9 +780,11 @@ pub(crate) fn is_ca(certificate: &Certificate) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Settings of a [`TsaClient`]; [`TsaClientSettings::new`] fills in the defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TsaClientSettings {
-    /// TSA URLs, tried in this order.
+    /// TSA URLs, tried in this order. A TSA that wants a login takes it in its URL
+    /// (`https://user:password@tsa.example/`): reqwest sends it as HTTP Basic authentication,
+    /// and the client shows the URL without it ([`shown_url`]) in its errors, logs and `Debug`.
     pub urls: Vec<String>,
     /// Certificates the TSA certificate must chain to.
     pub trust_anchors: Vec<Certificate>,
@@ -794,6 +796,35 @@ pub struct TsaClientSettings {
     pub backoff: Duration,
     /// Whole-request timeout (connect, send, read).
     pub timeout: Duration,
+}
+
+impl fmt::Debug for TsaClientSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| shown_url(u)).collect();
+        f.debug_struct("TsaClientSettings")
+            .field("urls", &urls)
+            .field("trust_anchors", &self.trust_anchors.len())
+            .field("policy", &self.policy)
+            .field("attempts_per_url", &self.attempts_per_url)
+            .field("backoff", &self.backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A TSA URL as errors and logs show it: without a login (`user:password@`), which is a
+/// secret. Anything that is not a URL with a host is shown only if it has no `@`.
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.has_host() => {
+            // Only URLs without a host refuse these.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ if !url.contains('@') => url.to_owned(),
+        _ => "(an unreadable TSA URL)".to_owned(),
+    }
 }
 
 /// The certificates of a PEM file (trust anchors for TSA certificates, for instance).
@@ -824,9 +855,7 @@ pub struct TsaClient {
 impl fmt::Debug for TsaClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TsaClient")
-            .field("urls", &self.settings.urls)
-            .field("policy", &self.settings.policy)
-            .field("trust_anchors", &self.settings.trust_anchors.len())
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -866,8 +895,9 @@ impl TsaClient {
                 reason: format!("cannot encode request: {e}"),
                 retry: false,
             })?;
+        // The reason goes with the URL as shown (`timestamp_from_any`), not reqwest's copy.
         let transport = |e: reqwest::Error| AttemptError {
-            reason: format!("request failed: {e}"),
+            reason: format!("request failed: {}", e.without_url()),
             retry: true,
         };
         let response = self
@@ -935,6 +965,7 @@ impl TsaClient {
     fn timestamp_from_any(&self, sha256_digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
         let mut reasons = Vec::new();
         for url in &self.settings.urls {
+            let shown = shown_url(url);
             let mut backoff = self.settings.backoff;
             for attempt in 1..=self.settings.attempts_per_url.max(1) {
                 if attempt > 1 {
@@ -944,9 +975,9 @@ impl TsaClient {
                 match self.attempt(url, sha256_digest) {
                     Ok(token) => return Ok(token),
                     Err(e) => {
-                        tracing::warn!(tsa.url = %url, attempt, reason = %e.reason, "time-stamp attempt failed");
+                        tracing::warn!(tsa.url = %shown, attempt, reason = %e.reason, "time-stamp attempt failed");
                         let give_up = !e.retry;
-                        reasons.push(format!("{url} (attempt {attempt}): {}", e.reason));
+                        reasons.push(format!("{shown} (attempt {attempt}): {}", e.reason));
                         if give_up {
                             break;
                         }
@@ -1071,6 +1102,20 @@ mod tests {
         assert_eq!(imprint.supported_digest_len(), Some(32));
         imprint.hash_algorithm.oid = ObjectIdentifier::new_unwrap("1.3.14.3.2.26"); // SHA-1
         assert_eq!(imprint.supported_digest_len(), None);
+    }
+
+    #[test]
+    fn a_tsa_urls_login_is_not_shown() {
+        for (url, shown) in [
+            ("https://user:pw@tsa.example/tsp", "https://tsa.example/tsp"),
+            ("http://user@127.0.0.1:8318/", "http://127.0.0.1:8318/"),
+            ("http://127.0.0.1:8318/", "http://127.0.0.1:8318/"),
+            ("not a url", "not a url"),
+            ("user:pw@tsa.example", "(an unreadable TSA URL)"),
+            ("mailto:user@tsa.example", "(an unreadable TSA URL)"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
     }
 
     #[test]

@@ -391,6 +391,13 @@ fn bad_requests_get_rejections_not_errors() {
 /// A one-connection-at-a-time HTTP/1.1 responder on 127.0.0.1: each POST body goes to
 /// `answer`, which returns the HTTP status and the body to send back.
 fn responder(answer: impl Fn(Vec<u8>) -> (u16, Vec<u8>) + Send + 'static) -> String {
+    responder_seeing_headers(move |_, body| answer(body))
+}
+
+/// [`responder`], with each request's header lines (`name: value`) given to `answer` too.
+fn responder_seeing_headers(
+    answer: impl Fn(&[String], Vec<u8>) -> (u16, Vec<u8>) + Send + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -398,6 +405,7 @@ fn responder(answer: impl Fn(Vec<u8>) -> (u16, Vec<u8>) + Send + 'static) -> Str
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut length = 0usize;
+            let mut headers = Vec::new();
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -408,12 +416,13 @@ fn responder(answer: impl Fn(Vec<u8>) -> (u16, Vec<u8>) + Send + 'static) -> Str
                         length = value.trim().parse().unwrap_or(0);
                     }
                 }
+                headers.push(line.trim_end().to_owned());
             }
             let mut body = vec![0; length];
             if reader.read_exact(&mut body).is_err() {
                 continue;
             }
-            let (status, reply) = answer(body);
+            let (status, reply) = answer(&headers, body);
             let head = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/timestamp-reply\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -482,5 +491,50 @@ fn the_client_refuses_a_tsa_outside_its_trust_anchors() {
     assert!(
         reason.contains("does not chain to a trust anchor"),
         "{reason}"
+    );
+}
+
+#[test]
+fn a_login_in_a_tsa_url_is_sent_as_basic_auth_and_never_shown() {
+    // A TSA that wants a login: HTTP Basic, `tsa-user:s3cret-pass`.
+    let url = responder_seeing_headers(|headers, query| {
+        let login = headers.iter().any(|h| {
+            h.split_once(':').is_some_and(|(name, value)| {
+                name.eq_ignore_ascii_case("authorization")
+                    && value.trim() == "Basic dHNhLXVzZXI6czNjcmV0LXBhc3M="
+            })
+        });
+        if login {
+            (200, openssl_tsa().reply(&query))
+        } else {
+            (401, Vec::new())
+        }
+    });
+    let with_login = |login: &str| url.replacen("http://", &format!("http://{login}@"), 1);
+    let digest: [u8; 32] = Sha256::digest(b"pdf byte ranges").into();
+    let right = client(
+        vec![with_login("tsa-user:s3cret-pass")],
+        vec![dev_ca()],
+        None,
+    );
+    let token = right.timestamp(&digest).unwrap();
+    assert_eq!(tst_info_of(&token).policy, oid(OPENSSL_POLICY));
+    assert!(!format!("{right:?}").contains("s3cret"), "{right:?}");
+
+    // A wrong password is refused; the reason (a job's error, the worker's log) names the TSA
+    // by its URL without the login.
+    let wrong = client(
+        vec![with_login("tsa-user:wrong-s3cret")],
+        vec![dev_ca()],
+        None,
+    );
+    let err = wrong.timestamp(&digest).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{url} (attempt 1): HTTP 401")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret") && !err.contains("tsa-user"),
+        "{err}"
     );
 }
