@@ -346,6 +346,40 @@ impl TestApp {
         out["api_key"].clone()
     }
 
+    /// A new `member` key of the test tenant in a new group `name` that may see `folders`
+    /// only (made through the API with the owner's key): the key and its principal id.
+    pub async fn create_group_member(&self, name: &str, folders: &[&str]) -> (String, String) {
+        let group: serde_json::Value = self
+            .post_json(
+                Some(&self.api_key),
+                "/v1/groups",
+                &serde_json::json!({"name": name, "folders": folders}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let key = self.create_key("member").await;
+        let principal = self.sql_texts(&format!(
+            "SELECT id::text AS t FROM api_keys WHERE tenant_id = '{}' AND role = 'member' \
+             ORDER BY created_at DESC LIMIT 1",
+            self.tenant_id
+        ))[0]
+            .clone();
+        let response = self
+            .client()
+            .put(self.url(&format!(
+                "/v1/groups/{}/members/{principal}",
+                group["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204);
+        (key, principal)
+    }
+
     /// Runs `shomei-api ARGS` with the app's environment, which must succeed; returns its
     /// `name=value` lines.
     pub fn cli(&self, args: &[&str]) -> std::collections::HashMap<String, String> {

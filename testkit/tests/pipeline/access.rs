@@ -365,33 +365,7 @@ async fn a_key_in_a_group_sees_and_acts_only_in_its_groups_folders() {
     };
     let sales = upload("/sales/2026").await;
     let legal = upload("/legal").await;
-    let group: Value = app
-        .post_json(
-            Some(&app.api_key),
-            "/v1/groups",
-            &json!({"name": "sales", "folders": ["/sales"]}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let member = app.create_key("member").await;
-    let member_id = app.sql_texts(&format!(
-        "SELECT id::text AS t FROM api_keys WHERE tenant_id = '{}' AND role = 'member'",
-        app.tenant_id
-    ))[0]
-        .clone();
-    let response = app
-        .client()
-        .put(app.url(&format!(
-            "/v1/groups/{}/members/{member_id}",
-            group["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    let (member, _) = app.create_group_member("sales", &["/sales"]).await;
 
     assert_eq!(
         app.get(&member, &format!("/v1/documents/{sales}"))

@@ -434,36 +434,8 @@ async fn document_look_ups_arriving_together_are_one_group_and_each_gets_its_own
     let (sales, legal) = (upload("/sales/2026").await, upload("/legal").await);
     // A member of a group that may see `/sales` only; any other principal is in no group and
     // sees every folder.
-    let group = app
-        .post_json(
-            Some(&app.api_key),
-            "/v1/groups",
-            &serde_json::json!({"name": "sales", "folders": ["/sales"]}),
-        )
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    app.create_key("member").await;
-    let member: uuid::Uuid = app
-        .sql_text(&format!(
-            "SELECT id::text AS t FROM api_keys WHERE tenant_id = '{}' AND role = 'member'",
-            app.tenant_id
-        ))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let response = app
-        .client()
-        .put(app.url(&format!(
-            "/v1/groups/{}/members/{member}",
-            group["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    let (_, member) = app.create_group_member("sales", &["/sales"]).await;
+    let member: uuid::Uuid = member.parse().unwrap();
     let tenant: uuid::Uuid = app.tenant_id.parse().unwrap();
     let level = app
         .sql_text(&format!(
