@@ -965,7 +965,6 @@ impl TsaClient {
     fn timestamp_from_any(&self, sha256_digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
         let mut reasons = Vec::new();
         for url in &self.settings.urls {
-            let shown = shown_url(url);
             let mut backoff = self.settings.backoff;
             for attempt in 1..=self.settings.attempts_per_url.max(1) {
                 if attempt > 1 {
@@ -975,6 +974,7 @@ impl TsaClient {
                 match self.attempt(url, sha256_digest) {
                     Ok(token) => return Ok(token),
                     Err(e) => {
+                        let shown = shown_url(url);
                         tracing::warn!(tsa.url = %shown, attempt, reason = %e.reason, "time-stamp attempt failed");
                         let give_up = !e.retry;
                         reasons.push(format!("{shown} (attempt {attempt}): {}", e.reason));
