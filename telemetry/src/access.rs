@@ -15,8 +15,6 @@ pub const TARGET: &str = "access";
 /// `path` as a log may show it: a segment of 64 hex digits (a signing link's token) becomes
 /// `{token}`; ids stay, they are what an operator looks for.
 pub fn loggable_path(path: &str) -> Cow<'_, str> {
-    let is_token =
-        |segment: &str| segment.len() == 64 && segment.bytes().all(|b| b.is_ascii_hexdigit());
     if !path.split('/').any(is_token) {
         return Cow::Borrowed(path);
     }
@@ -31,6 +29,11 @@ pub fn loggable_path(path: &str) -> Cow<'_, str> {
         })
         .collect();
     Cow::Owned(masked.join("/"))
+}
+
+/// Whether a path segment is a signing link's token (64 hex digits).
+pub(crate) fn is_token(segment: &str) -> bool {
+    segment.len() == 64 && segment.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The span of one request: its method and [`loggable_path`].

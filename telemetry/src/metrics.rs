@@ -179,7 +179,7 @@ pub fn route_template(path: &str) -> String {
         .map(|segment| {
             if segment.len() == 36 && segment.chars().filter(|c| *c == '-').count() == 4 {
                 "{id}"
-            } else if segment.len() == 64 && segment.bytes().all(|b| b.is_ascii_hexdigit()) {
+            } else if crate::access::is_token(segment) {
                 "{token}"
             } else if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
                 "{n}"
