@@ -1,7 +1,8 @@
 //! Group commit: the database steps every job takes, claiming its row when a run starts
 //! (with the revision a document job starts from: [`GroupCommit::start`]) and recording what
 //! the run did when it ends ([`GroupCommit::record`]), coalesced across the jobs a worker runs
-//! at once. The API coalesces the rows of single submissions the same way ([`crate::Intake`]).
+//! at once. The API coalesces the rows of single submissions, and the look-ups of the
+//! documents sign requests name, the same way ([`crate::Intake`]).
 //!
 //! Each step waits in a channel. One task per step takes whatever has gathered there (up to
 //! [`MAX_GROUP`]) and runs it as one statement (the claims, then one read of the claimed

@@ -43,9 +43,11 @@ struct DocumentLookup {
 impl Intake {
     /// Spawns the task that writes the rows on the current runtime.
     pub fn spawn(db: DbPool, queue: Queue) -> Self {
-        metrics::GROUP_COMMIT_SPLITS
-            .with_label_values(&["submit"])
-            .inc_by(0);
+        for step in ["submit", "document"] {
+            metrics::GROUP_COMMIT_SPLITS
+                .with_label_values(&[step])
+                .inc_by(0);
+        }
         Self {
             queue,
             inserts: Coalescer::spawn(db.clone(), "submit", insert_group),
@@ -89,22 +91,24 @@ impl Intake {
 }
 
 /// The group's look-ups ([`found`]); when they fail, each member's again on its own, so an
-/// error stays its own.
+/// error stays its own (as [`insert_group`]).
 fn find_group(
     conn: &mut PgConnection,
     lookups: &mut [DocumentLookup],
 ) -> Vec<Result<Option<(Document, String)>, SubmitError>> {
-    match found(conn, lookups) {
-        Ok(answers) => answers.into_iter().map(Ok).collect(),
-        Err(e) if lookups.len() == 1 => vec![Err(DbError::from(e).into())],
-        Err(_) => lookups
-            .chunks(1)
-            .map(|one| match found(conn, one) {
-                Ok(mut answer) => Ok(answer.remove(0)),
-                Err(e) => Err(DbError::from(e).into()),
-            })
-            .collect(),
+    if lookups.len() > 1 {
+        match found(conn, lookups) {
+            Ok(answers) => return answers.into_iter().map(Ok).collect(),
+            Err(e) => split("document", lookups.len(), &e),
+        }
     }
+    lookups
+        .chunks(1)
+        .map(|one| match found(conn, one) {
+            Ok(mut answer) => Ok(answer.remove(0)),
+            Err(e) => Err(DbError::from(e).into()),
+        })
+        .collect()
 }
 
 /// One statement per principal among `lookups` (most groups have one: a tenant's system signs
