@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
-use apalis::prelude::{BackendExt, Monitor, WorkerBuilder};
+use apalis::prelude::{Monitor, WorkerBuilder};
 
 use shomei_config::Config;
 use shomei_jobs::{reconciler, runner, scheduler, JobContext};
 use shomei_schema::JobKind;
 
-/// How often an idle worker asks Redis for work. Without it apalis-redis only polls on its
-/// heartbeat tick, and a fresh job waits for it.
+/// How often an idle worker asks Redis for work ([`shomei_jobs::queue::PollEvery`]). Without it
+/// apalis-redis only polls on its heartbeat tick, and a fresh job waits for it.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// On SIGTERM the worker stops taking jobs and waits this long for the running ones; past it,
 /// it exits anyway and their jobs are run again elsewhere (apalis hands a silent worker's
@@ -57,7 +57,7 @@ async fn run() -> anyhow::Result<()> {
         let ctx = ctx.clone();
         let process = process.clone();
         monitor = monitor.register(move |restarts| {
-            let storage = ctx.queue.storage(kind).poll_with_interval(POLL_EVERY);
+            let storage = ctx.queue.worker_storage(kind, POLL_EVERY);
             // apalis-redis refuses a name whose heartbeat is still fresh, so a restarted worker
             // (after Redis came back empty, say) needs a new one.
             WorkerBuilder::new(format!("{}-{process}-r{restarts}", kind.as_str()))
