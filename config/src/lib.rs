@@ -217,6 +217,9 @@ pub struct WorkerConfig {
     pub max_attempts: i32,
     pub reconcile_every: Duration,
     pub heartbeat: Duration,
+    /// How often an idle worker asks Redis for work when no push is announced
+    /// (`SHOMEI_WORKER_POLL_MS`; see `shomei_jobs::wake`).
+    pub poll_every: Duration,
     /// Per-kind run timeouts overriding the built-in ones, e.g. `sign=2m,bulk_download=6h`
     /// (`SHOMEI_JOB_TIMEOUTS`; parsed by the worker at start, like the retry schedules).
     pub job_timeouts: String,
@@ -318,6 +321,7 @@ impl Config {
                 max_attempts: vars.parsed("SHOMEI_JOB_MAX_ATTEMPTS", 8)?,
                 reconcile_every: Duration::from_secs(vars.parsed("SHOMEI_RECONCILE_SECS", 10)?),
                 heartbeat: Duration::from_secs(vars.parsed("SHOMEI_HEARTBEAT_SECS", 3)?),
+                poll_every: Duration::from_millis(vars.parsed("SHOMEI_WORKER_POLL_MS", 1000)?),
                 job_timeouts: vars.string("SHOMEI_JOB_TIMEOUTS", ""),
                 sweep_grace: Duration::from_secs(vars.parsed("SHOMEI_JOB_SWEEP_GRACE_SECS", 60)?),
                 metrics_addr: vars

@@ -26,6 +26,7 @@ pub mod sign;
 mod submit;
 pub mod timestamp;
 pub mod verify;
+pub mod wake;
 
 pub use context::{trust_anchors, JobContext};
 pub use error::JobError;

@@ -6,21 +6,20 @@
 //! id is our job id, which makes a second push of the same job a no-op (apalis-redis writes task
 //! data with HSETNX) and lets the reconciler ask Redis whether it still holds a job.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{
-    BackendExt, PollSnapshot, PollStrategy, PollWith, TaskBuilder, TaskId, TaskSink,
-};
+use apalis::prelude::{BackendExt, PollWith, TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{Client, Config as QueueConfig, ConnectionManager, RedisStorage};
+use futures::StreamExt;
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use shomei_config::Config;
 use shomei_schema::JobKind;
+
+use crate::wake::{Announcement, Announcer, PollEvery, PushNotices};
 
 /// What travels through Redis: a reference to the job row, nothing else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +39,9 @@ pub enum QueueError {
 
 #[derive(Clone)]
 pub struct Queue {
+    client: Client,
     conn: ConnectionManager,
+    announcer: Arc<Announcer>,
     namespace: String,
     concurrency: usize,
     heartbeat: Duration,
@@ -56,7 +57,9 @@ impl Queue {
             .set_response_timeout(Some(Duration::from_secs(10)));
         let conn = client.get_connection_manager_with_config(settings).await?;
         Ok(Self {
+            client,
             conn,
+            announcer: Arc::default(),
             namespace: config.queue_namespace.clone(),
             concurrency: config.worker.concurrency.max(1),
             heartbeat: config.worker.heartbeat,
@@ -87,17 +90,26 @@ impl Queue {
         RedisStorage::new(self.conn.clone()).with_config(self.config(kind))
     }
 
-    /// The backend a worker takes `kind`'s jobs from: the kind's storage, asked for work every
-    /// `every` while the worker is idle (see [`PollEvery`]).
+    /// The backend a worker takes `kind`'s jobs from: the kind's storage, asked for work when a
+    /// push of the kind is announced (`notices`, from [`Queue::listen_for_pushes`]) and every
+    /// `every` in any case ([`PollEvery`]).
     pub fn worker_storage(
         &self,
         kind: JobKind,
         every: Duration,
+        notices: &PushNotices,
     ) -> PollWith<JobStorage, PollEvery> {
-        self.storage(kind).poll_with_strategy(PollEvery::new(every))
+        self.storage(kind)
+            .poll_with_strategy(PollEvery::new(every).or_when(notices.of(kind)))
     }
 
-    /// Pushes a job id. Pushing an id Redis already holds does nothing.
+    /// The channel pushes are announced on ([`crate::wake`]).
+    fn announcements(&self) -> String {
+        format!("{}_pushed", self.namespace)
+    }
+
+    /// Pushes a job id, and announces it to idle workers ([`crate::wake`]). Pushing an id
+    /// Redis already holds does nothing.
     pub async fn push(&self, kind: JobKind, job_id: Uuid) -> Result<(), QueueError> {
         let task = TaskBuilder::new(JobMessage { job_id })
             .task_id(TaskId::from_string(job_id.to_string()))
@@ -108,7 +120,79 @@ impl Queue {
             .map_err(|e| QueueError::Push {
                 job_id,
                 reason: e.to_string(),
-            })
+            })?;
+        match self.announcer.after_push(kind) {
+            Announcement::Now => self.announce(kind).await,
+            Announcement::After(wait) => {
+                let queue = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    queue.announcer.trailing_sent(kind);
+                    queue.announce(kind).await;
+                });
+            }
+            Announcement::Covered => {}
+        }
+        Ok(())
+    }
+
+    /// Tells the workers listening that `kind` has new jobs. A lost announcement costs a
+    /// worker's poll period at most; the job is queued either way.
+    async fn announce(&self, kind: JobKind) {
+        let mut conn = self.conn.clone();
+        let sent = redis::cmd("PUBLISH")
+            .arg(self.announcements())
+            .arg(kind.as_str())
+            .query_async::<i64>(&mut conn)
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, kind = kind.as_str(), "announcing a push failed");
+        }
+    }
+
+    /// Subscribes to the announcements of pushes and wakes this process's workers by kind, for
+    /// as long as the process runs: a lost subscription (Redis restarted) is made again every
+    /// second, and each new one wakes every worker once, for what was announced meanwhile.
+    pub fn listen_for_pushes(&self) -> Arc<PushNotices> {
+        let notices = Arc::new(PushNotices::default());
+        let (client, channel, woken) = (self.client.clone(), self.announcements(), notices.clone());
+        tokio::spawn(async move {
+            // Said once per outage, not once a second.
+            let mut told = false;
+            loop {
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                match subscribed.await {
+                    Ok(pubsub) => {
+                        if told {
+                            tracing::info!("listening to announced pushes again");
+                        }
+                        woken.wake_all();
+                        let mut messages = pubsub.into_on_message();
+                        while let Some(message) = messages.next().await {
+                            let kind = message.get_payload::<String>().ok();
+                            if let Some(kind) = kind.as_deref().and_then(JobKind::parse) {
+                                woken.wake(kind);
+                            }
+                        }
+                        tracing::warn!(
+                            "lost the subscription to announced pushes; polling meanwhile"
+                        );
+                        told = true;
+                    }
+                    Err(e) if !told => {
+                        tracing::warn!(error = %e, "cannot listen to announced pushes; polling meanwhile");
+                        told = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        notices
     }
 
     /// Whether Redis still knows each job, in any state (queued, in flight, finished): one
@@ -183,110 +267,5 @@ impl Queue {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok(())
-    }
-}
-
-/// Wakes an idle worker every `every`, so that it asks Redis for work; without a wake-up apalis
-/// only asks on its heartbeat.
-///
-/// apalis-core 1.0's own `IntervalStrategy` (`poll_with_interval`) loses its wake-up: when its
-/// timer fires it arms the next one without polling it, so no waker is registered for the next
-/// tick. That is harmless while the fetch that follows is still pending when the worker's poll
-/// returns (the worker is polled again when it finishes, and polls the new timer then); but a
-/// fetch that completes within the same poll (Redis answered at once) leaves the worker with
-/// nothing to wake it but its heartbeat. Seen in `loadtest/run.sh 2 4000`: 4,000 sign jobs in
-/// Redis for 1.8 s while both workers slept, with a 3 s heartbeat (apalis's default is 30 s).
-/// This one polls the timer it arms, so its waker is always registered.
-pub struct PollEvery {
-    every: Duration,
-    // Made on the first poll, which runs on the worker's runtime (a `Sleep` needs its timer).
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl PollEvery {
-    pub fn new(every: Duration) -> Self {
-        Self {
-            // A zero period would fire at every poll and spin.
-            every: every.max(Duration::from_millis(1)),
-            timer: None,
-        }
-    }
-}
-
-impl Clone for PollEvery {
-    fn clone(&self) -> Self {
-        Self::new(self.every)
-    }
-}
-
-impl PollStrategy for PollEvery {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
-        let every = self.every;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
-        let mut fired = false;
-        // Re-arm and poll again until the timer is pending: that poll registers `cx`'s waker
-        // for the next tick.
-        while timer.as_mut().poll(cx).is_ready() {
-            fired = true;
-            timer.as_mut().reset(tokio::time::Instant::now() + every);
-        }
-        if fired {
-            Poll::Ready(Some(()))
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::{Wake, Waker};
-
-    use super::*;
-
-    /// A waker that counts its wake-ups: the worker's task, as apalis's poll sees it.
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn drive<S: PollStrategy>(strategy: &mut S, waker: &Waker) -> Poll<Option<()>> {
-        strategy.poll_drive(&mut Context::from_waker(waker), &PollSnapshot::default())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn every_tick_wakes_the_worker_even_when_it_is_not_polled_in_between() {
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
-        let count = || wakes.0.load(Ordering::SeqCst);
-        let mut strategy = PollEvery::new(Duration::from_millis(50));
-
-        assert_eq!(drive(&mut strategy, &waker), Poll::Pending);
-        tokio::time::sleep(Duration::from_millis(49)).await;
-        assert_eq!(count(), 0, "woken before its period");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        assert_eq!(count(), 1);
-
-        // The worker's poll after the wake-up: the tick fired. Its fetch completes within the
-        // same poll and finds nothing, so the worker is not polled again: only the strategy's
-        // next tick can wake it. (apalis's IntervalStrategy left no waker here.)
-        assert_eq!(drive(&mut strategy, &waker), Poll::Ready(Some(())));
-        tokio::time::sleep(Duration::from_millis(51)).await;
-        assert_eq!(count(), 2, "the next tick did not wake the worker");
-        assert_eq!(drive(&mut strategy, &waker), Poll::Ready(Some(())));
-        tokio::time::sleep(Duration::from_millis(51)).await;
-        assert_eq!(count(), 3);
-
-        // Polled again before its period is over, it has not fired.
-        assert_eq!(drive(&mut strategy, &waker), Poll::Ready(Some(())));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(drive(&mut strategy, &waker), Poll::Pending);
     }
 }

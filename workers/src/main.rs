@@ -10,9 +10,6 @@ use shomei_config::Config;
 use shomei_jobs::{reconciler, runner, scheduler, JobContext};
 use shomei_schema::JobKind;
 
-/// How often an idle worker asks Redis for work ([`shomei_jobs::queue::PollEvery`]). Without it
-/// apalis-redis only polls on its heartbeat tick, and a fresh job waits for it.
-const POLL_EVERY: Duration = Duration::from_millis(50);
 /// On SIGTERM the worker stops taking jobs and waits this long for the running ones; past it,
 /// it exits anyway and their jobs are run again elsewhere (apalis hands a silent worker's
 /// tasks to the others; the sweeper takes back their rows).
@@ -52,12 +49,17 @@ async fn run() -> anyhow::Result<()> {
     // Seals the chained logs, anchors them and purges them past retention.
     let schedule = tokio::spawn(scheduler::run(ctx.clone()));
 
+    // An idle worker fetches when a push of its kind is announced, and polls in any case
+    // (`shomei_jobs::wake`).
+    let notices = ctx.queue.listen_for_pushes();
+    let poll_every = config.worker.poll_every;
     let mut monitor = Monitor::new();
     for kind in JobKind::ALL {
         let ctx = ctx.clone();
         let process = process.clone();
+        let notices = notices.clone();
         monitor = monitor.register(move |restarts| {
-            let storage = ctx.queue.worker_storage(kind, POLL_EVERY);
+            let storage = ctx.queue.worker_storage(kind, poll_every, &notices);
             // apalis-redis refuses a name whose heartbeat is still fresh, so a restarted worker
             // (after Redis came back empty, say) needs a new one.
             WorkerBuilder::new(format!("{}-{process}-r{restarts}", kind.as_str()))

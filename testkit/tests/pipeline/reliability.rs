@@ -1,7 +1,9 @@
 use std::time::Duration;
 
+use shomei_testkit::services::{self, Redis};
 use shomei_testkit::validate::{assert_externally_valid, embedded_signatures, Expected};
 use shomei_testkit::{sample, TestApp, TestAppOptions};
+use tokio::task::block_in_place;
 
 use crate::JOB_TIMEOUT;
 
@@ -299,4 +301,65 @@ async fn the_reconcilers_mark_skips_jobs_a_worker_holds_instead_of_waiting() {
     })
     .await
     .unwrap();
+}
+
+/// Polls the worker's log until it holds `line` `times` times (or a minute passes).
+async fn wait_for_worker_log(app: &TestApp, line: &str, times: usize) {
+    let path = app.log_dir().join("worker-0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.matches(line).count() >= times {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never logged {line:?} {times} time(s):\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_is_woken_by_the_announced_push_not_by_its_poll() {
+    // A Redis of its own: the test cuts its subscriptions.
+    let redis = block_in_place(|| Redis::start(&services::scratch("announced-pushes")));
+    // The worker's poll and heartbeat ten minutes apart: within the test, only an announced
+    // push (or the wake-up of a new subscription) can make it fetch.
+    let app = TestApp::spawn_with(TestAppOptions {
+        redis_url: Some(redis.url()),
+        worker_env: vec![
+            ("SHOMEI_WORKER_POLL_MS".into(), "600000".into()),
+            ("SHOMEI_HEARTBEAT_SECS".into(), "600".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let sign = |document: String| {
+        let app = &app;
+        async move {
+            let job = app
+                .wait_for_job(&app.sign_ok(&document, "Taro Suzuki").await, JOB_TIMEOUT)
+                .await;
+            assert_eq!(job["status"], "succeeded", "{job}");
+        }
+    };
+    let first = app.upload_ok(sample("contract.pdf")).await;
+    let second = app.upload_ok(sample("contract.pdf")).await;
+    // Idle: its fetches at start-up found nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sign(first).await;
+
+    // The subscription is cut (as a Redis restart would): the worker says so and subscribes
+    // again within a second or so, and is woken by the next push again.
+    let mut conn = app.redis().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the worker had subscribed");
+    wait_for_worker_log(&app, "listening to announced pushes again", 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sign(second).await;
 }
