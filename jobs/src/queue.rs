@@ -121,18 +121,20 @@ impl Queue {
                 job_id,
                 reason: e.to_string(),
             })?;
-        match self.announcer.after_push(kind) {
-            Announcement::Now => self.announce(kind).await,
-            Announcement::After(wait) => {
-                let queue = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    queue.announcer.trailing_sent(kind);
-                    queue.announce(kind).await;
-                });
+        // Announced off the caller's path: a submission does not wait for it.
+        let wait = match self.announcer.after_push(kind) {
+            Announcement::Now => None,
+            Announcement::After(wait) => Some(wait),
+            Announcement::Covered => return Ok(()),
+        };
+        let queue = self.clone();
+        tokio::spawn(async move {
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+                queue.announcer.trailing_sent(kind);
             }
-            Announcement::Covered => {}
-        }
+            queue.announce(kind).await;
+        });
         Ok(())
     }
 
