@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use apalis::prelude::{BackendExt, PollWith, TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{Client, Config as QueueConfig, ConnectionManager, RedisStorage};
-use futures::StreamExt;
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -162,24 +161,12 @@ impl Queue {
             // Said once per outage, not once a second.
             let mut told = false;
             loop {
-                let subscribed = async {
-                    let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    Ok::<_, redis::RedisError>(pubsub)
-                };
-                match subscribed.await {
+                match subscribe(&client, &channel).await {
                     Ok(pubsub) => {
                         if told {
                             tracing::info!("listening to announced pushes again");
                         }
-                        woken.wake_all();
-                        let mut messages = pubsub.into_on_message();
-                        while let Some(message) = messages.next().await {
-                            let kind = message.get_payload::<String>().ok();
-                            if let Some(kind) = kind.as_deref().and_then(JobKind::parse) {
-                                woken.wake(kind);
-                            }
-                        }
+                        woken.hear(pubsub.into_on_message()).await;
                         tracing::warn!(
                             "lost the subscription to announced pushes; polling meanwhile"
                         );
@@ -270,4 +257,12 @@ impl Queue {
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok(())
     }
+}
+
+/// A connection of its own subscribed to `channel` (a subscribed connection takes no other
+/// commands).
+async fn subscribe(client: &Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
 }

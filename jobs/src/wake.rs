@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use apalis::prelude::{PollSnapshot, PollStrategy};
 use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use shomei_schema::JobKind;
@@ -50,7 +51,7 @@ pub(crate) struct Announcer {
     kinds: Mutex<[Paced; JobKind::ALL.len()]>,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default)]
 struct Paced {
     last: Option<Instant>,
     trailing: bool,
@@ -107,12 +108,23 @@ impl PushNotices {
         self.kinds[kind as usize].clone()
     }
 
-    pub(crate) fn wake(&self, kind: JobKind) {
+    /// Wakes each kind announced on `messages`, until they end (the subscription was lost).
+    /// First wakes every kind: what was announced before they began is unknown.
+    pub(crate) async fn hear(&self, mut messages: impl Stream<Item = redis::Msg> + Unpin) {
+        self.wake_all();
+        while let Some(message) = messages.next().await {
+            let kind = message.get_payload::<String>().ok();
+            if let Some(kind) = kind.as_deref().and_then(JobKind::parse) {
+                self.wake(kind);
+            }
+        }
+    }
+
+    fn wake(&self, kind: JobKind) {
         self.kinds[kind as usize].wake();
     }
 
-    /// Wakes every kind: after (re)subscribing, what was announced meanwhile is unknown.
-    pub(crate) fn wake_all(&self) {
+    fn wake_all(&self) {
         for notice in &self.kinds {
             notice.wake();
         }
