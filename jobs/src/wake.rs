@@ -5,7 +5,7 @@
 //! announces it on Redis: `PUBLISH {namespace}_pushed <kind>` ([`Queue::push`]). Every worker
 //! process subscribes to that channel ([`Queue::listen_for_pushes`]) and wakes its apalis
 //! worker of that kind, which then fetches. The announcements are paced
-//! ([`Announcer`]): at most one per kind and process every [`ANNOUNCE_EVERY`], and always one
+//! (`Announcer`): at most one per kind and process every [`ANNOUNCE_EVERY`], and always one
 //! after the last push, so a burst of submissions costs Redis a few hundred messages a second,
 //! not one per job.
 //!
