@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use cms::builder::{create_content_type_attribute, SignedDataBuilder, SignerInfoBuilder};
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use cms::content_info::ContentInfo;
-use cms::signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfos};
+use cms::signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo};
 use const_oid::db::{rfc3161, rfc5911, rfc5912};
 use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, Null, OctetString, SetOfVec};
@@ -36,10 +36,17 @@ use crate::tsp::Timestamper;
 /// Signed attributes: content-type, message-digest and
 /// signing-certificate-v2. No signing-time: PAdES puts the time in the
 /// signature dictionary's /M and forbids the attribute.
+///
+/// With a `timestamper` the signature is B-T: once the HSM has signed, the
+/// token over the signature value is added to the SignerInfo as the unsigned
+/// attribute id-aa-timeStampToken ([`add_signature_timestamp`]) before the
+/// SignedData is encoded, so it is encoded once. Any failure to get a checked
+/// token is an error: a B-T request never yields a B-B signature.
 pub(crate) fn signed_data(
     hsm: &Hsm,
     identity: &SigningIdentity,
     content_digest: &[u8; 32],
+    timestamper: Option<&dyn Timestamper>,
 ) -> Result<Vec<u8>, SignError> {
     let certificate = identity.certificate();
     let encapsulated = EncapsulatedContentInfo {
@@ -72,11 +79,28 @@ pub(crate) fn signed_data(
             .add_certificate(CertificateChoices::Certificate(cert.clone()))
             .map_err(cms_error)?;
     }
-    let added = builder.add_signer_info::<HsmSigner<'_>, HsmSignature>(signer_info, &signer);
-    // The builder flattens every signer failure into an opaque error; the
-    // HSM's own error decides between retry and abort, so surface it first.
+    // The builder flattens every failure of the signer and of the callback into
+    // an opaque error; the HSM's or the time-stamp's own error decides between
+    // retry and abort, so it is parked here and surfaced first.
+    let mut timestamp_failure = None;
+    let added = builder.add_signer_info_cb::<HsmSigner<'_>, HsmSignature, _>(
+        signer_info,
+        &signer,
+        |signer_info| {
+            let Some(timestamper) = timestamper else {
+                return Ok(());
+            };
+            add_signature_timestamp(signer_info, timestamper).map_err(|e| {
+                timestamp_failure = Some(e);
+                cms::builder::Error::Asn1(der::ErrorKind::Failed.into())
+            })
+        },
+    );
     if let Some(hsm_error) = signer.take_failure() {
         return Err(hsm_error.into());
+    }
+    if let Some(timestamp_error) = timestamp_failure {
+        return Err(timestamp_error);
     }
     added.map_err(cms_error)?;
     builder
@@ -265,24 +289,12 @@ impl signature::Signer<HsmSignature> for HsmSigner<'_> {
 // Time-stamps (PAdES B-T, B-LTA) and reading embedded CMS back.
 
 /// Adds a signature time-stamp (ETSI EN 319 122-1 §5.3: unsigned attribute
-/// id-aa-timeStampToken over the SignerInfo's signature value) to the single
-/// SignerInfo of `cms_der`, asking `timestamper` for the token.
-///
-/// Any failure is an error: a B-T request never yields a B-B signature.
-pub(crate) fn add_signature_timestamp(
-    cms_der: &[u8],
+/// id-aa-timeStampToken over the SignerInfo's signature value) to
+/// `signer_info`, just signed, asking `timestamper` for the token.
+fn add_signature_timestamp(
+    signer_info: &mut SignerInfo,
     timestamper: &dyn Timestamper,
-) -> Result<Vec<u8>, SignError> {
-    let content_info = ContentInfo::from_der(cms_der).map_err(cms_error)?;
-    let mut signed_data = content_info
-        .content
-        .decode_as::<SignedData>()
-        .map_err(cms_error)?;
-    let mut signer_infos = signed_data.signer_infos.0.into_vec();
-    let [signer_info] = &mut signer_infos[..] else {
-        return Err(SignError::Cms("expected exactly one SignerInfo".into()));
-    };
-
+) -> Result<(), SignError> {
     let digest: [u8; 32] = Sha256::digest(signer_info.signature.as_bytes()).into();
     let token = timestamper.timestamp(&digest)?;
     check_token(&token, &digest)?;
@@ -299,14 +311,7 @@ pub(crate) fn add_signature_timestamp(
         })
         .map_err(cms_error)?;
     signer_info.unsigned_attrs = Some(unsigned);
-
-    signed_data.signer_infos = SignerInfos::try_from(signer_infos).map_err(cms_error)?;
-    ContentInfo {
-        content_type: rfc5911::ID_SIGNED_DATA,
-        content: Any::encode_from(&signed_data).map_err(cms_error)?,
-    }
-    .to_der()
-    .map_err(cms_error)
+    Ok(())
 }
 
 /// Room for one time-stamp token in a /Contents placeholder: a token holding the

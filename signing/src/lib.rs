@@ -178,10 +178,7 @@ fn sign_with_capacity(
         let kind = pdf::FieldKind::Signature(fields);
         let parsed = doc.take().map_or_else(|| original.load(pdf), Ok)?;
         let revision = pdf::PreparedRevision::new(pdf, parsed, &kind, None, capacity)?;
-        let mut signed_data = cms::signed_data(hsm, identity, &revision.digest(original))?;
-        if let Some(timestamper) = timestamper {
-            signed_data = cms::add_signature_timestamp(&signed_data, timestamper)?;
-        }
+        let signed_data = cms::signed_data(hsm, identity, &revision.digest(original), timestamper)?;
         match revision.embed(&signed_data) {
             Ok(signed) => {
                 tracing::debug!(
