@@ -13,6 +13,12 @@
 //! Run it with a loading method (`load`, `get_result`, `get_results`): diesel's `execute` asks
 //! the statement by reference, which loses the wrapper's answer, so a statement run for its
 //! count gets a `RETURNING` instead.
+//!
+//! [`PlannedEachRun`] is the other way round: a statement diesel would keep prepared, sent
+//! unprepared, so that PostgreSQL plans it for its values on every run. After a prepared
+//! statement's fifth run PostgreSQL may keep one plan for any values for the connection's life
+//! (until the table is next analysed); made while a table held a few rows, that plan scans the
+//! whole table, which then grows under it (README, Performance; `schema/README.md`).
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -53,6 +59,40 @@ impl<Q: Query> Query for Prepared<Q> {
 }
 
 impl<Q, Conn> RunQueryDsl<Conn> for Prepared<Q> {}
+
+/// A statement planned by PostgreSQL for its values on every run (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedEachRun<Q>(pub Q);
+
+/// `.planned_each_run()` on any statement.
+pub trait PlanEachRun: Sized {
+    fn planned_each_run(self) -> PlannedEachRun<Self> {
+        PlannedEachRun(self)
+    }
+}
+
+impl<Q: QueryFragment<Pg>> PlanEachRun for Q {}
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for PlannedEachRun<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(false)
+    }
+}
+
+impl<Q> QueryId for PlannedEachRun<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for PlannedEachRun<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q, Conn> RunQueryDsl<Conn> for PlannedEachRun<Q> {}
 
 /// The `RETURNING … AS id` of a prepared `sql_query` run for its effect (see the module doc).
 #[derive(diesel::QueryableByName)]

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::prepared::Prepare;
+use crate::prepared::{PlanEachRun, Prepare};
 use crate::schema::{documents, jobs};
 
 /// The kinds of work the pipeline does. The string is stored in `jobs.kind` and names the
@@ -263,7 +263,9 @@ impl Job {
         // condition on `tenant_id` here let the planner (with a plan cached while the tables
         // were small) walk every job of the tenant by another index and test every document of
         // the tenant against the folder rule, a hashed subplan that made each poll cost tens of
-        // milliseconds under load.
+        // milliseconds under load. Planned for its values on every run, for the reason
+        // [`Job::start_all`] gives: kept prepared, a plan made on a small table hashed a scan
+        // of all of `jobs` for every poll (860 buffers a poll in a load test's run).
         let found: Vec<(Job, Option<Uuid>, Option<bool>)> = jobs::table
             .left_join(documents::table)
             .filter(jobs::id.eq_any(ids))
@@ -272,6 +274,7 @@ impl Job {
                 documents::tenant_id.nullable(),
                 super::folder_visible(principal, documents::folder).nullable(),
             ))
+            .planned_each_run()
             .load(conn)?;
         Ok(found
             .into_iter()
