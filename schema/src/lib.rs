@@ -41,7 +41,7 @@ impl std::ops::DerefMut for Connection {
 }
 
 /// diesel's connection manager, testing a connection on checkout (`SELECT 1`) only when it
-/// has not worked for [`TRUSTED_FOR`]. Under load connections go back and forth all the
+/// has not worked for `TRUSTED_FOR`. Under load connections go back and forth all the
 /// time and are not tested (the test was a third of all the statements a signed document
 /// cost, profiled with the load test); after an outage (PostgreSQL restarted, say) every idle
 /// connection is tested and a dead one replaced before a request or a job gets it.
