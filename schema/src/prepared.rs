@@ -24,75 +24,58 @@ use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::{QueryResult, RunQueryDsl};
 
-/// A statement run as a prepared statement of the connection (see the module doc).
+/// A statement whose caching diesel would decide, decided here instead: kept as a prepared
+/// statement of the connection when `KEEP` ([`Prepared`]), planned for its values on every run
+/// when not ([`PlannedEachRun`]). See the module doc.
 #[derive(Debug, Clone, Copy)]
-pub struct Prepared<Q>(pub Q);
+pub struct Cached<Q, const KEEP: bool>(pub Q);
+
+/// A statement run as a prepared statement of the connection.
+pub type Prepared<Q> = Cached<Q, true>;
+
+/// A statement planned by PostgreSQL for its values on every run.
+pub type PlannedEachRun<Q> = Cached<Q, false>;
 
 /// `.prepared()` on any statement.
 pub trait Prepare: Sized {
     fn prepared(self) -> Prepared<Self> {
-        Prepared(self)
+        Cached(self)
     }
 }
 
 impl<Q: QueryFragment<Pg>> Prepare for Q {}
 
-impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<Q> {
-    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.0.walk_ast(pass)
-    }
-
-    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
-        Ok(true)
-    }
-}
-
-/// Keyed by its SQL text in the cache, not by its Rust type: the same type may make
-/// different SQL.
-impl<Q> QueryId for Prepared<Q> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<Q: Query> Query for Prepared<Q> {
-    type SqlType = Q::SqlType;
-}
-
-impl<Q, Conn> RunQueryDsl<Conn> for Prepared<Q> {}
-
-/// A statement planned by PostgreSQL for its values on every run (see the module doc).
-#[derive(Debug, Clone, Copy)]
-pub struct PlannedEachRun<Q>(pub Q);
-
 /// `.planned_each_run()` on any statement.
 pub trait PlanEachRun: Sized {
     fn planned_each_run(self) -> PlannedEachRun<Self> {
-        PlannedEachRun(self)
+        Cached(self)
     }
 }
 
 impl<Q: QueryFragment<Pg>> PlanEachRun for Q {}
 
-impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for PlannedEachRun<Q> {
+impl<Q: QueryFragment<Pg>, const KEEP: bool> QueryFragment<Pg> for Cached<Q, KEEP> {
     fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         self.0.walk_ast(pass)
     }
 
     fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
-        Ok(false)
+        Ok(KEEP)
     }
 }
 
-impl<Q> QueryId for PlannedEachRun<Q> {
+/// Keyed by its SQL text in the cache, not by its Rust type: the same type may make
+/// different SQL.
+impl<Q, const KEEP: bool> QueryId for Cached<Q, KEEP> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<Q: Query> Query for PlannedEachRun<Q> {
+impl<Q: Query, const KEEP: bool> Query for Cached<Q, KEEP> {
     type SqlType = Q::SqlType;
 }
 
-impl<Q, Conn> RunQueryDsl<Conn> for PlannedEachRun<Q> {}
+impl<Q, Conn, const KEEP: bool> RunQueryDsl<Conn> for Cached<Q, KEEP> {}
 
 /// The `RETURNING … AS id` of a prepared `sql_query` run for its effect (see the module doc).
 #[derive(diesel::QueryableByName)]

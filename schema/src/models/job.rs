@@ -265,7 +265,8 @@ impl Job {
         // the tenant against the folder rule, a hashed subplan that made each poll cost tens of
         // milliseconds under load. Planned for its values on every run, for the reason
         // [`Job::start_all`] gives: kept prepared, a plan made on a small table hashed a scan
-        // of all of `jobs` for every poll (860 buffers a poll in a load test's run).
+        // of all of `jobs` for every poll (in one load-test run of six, 308 buffers and 1.4 ms a
+        // poll against 44 and 0.18).
         let found: Vec<(Job, Option<Uuid>, Option<bool>)> = jobs::table
             .left_join(documents::table)
             .filter(jobs::id.eq_any(ids))
