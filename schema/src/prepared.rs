@@ -64,8 +64,8 @@ impl<Q: QueryFragment<Pg>, const KEEP: bool> QueryFragment<Pg> for Cached<Q, KEE
     }
 }
 
-/// Keyed by its SQL text in the cache, not by its Rust type: the same type may make
-/// different SQL.
+/// Never keyed by its Rust type, since the same type may make different SQL: a [`Prepared`]
+/// statement is kept in the cache under its SQL text, a [`PlannedEachRun`] one not at all.
 impl<Q, const KEEP: bool> QueryId for Cached<Q, KEEP> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;

@@ -145,7 +145,7 @@ async fn claims_records_and_polls_planned_on_a_small_table_do_not_scan_it_once_g
         let (mut conn, tenant) = connection_with_tenant(&url);
         let done = json!({ "probe": true });
         let principal = Uuid::now_v7();
-        let claim_and_record = |conn: &mut PgConnection, ids: &[Uuid]| {
+        let poll_claim_and_record = |conn: &mut PgConnection, ids: &[Uuid]| {
             let polled = Job::find_all_visible(conn, tenant, principal, ids).unwrap();
             assert_eq!(polled.len(), ids.len());
             let claimed = Job::start_all(conn, ids).unwrap();
@@ -161,7 +161,7 @@ async fn claims_records_and_polls_planned_on_a_small_table_do_not_scan_it_once_g
         for _ in 0..10 {
             let ids = queued_ids(&mut conn, "plan-probe", 5);
             conn.transaction::<(), diesel::result::Error, _>(|conn| {
-                claim_and_record(conn, &ids);
+                poll_claim_and_record(conn, &ids);
                 Err(diesel::result::Error::RollbackTransaction)
             })
             .unwrap_err();
@@ -172,7 +172,7 @@ async fn claims_records_and_polls_planned_on_a_small_table_do_not_scan_it_once_g
         let ids = queued_ids(&mut conn, "plan-probe", 5);
         conn.transaction::<(), diesel::result::Error, _>(|conn| {
             let before = scans_of(conn, "jobs");
-            claim_and_record(conn, &ids);
+            poll_claim_and_record(conn, &ids);
             let scans = scans_of(conn, "jobs") - before;
             assert_eq!(
                 scans, 0,
