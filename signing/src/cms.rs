@@ -14,7 +14,7 @@ use cms::signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, Si
 use const_oid::db::{rfc3161, rfc5911, rfc5912};
 use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, Null, OctetString, SetOfVec};
-use der::{Any, Decode, Encode, Reader, Sequence, SliceReader};
+use der::{Any, Decode, Encode, Header, Reader, Sequence, SliceReader, Tag, TagNumber};
 use sha2::{Digest, Sha256};
 use spki::{
     AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
@@ -322,32 +322,78 @@ pub(crate) const TIMESTAMP_TOKEN_ESTIMATE: usize = 8 * 1024;
 /// The timestamper promises a checked token; this is the cheap second look
 /// that keeps a wrong one out of a document whatever the TSA client does:
 /// a DER `ContentInfo(SignedData)` of `TSTInfo` whose message imprint is
-/// SHA-256 = `digest`.
+/// SHA-256 = `digest`. Only the way to the `TSTInfo` is decoded: the
+/// certificates and signer infos after it are skipped as they are (the TSA
+/// client decoded and checked them; decoding them again cost more than the rest
+/// of the look).
 pub(crate) fn check_token(token: &[u8], digest: &[u8; 32]) -> Result<(), SignError> {
     let bad = |what: &str| SignError::BadTimestamp(what.to_owned());
-    let content_info = ContentInfo::from_der(token).map_err(|_| bad("not a DER ContentInfo"))?;
-    if content_info.content_type != rfc5911::ID_SIGNED_DATA {
+    let (content_type, econtent_type, tst_info) =
+        encapsulated_content(token).map_err(|_| bad("not a DER ContentInfo(SignedData)"))?;
+    if content_type != rfc5911::ID_SIGNED_DATA {
         return Err(bad("not a SignedData"));
     }
-    let signed_data = content_info
-        .content
-        .decode_as::<SignedData>()
-        .map_err(|_| bad("not a SignedData"))?;
-    let encapsulated = &signed_data.encap_content_info;
-    if encapsulated.econtent_type != rfc3161::ID_CT_TST_INFO {
+    if econtent_type != rfc3161::ID_CT_TST_INFO {
         return Err(bad("content is not a TSTInfo"));
     }
-    let tst_info = encapsulated
-        .econtent
-        .as_ref()
-        .and_then(|any| any.decode_as::<OctetString>().ok())
-        .ok_or_else(|| bad("TSTInfo missing"))?;
+    let tst_info = tst_info.ok_or_else(|| bad("TSTInfo missing"))?;
     let (algorithm, hashed) =
-        message_imprint(tst_info.as_bytes()).map_err(|_| bad("TSTInfo cannot be decoded"))?;
+        message_imprint(tst_info).map_err(|_| bad("TSTInfo cannot be decoded"))?;
     if algorithm.oid != rfc5912::ID_SHA_256 || hashed.as_bytes() != digest {
         return Err(bad("message imprint is not the SHA-256 asked for"));
     }
     Ok(())
+}
+
+/// A `ContentInfo`'s content type and, read as a SignedData (RFC 5652 §5.1), its
+/// `encapContentInfo`: the content type and the content's bytes, if any. The
+/// SignedData's version and digest algorithms are read as TLVs, the fields after
+/// `encapContentInfo` skipped.
+fn encapsulated_content(
+    content_info: &[u8],
+) -> der::Result<(ObjectIdentifier, ObjectIdentifier, Option<&[u8]>)> {
+    let mut reader = SliceReader::new(content_info)?;
+    let parts = reader.sequence(|r| {
+        let content_type: ObjectIdentifier = r.decode()?;
+        let mut content = SliceReader::new(tagged(r, EXPLICIT_0)?)?;
+        let encapsulated = content.sequence(|signed_data| {
+            let _version = tagged(signed_data, Tag::Integer)?;
+            let _digest_algorithms = tagged(signed_data, Tag::Set)?;
+            let encapsulated = signed_data.sequence(|e| {
+                let econtent_type: ObjectIdentifier = e.decode()?;
+                let econtent = match e.is_finished() {
+                    true => None,
+                    false => {
+                        let mut explicit = SliceReader::new(tagged(e, EXPLICIT_0)?)?;
+                        let octets = tagged(&mut explicit, Tag::OctetString)?;
+                        explicit.finish()?;
+                        Some(octets)
+                    }
+                };
+                Ok::<_, der::Error>((econtent_type, econtent))
+            })?;
+            let rest = signed_data.remaining_len();
+            signed_data.drain(rest)?;
+            Ok::<_, der::Error>(encapsulated)
+        })?;
+        content.finish()?;
+        Ok::<_, der::Error>((content_type, encapsulated.0, encapsulated.1))
+    })?;
+    reader.finish()?;
+    Ok(parts)
+}
+
+/// `[0] EXPLICIT`, as CMS wraps a `ContentInfo`'s and an `EncapsulatedContentInfo`'s content.
+const EXPLICIT_0: Tag = Tag::ContextSpecific {
+    constructed: true,
+    number: TagNumber(0),
+};
+
+/// The value of the next field of `reader`, which must be tagged `tag`.
+fn tagged<'a>(reader: &mut SliceReader<'a>, tag: Tag) -> der::Result<&'a [u8]> {
+    let header = Header::decode(reader)?;
+    header.tag().assert_eq(tag)?;
+    reader.read_slice(header.length())
 }
 
 /// `TSTInfo.messageImprint`, reading only the fields before it (version,

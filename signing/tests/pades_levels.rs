@@ -49,6 +49,31 @@ impl Timestamper for WrongDigestTsa {
     }
 }
 
+/// A broken client that returns a genuine token for the digest asked, spoilt by `spoil`.
+struct SpoiltTsa(Spoil);
+
+type Spoil = fn(&mut Vec<u8>);
+
+impl Timestamper for SpoiltTsa {
+    fn timestamp(&self, digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
+        let mut token = tsa().timestamp(digest)?;
+        (self.0)(&mut token);
+        Ok(token)
+    }
+}
+
+/// Changes the last byte of the first DER encoding of `oid` (its last arc) in `token`.
+fn respell_oid(token: &mut [u8], oid: &str) {
+    let oid = der::asn1::ObjectIdentifier::new_unwrap(oid)
+        .to_der()
+        .unwrap();
+    let at = token
+        .windows(oid.len())
+        .position(|w| w == oid.as_slice())
+        .expect("the token holds the OID");
+    token[at + oid.len() - 1] ^= 0x02;
+}
+
 fn signed_data(cms_der: &[u8]) -> SignedData {
     ContentInfo::from_der(cms_der)
         .unwrap()
@@ -586,6 +611,36 @@ fn token_for_another_digest_is_refused() {
     assert!(!err.is_permanent());
     let err = timestamp_pdf(&original, &WrongDigestTsa, None).unwrap_err();
     assert!(matches!(err, SignError::BadTimestamp(_)), "{err:?}");
+}
+
+#[test]
+fn tokens_that_are_not_a_time_stamp_token_are_refused() {
+    let original = sample("contract.pdf");
+    let cases: [(&str, Spoil, &str); 4] = [
+        ("cut short", |t| t.truncate(t.len() - 1), "not a DER"),
+        ("with a byte after it", |t| t.push(0), "not a DER"),
+        (
+            "of other content than SignedData",
+            |t| respell_oid(t, "1.2.840.113549.1.7.2"),
+            "not a SignedData",
+        ),
+        (
+            "encapsulating other content than a TSTInfo",
+            |t| respell_oid(t, "1.2.840.113549.1.9.16.1.4"),
+            "not a TSTInfo",
+        ),
+    ];
+    for (what, spoil, reason) in cases {
+        let err =
+            sign_pdf(hsm(), &original, &request(EC_KEY), Some(&SpoiltTsa(spoil))).expect_err(what);
+        match &err {
+            SignError::BadTimestamp(message) => {
+                assert!(message.contains(reason), "{what}: {err:?}")
+            }
+            _ => panic!("{what}: {err:?}"),
+        }
+        assert!(!err.is_permanent(), "{what}");
+    }
 }
 
 #[test]
