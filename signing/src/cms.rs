@@ -361,14 +361,13 @@ fn encapsulated_content(
             let _digest_algorithms = tagged(signed_data, Tag::Set)?;
             let encapsulated = signed_data.sequence(|e| {
                 let econtent_type: ObjectIdentifier = e.decode()?;
-                let econtent = match e.is_finished() {
-                    true => None,
-                    false => {
-                        let mut explicit = SliceReader::new(tagged(e, EXPLICIT_0)?)?;
-                        let octets = tagged(&mut explicit, Tag::OctetString)?;
-                        explicit.finish()?;
-                        Some(octets)
-                    }
+                let econtent = if e.is_finished() {
+                    None
+                } else {
+                    let mut explicit = SliceReader::new(tagged(e, EXPLICIT_0)?)?;
+                    let octets = tagged(&mut explicit, Tag::OctetString)?;
+                    explicit.finish()?;
+                    Some(octets)
                 };
                 Ok::<_, der::Error>((econtent_type, econtent))
             })?;

@@ -784,7 +784,7 @@ pub(crate) fn is_ca(certificate: &Certificate) -> bool {
 pub struct TsaClientSettings {
     /// TSA URLs, tried in this order. A TSA that wants a login takes it in its URL
     /// (`https://user:password@tsa.example/`): reqwest sends it as HTTP Basic authentication,
-    /// and the client shows the URL without it ([`shown_url`]) in its errors, logs and `Debug`.
+    /// and the client shows the URL without it (`shown_url`) in its errors, logs and `Debug`.
     pub urls: Vec<String>,
     /// Certificates the TSA certificate must chain to.
     pub trust_anchors: Vec<Certificate>,
