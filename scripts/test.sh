@@ -26,6 +26,8 @@ cargo build --workspace --bins --locked
 echo "==> lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The crate docs' links (a public doc linking to a private item is a broken link for readers).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "==> the API contract's checkers (schemathesis, openapi-spec-validator; pinned, from PyPI)"
 scripts/schemathesis.sh install >/dev/null
 echo "==> the local S3 server for the storage tests (moto, pinned, from PyPI)"

@@ -1,6 +1,6 @@
 //! The **sign** job: adds one PAdES signature, made in the HSM, to the latest revision of a
 //! document, as a new revision: B-B, or B-T with a signature time-stamp from the configured
-//! TSAs. Idempotent through [`crate::revisions`]; records `document.signed`.
+//! TSAs. Idempotent through `crate::revisions`; records `document.signed`.
 //!
 //! A job made for a signature request (its payload has a [`RequestStep`]) signs with the
 //! service's key as witness, or with the signer's own key (certified) once the API has checked
@@ -94,7 +94,7 @@ struct Personal {
     location: Option<String>,
 }
 
-/// The signer's name in a sealed [`Personal`] (a stored payload's `personal`).
+/// The signer's name in a sealed `Personal` (a stored payload's `personal`).
 pub async fn signer_name(keys: &Keyring, sealed: &str) -> Result<String, shomei_vault::VaultError> {
     let personal: Personal = serde_json::from_str(&personal::open_text(keys, sealed).await?)
         .map_err(|_| {

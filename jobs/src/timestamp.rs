@@ -2,7 +2,7 @@
 //! data of every signature and time-stamp already in the file (a DSS dictionary with their
 //! certificates and CRLs: PAdES B-LT) and then a document time-stamp over everything
 //! (`/DocTimeStamp`, `ETSI.RFC3161`: B-LTA), so the file can be validated long after its
-//! certificates expire. Idempotent through [`crate::revisions`]. The time-stamp that concludes
+//! certificates expire. Idempotent through `crate::revisions`. The time-stamp that concludes
 //! a signature request also completes it (`document.completed`).
 
 use shomei_schema::{Job, Revision};

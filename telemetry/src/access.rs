@@ -1,5 +1,5 @@
 //! The HTTP access log of the API and the TSA: one line per request once it is answered
-//! ([`line`], through `warp::log::custom`), and the span that the handler's own lines carry
+//! ([`line()`], through `warp::log::custom`), and the span that the handler's own lines carry
 //! ([`request_span`], through `warp::trace`). Both show the path with any signing link's
 //! token masked ([`loggable_path`]): the token is the signer's credential.
 //!

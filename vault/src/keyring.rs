@@ -98,7 +98,7 @@ impl DataKey {
         &self.objects
     }
 
-    /// Seals a whole object (see [`crate::sealed`] for the format).
+    /// Seals a whole object (see `crate::sealed` for the format).
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         sealed::seal_object(self, plaintext)
     }

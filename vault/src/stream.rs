@@ -16,7 +16,7 @@ use crate::keyring::{DataKey, Keyring};
 use crate::sealed::{self, OBJECT_HEADER, SEGMENT, TAG};
 use crate::VaultError;
 
-/// Seals everything written to it into `inner` (the object format of [`crate::sealed`]). The
+/// Seals everything written to it into `inner` (the object format of `crate::sealed`). The
 /// object is complete only after `shutdown`, which seals the last segment.
 pub struct EncryptingWriter<W> {
     inner: W,
