@@ -352,34 +352,29 @@ pub(crate) fn check_token(token: &[u8], digest: &[u8; 32]) -> Result<(), SignErr
 fn encapsulated_content(
     content_info: &[u8],
 ) -> der::Result<(ObjectIdentifier, ObjectIdentifier, Option<&[u8]>)> {
-    let mut reader = SliceReader::new(content_info)?;
-    let parts = reader.sequence(|r| {
-        let content_type: ObjectIdentifier = r.decode()?;
-        let mut content = SliceReader::new(tagged(r, EXPLICIT_0)?)?;
-        let encapsulated = content.sequence(|signed_data| {
-            let _version = tagged(signed_data, Tag::Integer)?;
-            let _digest_algorithms = tagged(signed_data, Tag::Set)?;
-            let encapsulated = signed_data.sequence(|e| {
-                let econtent_type: ObjectIdentifier = e.decode()?;
-                let econtent = if e.is_finished() {
-                    None
-                } else {
-                    let mut explicit = SliceReader::new(tagged(e, EXPLICIT_0)?)?;
-                    let octets = tagged(&mut explicit, Tag::OctetString)?;
-                    explicit.finish()?;
-                    Some(octets)
-                };
-                Ok::<_, der::Error>((econtent_type, econtent))
-            })?;
-            let rest = signed_data.remaining_len();
-            signed_data.drain(rest)?;
-            Ok::<_, der::Error>(encapsulated)
-        })?;
-        content.finish()?;
-        Ok::<_, der::Error>((content_type, encapsulated.0, encapsulated.1))
-    })?;
-    reader.finish()?;
-    Ok(parts)
+    let mut whole = SliceReader::new(content_info)?;
+    let mut content_info = within(&mut whole, Tag::Sequence)?;
+    whole.finish()?;
+    let content_type: ObjectIdentifier = content_info.decode()?;
+    let mut content = within(&mut content_info, EXPLICIT_0)?;
+    content_info.finish()?;
+    let mut signed_data = within(&mut content, Tag::Sequence)?;
+    content.finish()?;
+    let _version = tagged(&mut signed_data, Tag::Integer)?;
+    let _digest_algorithms = tagged(&mut signed_data, Tag::Set)?;
+    // What follows `encapContentInfo` in `signed_data` is left unread.
+    let mut encapsulated = within(&mut signed_data, Tag::Sequence)?;
+    let econtent_type: ObjectIdentifier = encapsulated.decode()?;
+    let econtent = if encapsulated.is_finished() {
+        None
+    } else {
+        let mut explicit = within(&mut encapsulated, EXPLICIT_0)?;
+        let octets = tagged(&mut explicit, Tag::OctetString)?;
+        explicit.finish()?;
+        Some(octets)
+    };
+    encapsulated.finish()?;
+    Ok((content_type, econtent_type, econtent))
 }
 
 /// `[0] EXPLICIT`, as CMS wraps a `ContentInfo`'s and an `EncapsulatedContentInfo`'s content.
@@ -393,6 +388,11 @@ fn tagged<'a>(reader: &mut SliceReader<'a>, tag: Tag) -> der::Result<&'a [u8]> {
     let header = Header::decode(reader)?;
     header.tag().assert_eq(tag)?;
     reader.read_slice(header.length())
+}
+
+/// A reader of the value of the next field of `reader`, which must be tagged `tag`.
+fn within<'a>(reader: &mut SliceReader<'a>, tag: Tag) -> der::Result<SliceReader<'a>> {
+    SliceReader::new(tagged(reader, tag)?)
 }
 
 /// `TSTInfo.messageImprint`, reading only the fields before it (version,

@@ -49,10 +49,11 @@ impl Timestamper for WrongDigestTsa {
     }
 }
 
-/// A broken client that returns a genuine token for the digest asked, spoilt by `spoil`.
-struct SpoiltTsa(Spoil);
-
+/// What [`SpoiltTsa`] does to a genuine token.
 type Spoil = fn(&mut Vec<u8>);
+
+/// A broken client that returns a genuine token for the digest asked, spoilt.
+struct SpoiltTsa(Spoil);
 
 impl Timestamper for SpoiltTsa {
     fn timestamp(&self, digest: &[u8; 32]) -> Result<Vec<u8>, TimestampError> {
